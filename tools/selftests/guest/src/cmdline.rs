@@ -1,0 +1,126 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The `gtest.*` kernel command-line parameters that drive a test boot.
+//!
+//! - `gtest.run=a,b,c`: tests to run, in order (numbered 1..N in KTAP);
+//! - `gtest.next=I`: index of the first test this boot runs (after kexec);
+//! - `gtest.stage=S`: stage of test `I` that this boot runs (default 1);
+//! - `gtest.kexec_extra=p1,p2`: parameters added to the command line of
+//!   every kexec'd kernel (used to break a stage on purpose).
+
+/// What a test boot was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestBoot {
+    pub run: Vec<String>,
+    pub next: usize,
+    pub stage: u32,
+    pub kexec_extra: Vec<String>,
+    tokens: Vec<String>,
+}
+
+impl TestBoot {
+    /// Parses a kernel command line. Malformed `gtest.*` values are errors
+    /// rather than defaults, so a harness bug cannot silently skip tests.
+    pub fn parse(cmdline: &str) -> Result<Self, String> {
+        let tokens: Vec<String> = cmdline.split_whitespace().map(str::to_owned).collect();
+        let mut boot = TestBoot {
+            run: Vec::new(),
+            next: 0,
+            stage: 1,
+            kexec_extra: Vec::new(),
+            tokens: Vec::new(),
+        };
+        for token in &tokens {
+            let Some((key, value)) = token.split_once('=') else {
+                continue;
+            };
+            match key {
+                "gtest.run" => boot.run = split_list(value),
+                "gtest.next" => {
+                    boot.next = value
+                        .parse()
+                        .map_err(|_| format!("bad gtest.next value {value:?}"))?
+                }
+                "gtest.stage" => {
+                    boot.stage = value
+                        .parse()
+                        .ok()
+                        .filter(|s| *s >= 1)
+                        .ok_or_else(|| format!("bad gtest.stage value {value:?}"))?
+                }
+                "gtest.kexec_extra" => boot.kexec_extra = split_list(value),
+                _ => {}
+            }
+        }
+        boot.tokens = tokens;
+        Ok(boot)
+    }
+
+    /// True when this boot is the first of the run (prints the KTAP header).
+    pub fn is_first_boot(&self) -> bool {
+        self.next == 0 && self.stage == 1
+    }
+
+    /// Command line for the kernel that continues with test `next` at
+    /// `stage`: this boot's parameters with the position replaced and the
+    /// `gtest.kexec_extra` parameters appended once.
+    pub fn next_cmdline(&self, next: usize, stage: u32) -> String {
+        let mut out: Vec<String> = self
+            .tokens
+            .iter()
+            .filter(|t| !t.starts_with("gtest.next=") && !t.starts_with("gtest.stage="))
+            .cloned()
+            .collect();
+        for extra in &self.kexec_extra {
+            if !out.contains(extra) {
+                out.push(extra.clone());
+            }
+        }
+        out.push(format!("gtest.next={next}"));
+        out.push(format!("gtest.stage={stage}"));
+        out.join(" ")
+    }
+}
+
+fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_defaults_and_lists() {
+        let b = TestBoot::parse("console=ttyS0 gtest.run=a,b,,c quiet").unwrap();
+        assert_eq!(b.run, ["a", "b", "c"]);
+        assert_eq!((b.next, b.stage), (0, 1));
+        assert!(b.is_first_boot());
+    }
+
+    #[test]
+    fn rejects_bad_numbers() {
+        assert!(TestBoot::parse("gtest.next=x").is_err());
+        assert!(TestBoot::parse("gtest.stage=0").is_err());
+    }
+
+    #[test]
+    fn next_cmdline_replaces_position_and_adds_extra_once() {
+        let b = TestBoot::parse("a=1 gtest.run=t gtest.next=0 gtest.stage=1 gtest.kexec_extra=x=1,y")
+            .unwrap();
+        let next = b.next_cmdline(0, 2);
+        assert_eq!(
+            next,
+            "a=1 gtest.run=t gtest.kexec_extra=x=1,y x=1 y gtest.next=0 gtest.stage=2"
+        );
+        let b2 = TestBoot::parse(&next).unwrap();
+        assert_eq!((b2.next, b2.stage), (0, 2));
+        assert_eq!(
+            b2.next_cmdline(1, 1),
+            "a=1 gtest.run=t gtest.kexec_extra=x=1,y x=1 y gtest.next=1 gtest.stage=1"
+        );
+    }
+}

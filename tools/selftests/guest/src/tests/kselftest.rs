@@ -1,0 +1,55 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! Runs the Linux tree's own kselftest binaries as regression guards.
+//!
+//! Their TAP output is passed through, indented as KTAP subtest lines, so
+//! the host counts only our top-level result but the log keeps every case.
+
+use super::{Ctx, Outcome, TestResult};
+use crate::ktap::{diag, line};
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+/// kselftest's exit code for "skipped" (tools/testing/selftests/kselftest.h).
+const KSFT_SKIP: i32 = 4;
+
+fn run(binary: &str) -> TestResult {
+    let path = format!("/bin/kselftest/{binary}");
+    let mut child = Command::new(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("run {path}: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+    let mut totals = None;
+    let mut failed = Vec::new();
+    for text in BufReader::new(stdout).lines() {
+        let text = text.map_err(|e| format!("read {binary} output: {e}"))?;
+        line(&format!("    {text}"));
+        if text.starts_with("# Totals:") {
+            totals = Some(text.trim_start_matches("# ").to_owned());
+        } else if text.starts_with("not ok ") {
+            failed.push(text);
+        }
+    }
+    let status = child.wait().map_err(|e| format!("wait {binary}: {e}"))?;
+    let totals = totals.unwrap_or_else(|| "no totals line".to_owned());
+    diag(&format!("{binary}: {totals}"));
+    match status.code() {
+        Some(0) => Ok(Outcome::Pass),
+        Some(KSFT_SKIP) => Ok(Outcome::Skip(format!("{binary} skipped: {totals}"))),
+        _ => {
+            for f in &failed {
+                diag(&format!("{binary}: {f}"));
+            }
+            Err(format!("{binary} exited with {status}: {totals}"))
+        }
+    }
+}
+
+pub fn iommufd(_ctx: &mut Ctx) -> TestResult {
+    run("iommufd")
+}
+
+pub fn iommufd_fail_nth(_ctx: &mut Ctx) -> TestResult {
+    run("iommufd_fail_nth")
+}

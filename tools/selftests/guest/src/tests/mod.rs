@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The catalogue of in-guest tests.
+//!
+//! A test is a function run inside PID 1. It returns [`Outcome::Kexec`]
+//! to have the harness kexec into the same kernel and call it again with
+//! the next stage number; file descriptors it pushed to [`Ctx::keep`]
+//! stay open over that kexec (which is how LUO sessions are preserved).
+
+use std::os::fd::OwnedFd;
+
+mod demo;
+mod kselftest;
+mod luo;
+mod smoke;
+
+/// State a test gets from the runner.
+pub struct Ctx {
+    /// Stage of the test this boot runs, from 1.
+    pub stage: u32,
+    /// Fds that must stay open until the kexec (LUO sessions).
+    pub keep: Vec<OwnedFd>,
+}
+
+/// How a test (stage) ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pass,
+    Skip(String),
+    /// This stage passed; kexec and run stage `ctx.stage + 1`.
+    Kexec,
+}
+
+/// A test failure, with the reason shown in KTAP.
+pub type TestResult = Result<Outcome, String>;
+
+pub struct Test {
+    pub name: &'static str,
+    pub summary: &'static str,
+    /// Host-side limit for the whole test, kexec boots included.
+    pub timeout_s: u64,
+    pub run: fn(&mut Ctx) -> TestResult,
+}
+
+pub const CATALOG: &[Test] = &[
+    Test {
+        name: "demo_info",
+        summary: "print what the guest sees: kernel, IOMMU, devices, guestmemfs, LUO",
+        timeout_s: 30,
+        run: demo::info,
+    },
+    Test {
+        name: "iommu_present",
+        summary: "dmar0 in /sys/class/iommu and the igb NIC in an IOMMU group",
+        timeout_s: 30,
+        run: smoke::iommu_present,
+    },
+    Test {
+        name: "guestmemfs_registered",
+        summary: "the Rust guestmemfs module is built in and registered",
+        timeout_s: 30,
+        run: smoke::guestmemfs_registered,
+    },
+    Test {
+        name: "luo_memfd_kexec",
+        summary: "a memfd preserved in a LUO session survives kexec byte for byte",
+        timeout_s: 180,
+        run: luo::memfd_kexec,
+    },
+    Test {
+        name: "kselftest_iommufd",
+        summary: "tools/testing/selftests/iommu/iommufd from the 7.3 tree",
+        timeout_s: 600,
+        run: kselftest::iommufd,
+    },
+    Test {
+        name: "kselftest_iommufd_fail_nth",
+        summary: "tools/testing/selftests/iommu/iommufd_fail_nth from the 7.3 tree",
+        timeout_s: 1800,
+        run: kselftest::iommufd_fail_nth,
+    },
+];
+
+pub fn find(name: &str) -> Option<&'static Test> {
+    CATALOG.iter().find(|t| t.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_kernel_cmdline_safe() {
+        for (i, t) in CATALOG.iter().enumerate() {
+            assert!(t
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'));
+            assert!(CATALOG[..i].iter().all(|o| o.name != t.name));
+            assert!(find(t.name).is_some());
+        }
+    }
+}
