@@ -1,1 +1,324 @@
-fn main() {}
+// SPDX-License-Identifier: GPL-2.0-only
+//! Build and VM test harness of the guestmemfs project.
+//!
+//! `cargo xtask help` lists the commands; docs/testing.md explains them.
+
+mod image;
+mod kernel;
+mod ktap;
+mod setup;
+mod suites;
+mod util;
+mod vm;
+
+use gmfs_guest::tests::CATALOG;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+use suites::{Suite, Tally, SUITES};
+use util::{say, Paths, Result};
+use vm::Echo;
+
+const USAGE: &str = "\
+usage: cargo xtask <command>
+
+commands:
+  setup            install the prerequisites (Debian packages, QEMU >= 8,
+                   rust-src, the musl target, bindgen)
+  build            build the kernel, the kselftests and the test initramfs
+  test [NAME...]   run everything: host checks, kernel build, all VM suites;
+                   with NAMEs, only those suites, guest tests, or `host`
+  demo             boot the VM and show the IOMMU, guestmemfs and a memfd
+                   surviving a kexec through LUO
+  list             list the VM suites and guest tests
+  help             this text
+
+environment:
+  GMFS_CACHE       kernel source, build tree and ccache (~/.cache/guestmemfs)
+  GMFS_VERBOSE=1   echo the whole serial console while VMs run";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first() else {
+        eprintln!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let rest = &args[1..];
+    let result = match command.as_str() {
+        "setup" if rest.is_empty() => setup::setup().map(|_| true),
+        "build" if rest.is_empty() => setup::setup().and_then(|_| build_all()).map(|_| true),
+        "test" => test(rest),
+        "demo" if rest.is_empty() => demo(),
+        "list" if rest.is_empty() => {
+            list();
+            Ok(true)
+        }
+        "help" | "--help" | "-h" => {
+            println!("{USAGE}");
+            Ok(true)
+        }
+        _ => {
+            eprintln!(
+                "xtask: unknown command or arguments: {}\n\n{USAGE}",
+                args.join(" ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn list() {
+    println!("VM suites (cargo xtask test <suite>):");
+    for s in SUITES {
+        println!("  {:<22} {} [{}]", s.name, s.about, s.tests.join(", "));
+    }
+    println!("\nguest tests (cargo xtask test <test> runs one alone):");
+    for t in CATALOG {
+        println!("  {:<28} {:>5}s  {}", t.name, t.timeout_s, t.summary);
+    }
+    println!("\nhost checks (cargo xtask test host): cargo test, rustfmt, clippy, checkpatch");
+}
+
+/// Kernel, kselftests, guest binaries, initramfs.
+fn build_all() -> Result<Paths> {
+    let p = Paths::new()?;
+    kernel::build(&p)?;
+    kernel::build_kselftests(&p)?;
+    let init = image::build_guest(&p)?;
+    image::build_initramfs(&p, &init)?;
+    Ok(p)
+}
+
+/// One host check: a command that must succeed.
+fn check(tally: &mut Tally, name: &str, cmd: &mut Command) {
+    let out = cmd.output();
+    match out {
+        Ok(o) if o.status.success() => {
+            println!("  host: PASS {name}");
+            tally.pass();
+        }
+        Ok(o) => {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+            println!("  host: FAIL {name}");
+            for l in text.lines().take(40) {
+                println!("    {l}");
+            }
+            tally.fail(format!("host/{name}"));
+        }
+        Err(e) => tally.fail(format!("host/{name}: cannot run: {e}")),
+    }
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    if let Ok(p) = Paths::new() {
+        cmd.current_dir(&p.repo);
+    }
+    cmd
+}
+
+/// Host checks: unit and property tests, rustfmt, clippy.
+fn host_checks(tally: &mut Tally) {
+    say("host checks");
+    // `cargo test` counts each unit test; parse its summary lines.
+    let out = cargo().args(["test", "--workspace", "--quiet"]).output();
+    match out {
+        Ok(o) => {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let (mut passed, mut failed) = (0, 0);
+            for l in text.lines().filter(|l| l.starts_with("test result:")) {
+                let num = |key: &str| -> usize {
+                    l.split(';')
+                        .find(|f| f.contains(key))
+                        .and_then(|f| f.split_whitespace().rev().nth(1)?.parse().ok())
+                        .unwrap_or(0)
+                };
+                passed += num(" passed");
+                failed += num(" failed");
+            }
+            println!("  host: cargo test: {passed} passed, {failed} failed");
+            tally.passed += passed;
+            if !o.status.success() {
+                failed = failed.max(1);
+                for l in String::from_utf8_lossy(&o.stderr).lines().take(40) {
+                    println!("    {l}");
+                }
+                for l in text
+                    .lines()
+                    .filter(|l| l.contains("FAILED") || l.contains("panicked"))
+                {
+                    println!("    {l}");
+                }
+            }
+            for _ in 0..failed {
+                tally.fail("host/cargo test".into());
+            }
+        }
+        Err(e) => tally.fail(format!("host/cargo test: {e}")),
+    }
+    check(
+        tally,
+        "rustfmt",
+        cargo().args(["fmt", "--all", "--", "--check"]),
+    );
+    check(
+        tally,
+        "clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    );
+}
+
+/// Checks that need the kernel tree: checkpatch on the series and the
+/// overlay's C, the kernel's rustfmt settings on the overlay's Rust.
+fn kernel_checks(p: &Paths, tally: &mut Tally) -> Result<()> {
+    let checkpatch = p.tree().join("scripts/checkpatch.pl");
+    let mut patches = kernel::series(p)?;
+    patches.sort();
+    let mut cmd = Command::new("perl");
+    cmd.arg(&checkpatch)
+        .args(["--no-tree", "--quiet"])
+        .args(&patches);
+    check(tally, "checkpatch patches/", &mut cmd);
+    let overlay_c: Vec<_> = walk_overlay(p, &["c", "h"]);
+    if !overlay_c.is_empty() {
+        let mut cmd = Command::new("perl");
+        cmd.arg(&checkpatch)
+            .args(["--no-tree", "--quiet", "--file"])
+            .args(&overlay_c);
+        check(tally, "checkpatch overlay C", &mut cmd);
+    }
+    let overlay_rs = walk_overlay(p, &["rs"]);
+    if !overlay_rs.is_empty() {
+        let mut cmd = Command::new("rustfmt");
+        cmd.args(["--check", "--edition", "2021", "--config-path"])
+            .arg(p.tree().join(".rustfmt.toml"))
+            .args(&overlay_rs);
+        check(tally, "rustfmt kernel Rust", &mut cmd);
+    }
+    Ok(())
+}
+
+fn walk_overlay(p: &Paths, exts: &[&str]) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack: Vec<_> = [
+        "fs", "drivers", "kernel", "mm", "include", "arch", "lib", "rust",
+    ]
+    .iter()
+    .map(|d| p.repo.join(d))
+    .filter(|d| d.is_dir())
+    .collect();
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|x| exts.iter().any(|e| x == *e))
+            {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn echo_mode() -> Echo {
+    if std::env::var("GMFS_VERBOSE").is_ok_and(|v| v == "1") {
+        Echo::All
+    } else {
+        Echo::Results
+    }
+}
+
+fn test(names: &[String]) -> Result<bool> {
+    // Resolve names before the long build so a typo fails at once.
+    let mut run_host = names.is_empty();
+    let mut selected: Vec<Suite> = Vec::new();
+    for name in names {
+        if name == "host" {
+            run_host = true;
+        } else if let Some(s) = SUITES.iter().find(|s| s.name == name) {
+            selected.push(Suite { ..*s });
+        } else if let Some(t) = CATALOG.iter().find(|t| t.name == name) {
+            selected.push(suites::single(t.name));
+        } else {
+            eprintln!("xtask: unknown suite or test {name:?}\n\n{USAGE}\n");
+            list();
+            std::process::exit(2);
+        }
+    }
+    if names.is_empty() {
+        selected = SUITES.iter().map(|s| Suite { ..*s }).collect();
+    }
+    let start = Instant::now();
+    setup::setup()?;
+    let mut tally = Tally::default();
+    if run_host {
+        host_checks(&mut tally);
+    }
+    if !selected.is_empty() || run_host {
+        match build_all() {
+            Ok(p) => {
+                if run_host {
+                    kernel_checks(&p, &mut tally)?;
+                }
+                for suite in &selected {
+                    if let Err(e) = suites::run(&p, suite, echo_mode(), &mut tally) {
+                        tally.fail(format!("{}: {e}", suite.name));
+                    }
+                }
+            }
+            Err(e) => tally.fail(format!("build: {e}")),
+        }
+    }
+    println!();
+    if !tally.failures.is_empty() {
+        println!("failures:");
+        for f in &tally.failures {
+            println!("  {f}");
+        }
+    }
+    if tally.skipped > 0 {
+        println!("{} skipped", tally.skipped);
+    }
+    println!("total time {}s", start.elapsed().as_secs());
+    println!("{} passed, {} failed", tally.passed, tally.failed);
+    Ok(tally.failed == 0)
+}
+
+fn demo() -> Result<bool> {
+    setup::setup()?;
+    let p = build_all()?;
+    println!("\n=== guestmemfs project demo: Linux 7.3 + Rust in QEMU (q35, emulated Intel IOMMU, igb NIC) ===");
+    let mut tally = Tally::default();
+    suites::run(&p, &suites::DEMO, Echo::Human, &mut tally)?;
+    println!(
+        "\n=== demo: {} checks passed, {} failed ===",
+        tally.passed, tally.failed
+    );
+    for f in &tally.failures {
+        println!("  {f}");
+    }
+    Ok(tally.failed == 0)
+}

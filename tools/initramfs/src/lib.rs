@@ -88,7 +88,10 @@ impl<W: Write> Writer<W> {
         data: &[u8],
     ) -> io::Result<()> {
         let size = u32::try_from(data.len()).map_err(|_| {
-            io::Error::new(io::ErrorKind::InvalidInput, format!("{name}: too large for cpio"))
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name}: too large for cpio"),
+            )
         })?;
         // The name size counts the terminating NUL.
         let namesize = name.len() as u32 + 1;

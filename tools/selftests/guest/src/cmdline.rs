@@ -109,8 +109,9 @@ mod tests {
 
     #[test]
     fn next_cmdline_replaces_position_and_adds_extra_once() {
-        let b = TestBoot::parse("a=1 gtest.run=t gtest.next=0 gtest.stage=1 gtest.kexec_extra=x=1,y")
-            .unwrap();
+        let b =
+            TestBoot::parse("a=1 gtest.run=t gtest.next=0 gtest.stage=1 gtest.kexec_extra=x=1,y")
+                .unwrap();
         let next = b.next_cmdline(0, 2);
         assert_eq!(
             next,

@@ -13,7 +13,10 @@ pub fn info(_ctx: &mut Ctx) -> TestResult {
     diag(&format!("kernel: {}", version.trim()));
     let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
     diag(&format!("command line: {}", cmdline.trim()));
-    diag(&format!("IOMMU units (/sys/class/iommu): {:?}", iommu_units()));
+    diag(&format!(
+        "IOMMU units (/sys/class/iommu): {:?}",
+        iommu_units()
+    ));
     for dev in sys::find_pci(IGB.0, IGB.1).map_err(|e| e.to_string())? {
         let group = iommu_group(&dev).unwrap_or_else(|| "none".into());
         diag(&format!("igb NIC {} -> IOMMU group {group}", dev.bdf));
@@ -21,7 +24,9 @@ pub fn info(_ctx: &mut Ctx) -> TestResult {
     let dmar: Vec<String> = sys::kernel_log()
         .unwrap_or_default()
         .into_iter()
-        .filter(|l| l.starts_with("DMAR: Intel(R) Virtualization") || l.starts_with("DMAR-IR: Enabled"))
+        .filter(|l| {
+            l.starts_with("DMAR: Intel(R) Virtualization") || l.starts_with("DMAR-IR: Enabled")
+        })
         .collect();
     for l in dmar {
         diag(&format!("kernel log: {l}"));

@@ -66,7 +66,9 @@ fn verify() -> TestResult {
             .read_exact(&mut buf[..n])
             .map_err(|e| format!("read memfd at {off}: {e}"))?;
         if let Some(bad) = pattern::first_mismatch(SEED, off, &buf[..n]) {
-            return Err(format!("memfd byte {bad} differs from the preserved pattern"));
+            return Err(format!(
+                "memfd byte {bad} differs from the preserved pattern"
+            ));
         }
         off += n as u64;
     }

@@ -85,7 +85,7 @@ pub fn find(name: &str) -> Option<&'static Test> {
 }
 
 #[cfg(test)]
-mod tests {
+mod catalog_tests {
     use super::*;
 
     #[test]

@@ -31,9 +31,11 @@ pub fn iommu_present(_ctx: &mut Ctx) -> TestResult {
     let units = iommu_units();
     diag(&format!("IOMMU units: {units:?}"));
     if !units.iter().any(|u| u == "dmar0") {
-        return Err("no dmar0 in /sys/class/iommu: the Intel IOMMU is not enabled \
+        return Err(
+            "no dmar0 in /sys/class/iommu: the Intel IOMMU is not enabled \
                     (is intel_iommu=on on the kernel command line?)"
-            .into());
+                .into(),
+        );
     }
     let igbs = sys::find_pci(IGB.0, IGB.1).map_err(|e| format!("scan PCI devices: {e}"))?;
     let igb = igbs
@@ -66,6 +68,8 @@ pub fn guestmemfs_registered(_ctx: &mut Ctx) -> TestResult {
             diag("mount without a region fails with ENODEV as expected");
             Ok(Outcome::Pass)
         }
-        Err(e) => Err(format!("mount without a region failed with {e}, expected ENODEV")),
+        Err(e) => Err(format!(
+            "mount without a region failed with {e}, expected ENODEV"
+        )),
     }
 }

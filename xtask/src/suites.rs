@@ -1,0 +1,217 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! VM test suites: which guest tests run in one VM, with which kernel
+//! parameters, and whether they must pass or must fail (negative checks
+//! that prove a test can fail when its condition is broken).
+
+use crate::util::{Paths, Result};
+use crate::vm::{self, Echo, VmRun, BASE_CMDLINE};
+use gmfs_guest::tests::CATALOG;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Expect {
+    Pass,
+    /// The guest must report `not ok`: the suite breaks the test's
+    /// condition on purpose.
+    Fail,
+}
+
+pub struct Suite {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub tests: &'static [&'static str],
+    /// Kernel parameters added to BASE_CMDLINE.
+    pub add: &'static [&'static str],
+    /// Kernel parameters removed from BASE_CMDLINE.
+    pub remove: &'static [&'static str],
+    pub expect: Expect,
+}
+
+pub const SUITES: &[Suite] = &[
+    Suite {
+        name: "smoke",
+        about: "IOMMU on, Rust guestmemfs built in, LUO memfd across kexec",
+        tests: &["iommu_present", "guestmemfs_registered", "luo_memfd_kexec"],
+        add: &[],
+        remove: &[],
+        expect: Expect::Pass,
+    },
+    Suite {
+        name: "iommufd",
+        about: "the 7.3 tree's iommufd selftests (regression guard)",
+        tests: &["kselftest_iommufd", "kselftest_iommufd_fail_nth"],
+        add: &[],
+        remove: &[],
+        expect: Expect::Pass,
+    },
+    Suite {
+        name: "negative_iommu_off",
+        about: "without intel_iommu=on the IOMMU check must fail",
+        tests: &["iommu_present"],
+        add: &[],
+        remove: &["intel_iommu=on"],
+        expect: Expect::Fail,
+    },
+    Suite {
+        name: "negative_luo_off",
+        about: "with liveupdate=off after the kexec the memfd must not come back",
+        tests: &["luo_memfd_kexec"],
+        add: &["gtest.kexec_extra=liveupdate=off"],
+        remove: &[],
+        expect: Expect::Fail,
+    },
+];
+
+/// The demo's VM: readable information, then the smoke tests.
+pub const DEMO: Suite = Suite {
+    name: "demo",
+    about: "boot, show the IOMMU and guestmemfs, preserve a memfd over kexec",
+    tests: &[
+        "demo_info",
+        "iommu_present",
+        "guestmemfs_registered",
+        "luo_memfd_kexec",
+    ],
+    add: &[],
+    remove: &[],
+    expect: Expect::Pass,
+};
+
+/// A suite made of one guest test, for `cargo xtask test <guest test>`.
+pub fn single(name: &'static str) -> Suite {
+    Suite {
+        name,
+        about: "single guest test",
+        tests: std::slice::from_ref(&CATALOG.iter().find(|t| t.name == name).unwrap().name),
+        add: &[],
+        remove: &[],
+        expect: Expect::Pass,
+    }
+}
+
+/// Counts of one test command.
+#[derive(Default)]
+pub struct Tally {
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub failures: Vec<String>,
+}
+
+impl Tally {
+    pub fn pass(&mut self) {
+        self.passed += 1;
+    }
+    pub fn fail(&mut self, what: String) {
+        self.failed += 1;
+        self.failures.push(what);
+    }
+}
+
+fn timeout(name: &str) -> u64 {
+    CATALOG
+        .iter()
+        .find(|t| t.name == name)
+        .map(|t| t.timeout_s)
+        .unwrap_or(60)
+}
+
+/// Runs a suite in a fresh VM and adds its results to `tally`.
+pub fn run(p: &Paths, suite: &Suite, echo: Echo, tally: &mut Tally) -> Result<()> {
+    let mut cmdline: Vec<String> = BASE_CMDLINE
+        .iter()
+        .filter(|a| !suite.remove.contains(a))
+        .map(|a| a.to_string())
+        .collect();
+    cmdline.extend(suite.add.iter().map(|a| a.to_string()));
+    cmdline.push(format!("gtest.run={}", suite.tests.join(",")));
+    let run = VmRun {
+        name: suite.name.to_owned(),
+        tests: suite
+            .tests
+            .iter()
+            .map(|t| (t.to_string(), timeout(t)))
+            .collect(),
+        cmdline,
+        echo,
+    };
+    if echo != Echo::Human {
+        println!("xtask: VM {}: {}", suite.name, suite.about);
+    }
+    let start = std::time::Instant::now();
+    let outcome = vm::run(p, &run)?;
+    let mut failed_here = false;
+    for (index, name) in suite.tests.iter().enumerate() {
+        let label = format!("{}/{name}", suite.name);
+        let result = outcome
+            .results
+            .iter()
+            .rev()
+            .find(|r| r.number == index + 1 && r.name == *name);
+        let missing = || match &outcome.timed_out {
+            Some(why) => format!("{label}: no result, VM killed: {why}"),
+            None => format!("{label}: no result, the guest stopped (crash or panic?)"),
+        };
+        match (suite.expect, result) {
+            (_, None) => {
+                tally.fail(missing());
+                failed_here = true;
+            }
+            (Expect::Pass, Some(r)) if r.ok && r.skipped() => tally.skipped += 1,
+            (Expect::Pass, Some(r)) if r.ok => tally.pass(),
+            (Expect::Pass, Some(_)) => {
+                tally.fail(format!("{label}: failed"));
+                failed_here = true;
+            }
+            (Expect::Fail, Some(r)) if !r.ok => {
+                if echo != Echo::Human {
+                    println!(
+                        "  {}: {label} failed as it must ({})",
+                        suite.name, suite.about
+                    );
+                }
+                tally.pass()
+            }
+            (Expect::Fail, Some(_)) => {
+                tally.fail(format!("{label}: passed but must fail ({})", suite.about));
+                failed_here = true;
+            }
+        }
+    }
+    if failed_here || outcome.timed_out.is_some() {
+        if let Some(why) = &outcome.timed_out {
+            eprintln!("xtask: VM {} killed: {why}", suite.name);
+        }
+        eprintln!("xtask: KTAP from VM {}:", suite.name);
+        for l in &outcome.ktap {
+            eprintln!("  {l}");
+        }
+        eprintln!("xtask: last lines of the serial log:");
+        for l in vm::tail(&outcome.log, 40) {
+            eprintln!("  | {l}");
+        }
+    }
+    println!(
+        "xtask: VM {} finished in {}s (serial log: {})",
+        suite.name,
+        start.elapsed().as_secs(),
+        outcome.log.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suites_name_known_tests() {
+        for suite in SUITES.iter().chain(std::iter::once(&DEMO)) {
+            for t in suite.tests {
+                assert!(CATALOG.iter().any(|c| c.name == *t), "{t}");
+            }
+            for r in suite.remove {
+                assert!(BASE_CMDLINE.contains(r), "{r}");
+            }
+        }
+    }
+}

@@ -1,0 +1,277 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! QEMU runner: one VM boot (plus the kexecs its tests do), serial console
+//! captured to a log, KTAP read live, per-test timeouts.
+
+use crate::ktap::{classify, Line, TestLine};
+use crate::util::{Paths, Result};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::net::UdpSocket;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Time allowed from QEMU start (or a test's end) to the next test's start
+/// line: firmware, kernel boot and PID 1 setup under TCG.
+const BOOT_BUDGET: Duration = Duration::from_secs(120);
+/// Time allowed after `# gtest: done` for the power-off.
+const POWEROFF_BUDGET: Duration = Duration::from_secs(30);
+/// Guest memory. Later tests carve guestmemfs regions out of it.
+const MEMORY: &str = "4G";
+
+/// Kernel parameters every test boot gets.
+pub const BASE_CMDLINE: &[&str] = &[
+    "console=ttyS0,115200",
+    "panic=-1",
+    "oops=panic",
+    "intel_iommu=on",
+    "kho=on",
+    "liveupdate=on",
+];
+
+/// How much of the console to show while the VM runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// Top-level result lines only.
+    Results,
+    /// Diagnostics and results, readable (the demo).
+    Human,
+    /// Every console line (`GMFS_VERBOSE=1`).
+    All,
+}
+
+pub struct VmRun {
+    /// Names the log file.
+    pub name: String,
+    /// Guest tests with their timeouts, in order.
+    pub tests: Vec<(String, u64)>,
+    pub cmdline: Vec<String>,
+    pub echo: Echo,
+}
+
+pub struct VmOutcome {
+    pub results: Vec<TestLine>,
+    /// Top-level KTAP lines (plan, diagnostics, results), for failure reports.
+    pub ktap: Vec<String>,
+    /// Set when QEMU was killed: what it was doing.
+    pub timed_out: Option<String>,
+    /// `# gtest: done` seen: the guest finished its list.
+    pub done: bool,
+    pub log: PathBuf,
+}
+
+/// The igb NIC's backend: QEMU sends the NIC's frames as UDP datagrams to
+/// `host` and receives frames sent to `qemu_port`, both on loopback.
+pub struct NetBackend {
+    pub host: UdpSocket,
+    pub qemu_port: u16,
+}
+
+impl NetBackend {
+    fn new() -> Result<Self> {
+        let host = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind UDP: {e}"))?;
+        // Ask the kernel for a free port for QEMU's end, then release it.
+        let probe = UdpSocket::bind("127.0.0.1:0").map_err(|e| format!("bind UDP: {e}"))?;
+        let qemu_port = probe.local_addr().map_err(|e| e.to_string())?.port();
+        drop(probe);
+        Ok(NetBackend { host, qemu_port })
+    }
+
+    fn qemu_args(&self) -> Result<String> {
+        let host_port = self.host.local_addr().map_err(|e| e.to_string())?.port();
+        Ok(format!(
+            "dgram,id=net0,local.type=inet,local.host=127.0.0.1,local.port={},\
+             remote.type=inet,remote.host=127.0.0.1,remote.port={host_port}",
+            self.qemu_port
+        ))
+    }
+
+    /// Delivers one Ethernet frame to the guest's igb NIC.
+    #[allow(dead_code)] // The packet-streaming tests of the VFIO issues feed it.
+    pub fn send_frame(&self, frame: &[u8]) -> Result<()> {
+        self.host
+            .send_to(frame, ("127.0.0.1", self.qemu_port))
+            .map(|_| ())
+            .map_err(|e| format!("send frame to QEMU: {e}"))
+    }
+}
+
+fn qemu_command(p: &Paths, run: &VmRun, net: &NetBackend) -> Result<Command> {
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args([
+        "-accel",
+        "tcg",
+        "-M",
+        "q35,kernel-irqchip=split",
+        "-cpu",
+        "max",
+        "-smp",
+        "2",
+    ])
+    .args(["-m", MEMORY])
+    .args([
+        "-nodefaults",
+        "-display",
+        "none",
+        "-vga",
+        "none",
+        "-no-reboot",
+    ])
+    .args(["-serial", "stdio"])
+    // The IOMMU must come before the devices it translates for.
+    .args(["-device", "intel-iommu,intremap=on,caching-mode=on"])
+    .args(["-netdev", &net.qemu_args()?])
+    .args(["-device", "igb,netdev=net0,addr=02.0,romfile="])
+    .arg("-kernel")
+    .arg(p.bzimage())
+    .arg("-initrd")
+    .arg(p.initramfs())
+    .arg("-append")
+    .arg(run.cmdline.join(" "));
+    Ok(cmd)
+}
+
+fn spawn_reader(child: &mut Child, log: File) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut log = log;
+        let mut reader = BufReader::new(stdout);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match reader.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let _ = log.write_all(&buf);
+                    let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+fn echo_line(echo: Echo, prefix: &str, raw: &str, line: &Line) {
+    match (echo, line) {
+        (Echo::All, _) => println!("{prefix}| {raw}"),
+        (Echo::Results, Line::Result(t)) => println!("  {prefix}: {raw}", raw = result_text(t)),
+        (Echo::Human, Line::Result(t)) => println!("  => {}", result_text(t)),
+        (Echo::Human, Line::Diag(d)) if !d.starts_with("gtest: start") => println!("  {d}"),
+        (Echo::Human, Line::Start(name)) => println!("\n[{name}]"),
+        _ => {}
+    }
+}
+
+fn result_text(t: &TestLine) -> String {
+    let status = match (t.ok, t.skipped()) {
+        (true, true) => "SKIP",
+        (true, false) => "PASS",
+        (false, _) => "FAIL",
+    };
+    match &t.directive {
+        Some(d) => format!("{status} {} ({d})", t.name),
+        None => format!("{status} {}", t.name),
+    }
+}
+
+/// Boots the VM, runs its tests, returns what the guest reported.
+pub fn run(p: &Paths, run: &VmRun) -> Result<VmOutcome> {
+    let log_path = p.log(&format!("vm-{}.log", run.name));
+    let log = File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let stderr_path = p.log(&format!("vm-{}.qemu-stderr.log", run.name));
+    let stderr = File::create(&stderr_path).map_err(|e| e.to_string())?;
+    let net = NetBackend::new()?;
+    let mut child = qemu_command(p, run, &net)?
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+    let rx = spawn_reader(&mut child, log);
+    let timeout_of = |name: &str| {
+        run.tests
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| Duration::from_secs(*t))
+            .unwrap_or(BOOT_BUDGET)
+    };
+    let mut outcome = VmOutcome {
+        results: Vec::new(),
+        ktap: Vec::new(),
+        timed_out: None,
+        done: false,
+        log: log_path,
+    };
+    let mut current: Option<String> = None;
+    let mut deadline = Instant::now() + BOOT_BUDGET;
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            outcome.timed_out = Some(match &current {
+                Some(name) if !outcome.done => format!(
+                    "test {name} did not finish within {}s",
+                    timeout_of(name).as_secs()
+                ),
+                _ if outcome.done => "the VM did not power off after the tests".into(),
+                _ => format!(
+                    "the guest did not start its tests within {}s",
+                    BOOT_BUDGET.as_secs()
+                ),
+            });
+            let _ = child.kill();
+            break;
+        }
+        match rx.recv_timeout((deadline - now).min(Duration::from_secs(1))) {
+            Ok(raw) => {
+                let line = classify(&raw);
+                echo_line(run.echo, &run.name, &raw, &line);
+                match &line {
+                    Line::Result(t) => {
+                        outcome.results.push(t.clone());
+                        // Next: the following test's start line.
+                        deadline = Instant::now() + BOOT_BUDGET;
+                    }
+                    Line::Start(name) if current.as_deref() != Some(name) => {
+                        deadline = Instant::now() + timeout_of(name);
+                        current = Some(name.clone());
+                    }
+                    Line::Done => {
+                        outcome.done = true;
+                        deadline = Instant::now() + POWEROFF_BUDGET;
+                    }
+                    _ => {}
+                }
+                if !matches!(line, Line::Other) {
+                    outcome.ktap.push(raw);
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if outcome.ktap.is_empty() && !status.success() && outcome.timed_out.is_none() {
+        let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+        return Err(format!(
+            "qemu-system-x86_64 exited with {status}: {}",
+            err.lines().last().unwrap_or("(no message)")
+        ));
+    }
+    Ok(outcome)
+}
+
+/// The last `n` lines of a log file.
+pub fn tail(path: &PathBuf, n: usize) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+}
