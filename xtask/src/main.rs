@@ -193,15 +193,19 @@ fn kernel_checks(p: &Paths, tally: &mut Tally) -> Result<()> {
     let checkpatch = p.tree().join("scripts/checkpatch.pl");
     let mut patches = kernel::series(p)?;
     patches.sort();
+    // Run from the kernel tree: inside this repository's git checkout,
+    // checkpatch reads the patch files as changes to the repository.
     let mut cmd = Command::new("perl");
-    cmd.arg(&checkpatch)
+    cmd.current_dir(p.tree())
+        .arg(&checkpatch)
         .args(["--no-tree", "--quiet"])
         .args(&patches);
     check(tally, "checkpatch patches/", &mut cmd);
     let overlay_c: Vec<_> = walk_overlay(p, &["c", "h"]);
     if !overlay_c.is_empty() {
         let mut cmd = Command::new("perl");
-        cmd.arg(&checkpatch)
+        cmd.current_dir(p.tree())
+            .arg(&checkpatch)
             .args(["--no-tree", "--quiet", "--file"])
             .args(&overlay_c);
         check(tally, "checkpatch overlay C", &mut cmd);
