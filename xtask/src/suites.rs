@@ -13,6 +13,8 @@ pub enum Expect {
     /// The guest must report `not ok`: the suite breaks the test's
     /// condition on purpose.
     Fail,
+    /// The host must kill the VM at the (only) test's timeout.
+    Timeout,
 }
 
 pub struct Suite {
@@ -58,6 +60,14 @@ pub const SUITES: &[Suite] = &[
         add: &["gtest.kexec_extra=liveupdate=off"],
         remove: &[],
         expect: Expect::Fail,
+    },
+    Suite {
+        name: "negative_hang",
+        about: "a guest test that hangs must be killed at its timeout",
+        tests: &["harness_hang"],
+        add: &[],
+        remove: &[],
+        expect: Expect::Timeout,
     },
 ];
 
@@ -152,6 +162,17 @@ pub fn run(p: &Paths, suite: &Suite, echo: Echo, tally: &mut Tally) -> Result<()
             None => format!("{label}: no result, the guest stopped (crash or panic?)"),
         };
         match (suite.expect, result) {
+            (Expect::Timeout, None) if outcome.timed_out.is_some() => {
+                println!(
+                    "  {}: {label} was killed at its timeout as it must be",
+                    suite.name
+                );
+                tally.pass()
+            }
+            (Expect::Timeout, Some(_)) => {
+                tally.fail(format!("{label}: finished but must time out"));
+                failed_here = true;
+            }
             (_, None) => {
                 tally.fail(missing());
                 failed_here = true;

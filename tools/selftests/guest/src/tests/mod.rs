@@ -9,6 +9,7 @@
 use std::os::fd::OwnedFd;
 
 mod demo;
+mod harness;
 mod kselftest;
 mod luo;
 mod smoke;
@@ -77,6 +78,12 @@ pub const CATALOG: &[Test] = &[
         summary: "tools/testing/selftests/iommu/iommufd_fail_nth from the 7.3 tree",
         timeout_s: 1800,
         run: kselftest::iommufd_fail_nth,
+    },
+    Test {
+        name: "harness_hang",
+        summary: "hangs on purpose: the host must kill the VM at this timeout",
+        timeout_s: 15,
+        run: harness::hang,
     },
 ];
 
