@@ -6,7 +6,8 @@ use crate::ktap::diag;
 use crate::liveupdate::LiveUpdate;
 use crate::{pattern, sys};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::os::fd::{AsRawFd, OwnedFd};
 
 const SESSION: &str = "gtest-luo-memfd";
@@ -53,7 +54,7 @@ fn verify() -> TestResult {
     let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
     let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
     let fd: OwnedFd = session.retrieve_fd(TOKEN).map_err(|e| e.to_string())?;
-    let mut memfd = File::from(fd);
+    let memfd = File::from(fd);
     let size = memfd.metadata().map_err(|e| e.to_string())?.len();
     if size != SIZE {
         return Err(format!("retrieved memfd has {size} bytes, expected {SIZE}"));
@@ -62,8 +63,10 @@ fn verify() -> TestResult {
     let mut off = 0u64;
     while off < SIZE {
         let n = CHUNK.min((SIZE - off) as usize);
+        // Read by offset: LUO restores the file position too, which stage
+        // 1 left at the end of the data.
         memfd
-            .read_exact(&mut buf[..n])
+            .read_exact_at(&mut buf[..n], off)
             .map_err(|e| format!("read memfd at {off}: {e}"))?;
         if let Some(bad) = pattern::first_mismatch(SEED, off, &buf[..n]) {
             return Err(format!(
