@@ -41,7 +41,8 @@ pub const SUITES: &[Suite] = &[
         name: "iommufd",
         about: "the 7.3 tree's iommufd selftests (regression guard)",
         tests: &["kselftest_iommufd", "kselftest_iommufd_fail_nth"],
-        add: &[],
+        // The *_hugepage and *_huge fixtures map MAP_HUGETLB buffers.
+        add: &["hugepages=256"],
         remove: &[],
         expect: Expect::Pass,
     },

@@ -14,15 +14,18 @@ const KSFT_SKIP: i32 = 4;
 
 fn run(binary: &str) -> TestResult {
     let path = format!("/bin/kselftest/{binary}");
+    // One pipe for stdout and stderr keeps the harness's assertion
+    // messages next to the case they belong to, and indented with it.
+    let (reader, writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let writer2 = writer.try_clone().map_err(|e| format!("pipe: {e}"))?;
     let mut child = Command::new(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(writer2))
         .spawn()
         .map_err(|e| format!("run {path}: {e}"))?;
-    let stdout = child.stdout.take().ok_or("no stdout pipe")?;
     let mut totals = None;
     let mut failed = Vec::new();
-    for text in BufReader::new(stdout).lines() {
+    for text in BufReader::new(reader).lines() {
         let text = text.map_err(|e| format!("read {binary} output: {e}"))?;
         line(&format!("    {text}"));
         if text.starts_with("# Totals:") {
