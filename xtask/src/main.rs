@@ -170,7 +170,7 @@ fn host_checks(tally: &mut Tally) {
     check(
         tally,
         "rustfmt",
-        cargo().args(["fmt", "--all", "--", "--check"]),
+        cargo().args(["fmt", "--all", "--", "--check", "--color", "never"]),
     );
     check(
         tally,

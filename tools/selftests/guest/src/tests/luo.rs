@@ -7,8 +7,8 @@ use crate::liveupdate::LiveUpdate;
 use crate::{pattern, sys};
 use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 
 const SESSION: &str = "gtest-luo-memfd";
 const TOKEN: u64 = 0x1a;
