@@ -2,10 +2,19 @@
 
 //! guestmemfs: a memory filesystem for guest RAM that survives kexec.
 //!
-//! The filesystem type is registered through the C glue in `vfs_glue.c`
-//! because Linux 7.3 has no Rust abstraction for `struct file_system_type`.
+//! The memory is a region reserved in `setup_arch()` (`region.c`), outside
+//! the direct map and without struct pages. The filesystem type is
+//! registered through the C glue in `vfs_glue.c` because Linux 7.3 has no
+//! Rust abstraction for `struct file_system_type`. The on-memory format,
+//! its allocator and validator are the `format` module, the same source
+//! the host tests build (`format/`).
 
-use kernel::prelude::*;
+use kernel::{c_str, kho, prelude::*};
+
+#[path = "format/src/shared/mod.rs"]
+pub mod format;
+
+use format::locator::{Locator, LOCATOR_SIZE};
 
 module! {
     type: GuestMemFs,
@@ -15,11 +24,67 @@ module! {
     license: "GPL",
 }
 
-extern "C" {
-    fn guestmemfs_vfs_register() -> kernel::ffi::c_int;
+/// `struct guestmemfs_region` from `include/linux/guestmemfs.h`.
+#[repr(C)]
+struct Region {
+    base: u64,
+    size: u64,
+    handed_over: bool,
 }
 
-struct GuestMemFs;
+extern "C" {
+    fn guestmemfs_vfs_register() -> kernel::ffi::c_int;
+    fn guestmemfs_region_get() -> *const Region;
+}
+
+/// Validates the locator handed over by the previous kernel; called by
+/// `region.c` from `setup_arch()`, before the region is reserved.
+///
+/// # Safety
+///
+/// `buf` must point to `len` readable bytes; `base` and `size` must be
+/// valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn guestmemfs_locator_decode(
+    buf: *const u8,
+    len: usize,
+    base: *mut u64,
+    size: *mut u64,
+) -> kernel::ffi::c_int {
+    // SAFETY: the caller maps `len` bytes at `buf`.
+    let bytes = unsafe { core::slice::from_raw_parts(buf, len) };
+    match Locator::decode(bytes) {
+        Ok(loc) => {
+            // SAFETY: the caller passes valid out pointers.
+            unsafe {
+                *base = loc.base;
+                *size = loc.size;
+            }
+            0
+        }
+        Err(e) => {
+            pr_err!("handed-over locator refused: {}\n", e);
+            EINVAL.to_errno()
+        }
+    }
+}
+
+struct GuestMemFs {
+    /// The locator published for the next kernel.
+    _locator: Option<kho::Subtree>,
+}
+
+/// Publishes where the region is, for the next kernel's `setup_arch()`.
+fn publish_locator(region: &Region) -> Result<kho::Subtree> {
+    let mut buf = kho::PreservedBuffer::new(LOCATOR_SIZE)?;
+    let loc = Locator {
+        base: region.base,
+        size: region.size,
+        generation: 0,
+    };
+    loc.encode(buf.as_mut_slice()).map_err(|_| EINVAL)?;
+    kho::Subtree::publish(c_str!("guestmemfs"), buf)
+}
 
 impl kernel::Module for GuestMemFs {
     fn init(_module: &'static ThisModule) -> Result<Self> {
@@ -27,6 +92,23 @@ impl kernel::Module for GuestMemFs {
         // `file_system_type` and is called once, from this initcall.
         kernel::error::to_result(unsafe { guestmemfs_vfs_register() })?;
         pr_info!("filesystem type registered\n");
-        Ok(GuestMemFs)
+        // SAFETY: returns NULL or a pointer to a `__ro_after_init` struct
+        // that lives for the kernel's lifetime.
+        let region = unsafe { guestmemfs_region_get().as_ref() };
+        let locator = match region {
+            Some(r) if kho::is_enabled() => match publish_locator(r) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    pr_err!("cannot publish the region for the next kernel: {:?}\n", e);
+                    None
+                }
+            },
+            Some(_) => {
+                pr_warn!("KHO is off (kho=on): the region will not survive kexec\n");
+                None
+            }
+            None => None,
+        };
+        Ok(GuestMemFs { _locator: locator })
     }
 }

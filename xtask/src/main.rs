@@ -79,6 +79,10 @@ fn list() {
     for s in SUITES {
         println!("  {:<22} {} [{}]", s.name, s.about, s.tests.join(", "));
     }
+    println!(
+        "  {:<22} struct pages with and without guestmemfs=2G (two boots, compared on the host)",
+        suites::MEMMAP_COST
+    );
     println!("\nguest tests (cargo xtask test <test> runs one alone):");
     for t in CATALOG {
         println!("  {:<28} {:>5}s  {}", t.name, t.timeout_s, t.summary);
@@ -258,10 +262,13 @@ fn echo_mode() -> Echo {
 fn test(names: &[String]) -> Result<bool> {
     // Resolve names before the long build so a typo fails at once.
     let mut run_host = names.is_empty();
+    let mut run_memmap = names.is_empty();
     let mut selected: Vec<Suite> = Vec::new();
     for name in names {
         if name == "host" {
             run_host = true;
+        } else if name == suites::MEMMAP_COST {
+            run_memmap = true;
         } else if let Some(s) = SUITES.iter().find(|s| s.name == name) {
             selected.push(Suite { ..*s });
         } else if let Some(t) = CATALOG.iter().find(|t| t.name == name) {
@@ -281,7 +288,7 @@ fn test(names: &[String]) -> Result<bool> {
     if run_host {
         host_checks(&mut tally);
     }
-    if !selected.is_empty() || run_host {
+    if !selected.is_empty() || run_host || run_memmap {
         match build_all() {
             Ok(p) => {
                 if run_host {
@@ -290,6 +297,11 @@ fn test(names: &[String]) -> Result<bool> {
                 for suite in &selected {
                     if let Err(e) = suites::run(&p, suite, echo_mode(), &mut tally) {
                         tally.fail(format!("{}: {e}", suite.name));
+                    }
+                }
+                if run_memmap {
+                    if let Err(e) = suites::memmap_cost(&p, echo_mode(), &mut tally) {
+                        tally.fail(format!("{}: {e}", suites::MEMMAP_COST));
                     }
                 }
             }

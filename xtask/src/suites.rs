@@ -47,6 +47,19 @@ pub const SUITES: &[Suite] = &[
         expect: Expect::Pass,
     },
     Suite {
+        name: "guestmemfs_region",
+        about: "guestmemfs=2G: reserved, aligned, not in the direct map, kept over kexec",
+        tests: &[
+            "guestmemfs_region_reserved",
+            "guestmemfs_region_not_in_direct_map",
+            "guestmemfs_region_kexec",
+            "guestmemfs_region_not_in_direct_map",
+        ],
+        add: &["guestmemfs=2G"],
+        remove: &[],
+        expect: Expect::Pass,
+    },
+    Suite {
         name: "negative_iommu_off",
         about: "without intel_iommu=on the IOMMU check must fail",
         tests: &["iommu_present"],
@@ -87,6 +100,67 @@ pub const DEMO: Suite = Suite {
     expect: Expect::Pass,
 };
 
+/// Host check across two boots: the struct-page (memmap) cost of the
+/// guestmemfs region, which must be nothing. Ordinary RAM costs 64 bytes
+/// of `struct page` per 4 KiB page, 16 MiB per GiB; booting with
+/// `guestmemfs=2G` must save about that much for the 2 GiB.
+pub const MEMMAP_COST: &str = "memmap_cost";
+const MEMMAP_REGION: u64 = 2 << 30;
+
+fn memmap_pages(
+    p: &Paths,
+    name: &'static str,
+    add: &'static [&'static str],
+    echo: Echo,
+) -> Result<Option<u64>> {
+    let suite = Suite {
+        name,
+        about: "memmap pages of this boot",
+        tests: &["memmap_report"],
+        add,
+        remove: &[],
+        expect: Expect::Pass,
+    };
+    let mut tally = Tally::default();
+    let outcome = run_suite_vm(p, &suite, echo)?;
+    report(&suite, &outcome, echo, &mut tally);
+    Ok(outcome.ktap.iter().find_map(|l| {
+        l.strip_prefix("# memmap_pages ")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }))
+}
+
+/// Runs the two boots and adds one result to `tally`.
+pub fn memmap_cost(p: &Paths, echo: Echo, tally: &mut Tally) -> Result<()> {
+    println!("xtask: VM pair {MEMMAP_COST}: struct pages with and without guestmemfs=2G");
+    let plain = memmap_pages(p, "memmap_plain", &[], echo)?;
+    let region = memmap_pages(p, "memmap_guestmemfs", &["guestmemfs=2G"], echo)?;
+    let (Some(plain), Some(region)) = (plain, region) else {
+        tally.fail(format!(
+            "{MEMMAP_COST}: a boot did not report its memmap pages"
+        ));
+        return Ok(());
+    };
+    let saved = plain.saturating_sub(region) * 4096;
+    let per_gib = saved / (MEMMAP_REGION >> 30);
+    let line = format!(
+        "memmap pages: {plain} without, {region} with guestmemfs=2G: {} MiB saved, {} KiB per GiB of region (RAM costs 16384 KiB per GiB)",
+        saved >> 20,
+        per_gib >> 10
+    );
+    println!("  {MEMMAP_COST}: {line}");
+    // All of the region's memmap must be gone: allow 1% for rounding.
+    if per_gib >= (16 << 20) * 99 / 100 {
+        tally.pass();
+    } else {
+        tally.fail(format!("{MEMMAP_COST}: {line}"));
+    }
+    Ok(())
+}
+
 /// A suite made of one guest test, for `cargo xtask test <guest test>`.
 pub fn single(name: &'static str) -> Suite {
     Suite {
@@ -126,8 +200,8 @@ fn timeout(name: &str) -> u64 {
         .unwrap_or(60)
 }
 
-/// Runs a suite in a fresh VM and adds its results to `tally`.
-pub fn run(p: &Paths, suite: &Suite, echo: Echo, tally: &mut Tally) -> Result<()> {
+/// Boots the VM for `suite` and returns what the guest reported.
+fn run_suite_vm(p: &Paths, suite: &Suite, echo: Echo) -> Result<vm::VmOutcome> {
     let mut cmdline: Vec<String> = BASE_CMDLINE
         .iter()
         .filter(|a| !suite.remove.contains(a))
@@ -148,8 +222,25 @@ pub fn run(p: &Paths, suite: &Suite, echo: Echo, tally: &mut Tally) -> Result<()
     if echo != Echo::Human {
         println!("xtask: VM {}: {}", suite.name, suite.about);
     }
+    vm::run(p, &run)
+}
+
+/// Runs a suite in a fresh VM and adds its results to `tally`.
+pub fn run(p: &Paths, suite: &Suite, echo: Echo, tally: &mut Tally) -> Result<()> {
     let start = std::time::Instant::now();
-    let outcome = vm::run(p, &run)?;
+    let outcome = run_suite_vm(p, suite, echo)?;
+    report(suite, &outcome, echo, tally);
+    println!(
+        "xtask: VM {} finished in {}s (serial log: {})",
+        suite.name,
+        start.elapsed().as_secs(),
+        outcome.log.display()
+    );
+    Ok(())
+}
+
+/// Adds a VM's results to `tally` and prints the details of failures.
+fn report(suite: &Suite, outcome: &vm::VmOutcome, echo: Echo, tally: &mut Tally) {
     let mut failed_here = false;
     for (index, name) in suite.tests.iter().enumerate() {
         let label = format!("{}/{name}", suite.name);
@@ -212,13 +303,6 @@ pub fn run(p: &Paths, suite: &Suite, echo: Echo, tally: &mut Tally) -> Result<()
             eprintln!("  | {l}");
         }
     }
-    println!(
-        "xtask: VM {} finished in {}s (serial log: {})",
-        suite.name,
-        start.elapsed().as_secs(),
-        outcome.log.display()
-    );
-    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@
 //! - `gtest.next=I`: index of the first test this boot runs (after kexec);
 //! - `gtest.stage=S`: stage of test `I` that this boot runs (default 1);
 //! - `gtest.kexec_extra=p1,p2`: parameters added to the command line of
-//!   every kexec'd kernel (used to break a stage on purpose).
+//!   every kexec'd kernel (used to break a stage on purpose);
+//! - `gtest.note=V`: what the previous stage expects the next one to find
+//!   (e.g. a physical address), for checking; never the handed-over state.
 
 /// What a test boot was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +16,7 @@ pub struct TestBoot {
     pub next: usize,
     pub stage: u32,
     pub kexec_extra: Vec<String>,
+    pub note: Option<String>,
     tokens: Vec<String>,
 }
 
@@ -27,6 +30,7 @@ impl TestBoot {
             next: 0,
             stage: 1,
             kexec_extra: Vec::new(),
+            note: None,
             tokens: Vec::new(),
         };
         for token in &tokens {
@@ -48,6 +52,7 @@ impl TestBoot {
                         .ok_or_else(|| format!("bad gtest.stage value {value:?}"))?
                 }
                 "gtest.kexec_extra" => boot.kexec_extra = split_list(value),
+                "gtest.note" => boot.note = Some(value.to_owned()),
                 _ => {}
             }
         }
@@ -63,11 +68,15 @@ impl TestBoot {
     /// Command line for the kernel that continues with test `next` at
     /// `stage`: this boot's parameters with the position replaced and the
     /// `gtest.kexec_extra` parameters appended once.
-    pub fn next_cmdline(&self, next: usize, stage: u32) -> String {
+    pub fn next_cmdline(&self, next: usize, stage: u32, note: Option<&str>) -> String {
         let mut out: Vec<String> = self
             .tokens
             .iter()
-            .filter(|t| !t.starts_with("gtest.next=") && !t.starts_with("gtest.stage="))
+            .filter(|t| {
+                !t.starts_with("gtest.next=")
+                    && !t.starts_with("gtest.stage=")
+                    && !t.starts_with("gtest.note=")
+            })
             .cloned()
             .collect();
         for extra in &self.kexec_extra {
@@ -77,6 +86,9 @@ impl TestBoot {
         }
         out.push(format!("gtest.next={next}"));
         out.push(format!("gtest.stage={stage}"));
+        if let Some(note) = note {
+            out.push(format!("gtest.note={note}"));
+        }
         out.join(" ")
     }
 }
@@ -112,7 +124,7 @@ mod tests {
         let b =
             TestBoot::parse("a=1 gtest.run=t gtest.next=0 gtest.stage=1 gtest.kexec_extra=x=1,y")
                 .unwrap();
-        let next = b.next_cmdline(0, 2);
+        let next = b.next_cmdline(0, 2, None);
         assert_eq!(
             next,
             "a=1 gtest.run=t gtest.kexec_extra=x=1,y x=1 y gtest.next=0 gtest.stage=2"
@@ -120,8 +132,12 @@ mod tests {
         let b2 = TestBoot::parse(&next).unwrap();
         assert_eq!((b2.next, b2.stage), (0, 2));
         assert_eq!(
-            b2.next_cmdline(1, 1),
-            "a=1 gtest.run=t gtest.kexec_extra=x=1,y x=1 y gtest.next=1 gtest.stage=1"
+            b2.next_cmdline(1, 1, Some("0x100")),
+            "a=1 gtest.run=t gtest.kexec_extra=x=1,y x=1 y gtest.next=1 gtest.stage=1 gtest.note=0x100"
+        );
+        assert_eq!(
+            TestBoot::parse("gtest.note=0x100").unwrap().note.as_deref(),
+            Some("0x100")
         );
     }
 }

@@ -47,10 +47,18 @@ fn run() {
     let mut ctx = Ctx {
         stage: 1,
         keep: Vec::new(),
+        note_out: None,
+        note_in: None,
     };
     for (index, name) in boot.run.iter().enumerate().skip(boot.next) {
         let number = index + 1;
         ctx.stage = if index == boot.next { boot.stage } else { 1 };
+        ctx.note_in = if index == boot.next {
+            boot.note.clone()
+        } else {
+            None
+        };
+        ctx.note_out = None;
         diag(&format!("gtest: start {name} stage {}", ctx.stage));
         let Some(test) = tests::find(name) else {
             line(&format!("not ok {number} {name} # unknown test"));
@@ -62,7 +70,7 @@ fn run() {
             Ok(Outcome::Pass) => line(&format!("ok {number} {name}")),
             Ok(Outcome::Skip(why)) => line(&format!("ok {number} {name} # SKIP {why}")),
             Ok(Outcome::Kexec) => {
-                let next = boot.next_cmdline(index, ctx.stage + 1);
+                let next = boot.next_cmdline(index, ctx.stage + 1, ctx.note_out.as_deref());
                 diag(&format!(
                     "gtest: {name} stage {} done, kexec into stage {}",
                     ctx.stage,

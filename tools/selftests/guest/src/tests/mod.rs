@@ -12,6 +12,7 @@ mod demo;
 mod harness;
 mod kselftest;
 mod luo;
+mod region;
 mod smoke;
 
 /// State a test gets from the runner.
@@ -20,6 +21,10 @@ pub struct Ctx {
     pub stage: u32,
     /// Fds that must stay open until the kexec (LUO sessions).
     pub keep: Vec<OwnedFd>,
+    /// Set by a stage for the next one: what it expects to find there.
+    pub note_out: Option<String>,
+    /// The previous stage's `note_out`.
+    pub note_in: Option<String>,
 }
 
 /// How a test (stage) ended.
@@ -78,6 +83,30 @@ pub const CATALOG: &[Test] = &[
         summary: "tools/testing/selftests/iommu/iommufd_fail_nth from the 7.3 tree",
         timeout_s: 1800,
         run: kselftest::iommufd_fail_nth,
+    },
+    Test {
+        name: "guestmemfs_region_reserved",
+        summary: "guestmemfs=<size> reserves an aligned region, not System RAM",
+        timeout_s: 30,
+        run: region::region_reserved,
+    },
+    Test {
+        name: "guestmemfs_region_not_in_direct_map",
+        summary: "the region is absent from the kernel direct map (control: RAM is present)",
+        timeout_s: 60,
+        run: region::region_not_in_direct_map,
+    },
+    Test {
+        name: "guestmemfs_region_kexec",
+        summary: "the region is kept at the same address over 2 kexecs (KHO locator)",
+        timeout_s: 300,
+        run: region::region_survives_kexec,
+    },
+    Test {
+        name: "memmap_report",
+        summary: "report nr_memmap_boot_pages + nr_memmap_pages for the host to compare",
+        timeout_s: 30,
+        run: region::memmap_report,
     },
     Test {
         name: "harness_hang",

@@ -1,0 +1,243 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! On-memory layout of guestmemfs, format version 1.
+//!
+//! The region is an array of 2 MiB blocks. The first `meta_blocks` blocks
+//! hold the metadata, everything after them is file data:
+//!
+//! ```text
+//! offset 0              superblock (4 KiB)
+//! inode_offset          inode table: inode_count records of 512 bytes
+//! extent_offset         extent table: extent_count records of 32 bytes
+//! meta_blocks * 2 MiB   data blocks
+//! ```
+//!
+//! All integers are little endian. Every record is decoded field by field
+//! from bytes with bounds checks, never cast from memory, so corrupt
+//! metadata can only produce an error (see `validate`).
+
+use super::Error;
+
+/// Size of an allocation block: 2 MiB, one PMD mapping.
+pub const BLOCK_SHIFT: u32 = 21;
+/// Size of an allocation block in bytes.
+pub const BLOCK_SIZE: u64 = 1 << BLOCK_SHIFT;
+/// Blocks in a 1 GiB (PUD) unit.
+pub const HUGE_BLOCKS: u64 = 512;
+
+/// `b"GUESTMFS"` read as a little-endian u64.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"GUESTMFS");
+/// Format version this code writes and accepts.
+pub const VERSION: u32 = 1;
+
+/// Bytes reserved for the superblock at the start of the region.
+pub const SUPERBLOCK_SIZE: u64 = 4096;
+/// Bytes per inode record.
+pub const INODE_SIZE: u64 = 512;
+/// Bytes per extent record.
+pub const EXTENT_SIZE: u64 = 32;
+/// Longest file name, as the VFS's NAME_MAX.
+pub const NAME_MAX: usize = 255;
+/// Inode number of the root directory.
+pub const ROOT_INO: u64 = 1;
+
+/// `S_IFMT` and the two file types guestmemfs stores.
+pub const S_IFMT: u32 = 0o170000;
+/// Directory.
+pub const S_IFDIR: u32 = 0o040000;
+/// Regular file.
+pub const S_IFREG: u32 = 0o100000;
+
+/// Record flag: the record is in use.
+pub const FLAG_IN_USE: u32 = 1;
+
+/// Superblock field offsets.
+pub(crate) mod sb {
+    pub(crate) const MAGIC: usize = 0;
+    pub(crate) const VERSION: usize = 8;
+    pub(crate) const HEADER_SIZE: usize = 12;
+    pub(crate) const REGION_SIZE: usize = 16;
+    pub(crate) const BLOCK_SIZE: usize = 24;
+    pub(crate) const NR_BLOCKS: usize = 32;
+    pub(crate) const META_BLOCKS: usize = 40;
+    pub(crate) const INODE_COUNT: usize = 48;
+    pub(crate) const INODE_OFFSET: usize = 56;
+    pub(crate) const EXTENT_COUNT: usize = 64;
+    pub(crate) const EXTENT_OFFSET: usize = 72;
+    pub(crate) const GENERATION: usize = 80;
+    pub(crate) const NEXT_INO_GEN: usize = 88;
+    pub(crate) const CHECKSUM: usize = 4092;
+}
+
+/// Inode field offsets.
+pub(crate) mod ino {
+    pub(crate) const FLAGS: usize = 0;
+    pub(crate) const MODE: usize = 4;
+    pub(crate) const UID: usize = 8;
+    pub(crate) const GID: usize = 12;
+    pub(crate) const NLINK: usize = 16;
+    pub(crate) const NAME_LEN: usize = 20;
+    pub(crate) const SIZE: usize = 24;
+    pub(crate) const PARENT: usize = 32;
+    pub(crate) const FIRST_EXTENT: usize = 40;
+    pub(crate) const NR_EXTENTS: usize = 48;
+    pub(crate) const BLOCKS: usize = 56;
+    pub(crate) const ATIME: usize = 64;
+    pub(crate) const MTIME: usize = 80;
+    pub(crate) const CTIME: usize = 96;
+    pub(crate) const GENERATION: usize = 112;
+    pub(crate) const NAME: usize = 128;
+}
+
+/// Extent field offsets.
+pub(crate) mod ext {
+    pub(crate) const FLAGS: usize = 0;
+    pub(crate) const COUNT: usize = 4;
+    pub(crate) const NEXT: usize = 8;
+    pub(crate) const FILE_BLOCK: usize = 16;
+    pub(crate) const PHYS_BLOCK: usize = 24;
+}
+
+/// A time stamp as the VFS keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Time {
+    /// Seconds since the epoch.
+    pub sec: i64,
+    /// Nanoseconds, below 10^9.
+    pub nsec: u32,
+}
+
+/// Sizes of the metadata area, derived from the region size and the
+/// number of inodes chosen at format time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    /// Region size in bytes, a multiple of `BLOCK_SIZE`.
+    pub region_size: u64,
+    /// Number of 2 MiB blocks in the region.
+    pub nr_blocks: u64,
+    /// Leading blocks that hold the metadata.
+    pub meta_blocks: u64,
+    /// Inode records.
+    pub inode_count: u64,
+    /// Extent records: one per block, the most a full region can need.
+    pub extent_count: u64,
+}
+
+/// Byte offset of the inode table.
+pub const INODE_OFFSET: u64 = SUPERBLOCK_SIZE;
+
+impl Geometry {
+    /// Geometry of a region of `region_size` bytes with `inode_count`
+    /// inodes; `None` when the metadata would not leave a data block.
+    pub fn new(region_size: u64, inode_count: u64) -> Option<Geometry> {
+        if region_size == 0 || region_size % BLOCK_SIZE != 0 || inode_count == 0 {
+            return None;
+        }
+        let nr_blocks = region_size / BLOCK_SIZE;
+        let extent_count = nr_blocks;
+        let meta_bytes = INODE_OFFSET
+            .checked_add(inode_count.checked_mul(INODE_SIZE)?)?
+            .checked_add(extent_count.checked_mul(EXTENT_SIZE)?)?;
+        let meta_blocks = meta_bytes.div_ceil(BLOCK_SIZE);
+        if meta_blocks >= nr_blocks {
+            return None;
+        }
+        Some(Geometry {
+            region_size,
+            nr_blocks,
+            meta_blocks,
+            inode_count,
+            extent_count,
+        })
+    }
+
+    /// The default inode count for a region: one per MiB of region, at
+    /// least 1024 (0.05% of the region goes to inode records).
+    pub fn default_inodes(region_size: u64) -> u64 {
+        (region_size >> 20).max(1024)
+    }
+
+    /// Byte offset of the extent table.
+    pub fn extent_offset(&self) -> u64 {
+        INODE_OFFSET + self.inode_count * INODE_SIZE
+    }
+
+    /// Bytes of metadata the kernel maps: all metadata blocks.
+    pub fn meta_bytes(&self) -> u64 {
+        self.meta_blocks * BLOCK_SIZE
+    }
+
+    /// Data blocks (the ones files can use).
+    pub fn data_blocks(&self) -> u64 {
+        self.nr_blocks - self.meta_blocks
+    }
+}
+
+pub(crate) fn get_u32(buf: &[u8], off: usize) -> Result<u32, Error> {
+    let bytes = buf
+        .get(off..off.checked_add(4).ok_or(Error::Truncated)?)
+        .ok_or(Error::Truncated)?;
+    let mut a = [0u8; 4];
+    a.copy_from_slice(bytes);
+    Ok(u32::from_le_bytes(a))
+}
+
+pub(crate) fn get_u64(buf: &[u8], off: usize) -> Result<u64, Error> {
+    let bytes = buf
+        .get(off..off.checked_add(8).ok_or(Error::Truncated)?)
+        .ok_or(Error::Truncated)?;
+    let mut a = [0u8; 8];
+    a.copy_from_slice(bytes);
+    Ok(u64::from_le_bytes(a))
+}
+
+pub(crate) fn put_u32(buf: &mut [u8], off: usize, v: u32) -> Result<(), Error> {
+    buf.get_mut(off..off.checked_add(4).ok_or(Error::Truncated)?)
+        .ok_or(Error::Truncated)?
+        .copy_from_slice(&v.to_le_bytes());
+    Ok(())
+}
+
+pub(crate) fn put_u64(buf: &mut [u8], off: usize, v: u64) -> Result<(), Error> {
+    buf.get_mut(off..off.checked_add(8).ok_or(Error::Truncated)?)
+        .ok_or(Error::Truncated)?
+        .copy_from_slice(&v.to_le_bytes());
+    Ok(())
+}
+
+/// CRC-32C (Castagnoli), bitwise: small code, and the superblock is the
+/// only thing summed.
+pub fn crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            let mask = (crc & 1).wrapping_neg();
+            crc = (crc >> 1) ^ (0x82f6_3b78 & mask);
+        }
+    }
+    !crc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_known_value() {
+        // RFC 3720 test vector: 32 bytes of zeros.
+        assert_eq!(crc32c(&[0u8; 32]), 0x8a91_36aa);
+        assert_eq!(crc32c(b"123456789"), 0xe306_9283);
+    }
+
+    #[test]
+    fn geometry_of_two_gib() {
+        let g = Geometry::new(2 << 30, Geometry::default_inodes(2 << 30)).unwrap();
+        assert_eq!(g.nr_blocks, 1024);
+        assert_eq!(g.inode_count, 2048);
+        // 4 KiB + 1 MiB of inodes + 32 KiB of extents -> 1 block.
+        assert_eq!(g.meta_blocks, 1);
+        assert!(Geometry::new(2 << 20, 1).is_none());
+        assert!(Geometry::new(3 << 20, 1).is_none());
+        assert!(Geometry::new(4 << 20, 1).is_some());
+    }
+}

@@ -1,0 +1,956 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! Operations on a metadata image: format, inodes, directories, extents.
+//!
+//! A directory entry is the child inode itself: each inode stores its
+//! parent and its name, so there are no hard links (`nlink` of a file is 1
+//! while it has a name). Lookups and readdir scan the inode table; the
+//! kernel caches dentries on top. An unlinked inode still open or mapped
+//! keeps `nlink == 0` until [`Meta::evict`] frees it; after a kexec such
+//! orphans are reclaimed at mount ([`Meta::reclaim_orphans`]).
+
+use super::bitmap::BlockBitmap;
+use super::layout::*;
+use super::{corrupt, Corruption, Error};
+
+/// A decoded inode record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InodeData {
+    /// Inode number (record index + 1).
+    pub ino: u64,
+    /// File type and permission bits.
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Link count as the VFS sees it.
+    pub nlink: u32,
+    /// File size in bytes.
+    pub size: u64,
+    /// Parent directory (0 when unlinked).
+    pub parent: u64,
+    /// First extent (record index + 1), 0 when none.
+    pub first_extent: u64,
+    /// Number of extents in the list.
+    pub nr_extents: u64,
+    /// Blocks allocated to the file.
+    pub blocks: u64,
+    /// Access time.
+    pub atime: Time,
+    /// Modification time.
+    pub mtime: Time,
+    /// Change time.
+    pub ctime: Time,
+    /// Generation, for NFS-style handles and sanity.
+    pub generation: u64,
+    /// Length of `name`.
+    pub name_len: usize,
+    /// Name in the parent directory.
+    pub name: [u8; NAME_MAX],
+}
+
+impl InodeData {
+    /// The name as bytes.
+    pub fn name(&self) -> &[u8] {
+        &self.name[..self.name_len.min(NAME_MAX)]
+    }
+    /// True for directories.
+    pub fn is_dir(&self) -> bool {
+        self.mode & S_IFMT == S_IFDIR
+    }
+    /// True for regular files.
+    pub fn is_reg(&self) -> bool {
+        self.mode & S_IFMT == S_IFREG
+    }
+}
+
+/// One decoded extent record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    /// Record index + 1.
+    pub id: u64,
+    /// Blocks covered.
+    pub count: u64,
+    /// Next extent of the same file (id), 0 at the end.
+    pub next: u64,
+    /// First file block covered.
+    pub file_block: u64,
+    /// First region block backing it.
+    pub phys_block: u64,
+}
+
+/// Checks a name for a directory entry.
+pub fn check_name(name: &[u8]) -> Result<(), Error> {
+    if name.len() > NAME_MAX {
+        return Err(Error::NameTooLong);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.iter().any(|&c| c == b'/' || c == 0)
+    {
+        return Err(Error::BadName);
+    }
+    Ok(())
+}
+
+/// A metadata image: the metadata blocks of the region, mapped.
+pub struct Meta<B> {
+    buf: B,
+    geo: Geometry,
+}
+
+/// Formats `buf` (at least `geo.meta_bytes()` long) as an empty
+/// filesystem with a root directory owned by root, mode 0755.
+pub fn format(buf: &mut [u8], geo: &Geometry, now: Time, generation: u64) -> Result<(), Error> {
+    let meta_len = usize::try_from(geo.meta_bytes()).map_err(|_| Error::Invalid)?;
+    let area = buf.get_mut(..meta_len).ok_or(Error::Truncated)?;
+    area.iter_mut().for_each(|b| *b = 0);
+    put_u64(area, sb::MAGIC, MAGIC)?;
+    put_u32(area, sb::VERSION, VERSION)?;
+    put_u32(area, sb::HEADER_SIZE, SUPERBLOCK_SIZE as u32)?;
+    put_u64(area, sb::REGION_SIZE, geo.region_size)?;
+    put_u64(area, sb::BLOCK_SIZE, BLOCK_SIZE)?;
+    put_u64(area, sb::NR_BLOCKS, geo.nr_blocks)?;
+    put_u64(area, sb::META_BLOCKS, geo.meta_blocks)?;
+    put_u64(area, sb::INODE_COUNT, geo.inode_count)?;
+    put_u64(area, sb::INODE_OFFSET, INODE_OFFSET)?;
+    put_u64(area, sb::EXTENT_COUNT, geo.extent_count)?;
+    put_u64(area, sb::EXTENT_OFFSET, geo.extent_offset())?;
+    put_u64(area, sb::GENERATION, generation)?;
+    put_u64(area, sb::NEXT_INO_GEN, 1)?;
+    seal_superblock(area)?;
+    let mut meta = Meta {
+        buf: area,
+        geo: *geo,
+    };
+    let mut root = meta.empty_inode(ROOT_INO, S_IFDIR | 0o755, 0, 0, now);
+    root.nlink = 2;
+    root.parent = ROOT_INO;
+    meta.write_inode(&root)
+}
+
+/// Rewrites the superblock checksum after a superblock change.
+pub fn seal_superblock(buf: &mut [u8]) -> Result<(), Error> {
+    let body = buf.get(..sb::CHECKSUM).ok_or(Error::Truncated)?;
+    let sum = crc32c(body);
+    put_u32(buf, sb::CHECKSUM, sum)
+}
+
+impl<B: AsRef<[u8]>> Meta<B> {
+    /// A view of metadata whose superblock was already checked by
+    /// [`super::validate::superblock`].
+    pub fn new(buf: B, geo: Geometry) -> Result<Self, Error> {
+        if (buf.as_ref().len() as u64) < geo.meta_bytes() {
+            return Err(Error::Truncated);
+        }
+        Ok(Meta { buf, geo })
+    }
+
+    /// The geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// The raw metadata bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.buf.as_ref()
+    }
+
+    /// Superblock generation (bumped at every mount).
+    pub fn generation(&self) -> Result<u64, Error> {
+        get_u64(self.buf.as_ref(), sb::GENERATION)
+    }
+
+    fn inode_off(&self, ino: u64) -> Result<usize, Error> {
+        if ino == 0 || ino > self.geo.inode_count {
+            return Err(Error::Invalid);
+        }
+        usize::try_from(INODE_OFFSET + (ino - 1) * INODE_SIZE).map_err(|_| Error::Invalid)
+    }
+
+    fn extent_off(&self, id: u64) -> Result<usize, Error> {
+        if id == 0 || id > self.geo.extent_count {
+            return Err(Error::Invalid);
+        }
+        usize::try_from(self.geo.extent_offset() + (id - 1) * EXTENT_SIZE)
+            .map_err(|_| Error::Invalid)
+    }
+
+    /// True if inode record `ino` is in use.
+    pub fn inode_in_use(&self, ino: u64) -> Result<bool, Error> {
+        let off = self.inode_off(ino)?;
+        Ok(get_u32(self.buf.as_ref(), off + ino::FLAGS)? & FLAG_IN_USE != 0)
+    }
+
+    /// Decodes inode `ino`; `NotFound` when the record is free.
+    pub fn inode(&self, ino: u64) -> Result<InodeData, Error> {
+        let off = self.inode_off(ino)?;
+        let b = self.buf.as_ref();
+        if get_u32(b, off + ino::FLAGS)? & FLAG_IN_USE == 0 {
+            return Err(Error::NotFound);
+        }
+        let name_len = get_u32(b, off + ino::NAME_LEN)? as usize;
+        let mut name = [0u8; NAME_MAX];
+        let n = name_len.min(NAME_MAX);
+        name[..n].copy_from_slice(
+            b.get(off + ino::NAME..off + ino::NAME + n)
+                .ok_or(Error::Truncated)?,
+        );
+        let time = |o: usize| -> Result<Time, Error> {
+            Ok(Time {
+                sec: get_u64(b, off + o)? as i64,
+                nsec: get_u32(b, off + o + 8)?,
+            })
+        };
+        Ok(InodeData {
+            ino,
+            mode: get_u32(b, off + ino::MODE)?,
+            uid: get_u32(b, off + ino::UID)?,
+            gid: get_u32(b, off + ino::GID)?,
+            nlink: get_u32(b, off + ino::NLINK)?,
+            size: get_u64(b, off + ino::SIZE)?,
+            parent: get_u64(b, off + ino::PARENT)?,
+            first_extent: get_u64(b, off + ino::FIRST_EXTENT)?,
+            nr_extents: get_u64(b, off + ino::NR_EXTENTS)?,
+            blocks: get_u64(b, off + ino::BLOCKS)?,
+            atime: time(ino::ATIME)?,
+            mtime: time(ino::MTIME)?,
+            ctime: time(ino::CTIME)?,
+            generation: get_u64(b, off + ino::GENERATION)?,
+            name_len,
+            name,
+        })
+    }
+
+    /// Decodes extent `id`; `None` when the record is free.
+    pub fn extent(&self, id: u64) -> Result<Option<Extent>, Error> {
+        let off = self.extent_off(id)?;
+        let b = self.buf.as_ref();
+        if get_u32(b, off + ext::FLAGS)? & FLAG_IN_USE == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Extent {
+            id,
+            count: get_u32(b, off + ext::COUNT)? as u64,
+            next: get_u64(b, off + ext::NEXT)?,
+            file_block: get_u64(b, off + ext::FILE_BLOCK)?,
+            phys_block: get_u64(b, off + ext::PHYS_BLOCK)?,
+        }))
+    }
+
+    /// Finds `name` in directory `dir`.
+    pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<u64, Error> {
+        let d = self.inode(dir)?;
+        if !d.is_dir() {
+            return Err(Error::NotDir);
+        }
+        check_name(name)?;
+        for ino in 1..=self.geo.inode_count {
+            if !self.inode_in_use(ino)? {
+                continue;
+            }
+            let i = self.inode(ino)?;
+            if i.parent == dir && i.ino != ROOT_INO && i.nlink > 0 && i.name() == name {
+                return Ok(ino);
+            }
+        }
+        Err(Error::NotFound)
+    }
+
+    /// The next entry of `dir` at or after record `pos` (a cursor starting
+    /// at 0): returns the child and the cursor for the following call.
+    pub fn readdir(&self, dir: u64, pos: u64) -> Result<Option<(InodeData, u64)>, Error> {
+        for ino in pos.saturating_add(1).max(1)..=self.geo.inode_count {
+            if !self.inode_in_use(ino)? || ino == ROOT_INO {
+                continue;
+            }
+            let i = self.inode(ino)?;
+            if i.parent == dir && i.nlink > 0 {
+                return Ok(Some((i, ino)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// True if `dir` has entries.
+    pub fn has_children(&self, dir: u64) -> Result<bool, Error> {
+        Ok(self.readdir(dir, 0)?.is_some())
+    }
+
+    /// Inodes in use.
+    pub fn inodes_used(&self) -> Result<u64, Error> {
+        let mut n = 0;
+        for ino in 1..=self.geo.inode_count {
+            n += self.inode_in_use(ino)? as u64;
+        }
+        Ok(n)
+    }
+
+    /// The extent that backs `file_block` of inode `ino`, if any.
+    pub fn map(&self, ino: u64, file_block: u64) -> Result<Option<Extent>, Error> {
+        let i = self.inode(ino)?;
+        let mut id = i.first_extent;
+        let mut steps = 0;
+        while id != 0 {
+            steps += 1;
+            if steps > self.geo.extent_count {
+                return corrupt(Corruption::ExtentCycle(ino));
+            }
+            let e = self
+                .extent(id)?
+                .ok_or(Error::Corrupt(Corruption::BadExtent(id)))?;
+            if file_block < e.file_block {
+                return Ok(None);
+            }
+            if file_block - e.file_block < e.count {
+                return Ok(Some(e));
+            }
+            id = e.next;
+        }
+        Ok(None)
+    }
+
+    /// The extents of `ino`, in order, passed to `f`.
+    pub fn for_each_extent(
+        &self,
+        ino: u64,
+        mut f: impl FnMut(&Extent) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        let i = self.inode(ino)?;
+        let mut id = i.first_extent;
+        let mut steps = 0;
+        while id != 0 {
+            steps += 1;
+            if steps > self.geo.extent_count {
+                return corrupt(Corruption::ExtentCycle(ino));
+            }
+            let e = self
+                .extent(id)?
+                .ok_or(Error::Corrupt(Corruption::BadExtent(id)))?;
+            f(&e)?;
+            id = e.next;
+        }
+        Ok(())
+    }
+
+    /// True if `ancestor` is `ino` or one of its parents.
+    pub fn is_ancestor(&self, ancestor: u64, ino: u64) -> Result<bool, Error> {
+        let mut cur = ino;
+        for _ in 0..=self.geo.inode_count {
+            if cur == ancestor {
+                return Ok(true);
+            }
+            if cur == ROOT_INO {
+                return Ok(false);
+            }
+            cur = self.inode(cur)?.parent;
+        }
+        corrupt(Corruption::DirCycle(ino))
+    }
+}
+
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
+    fn empty_inode(&self, ino: u64, mode: u32, uid: u32, gid: u32, now: Time) -> InodeData {
+        InodeData {
+            ino,
+            mode,
+            uid,
+            gid,
+            nlink: 1,
+            size: 0,
+            parent: 0,
+            first_extent: 0,
+            nr_extents: 0,
+            blocks: 0,
+            atime: now,
+            mtime: now,
+            ctime: now,
+            generation: 0,
+            name_len: 0,
+            name: [0; NAME_MAX],
+        }
+    }
+
+    /// Writes an inode record (marking it in use).
+    pub fn write_inode(&mut self, i: &InodeData) -> Result<(), Error> {
+        let off = self.inode_off(i.ino)?;
+        let b = self.buf.as_mut();
+        let rec = b
+            .get_mut(off..off + INODE_SIZE as usize)
+            .ok_or(Error::Truncated)?;
+        rec.iter_mut().for_each(|x| *x = 0);
+        put_u32(rec, ino::FLAGS, FLAG_IN_USE)?;
+        put_u32(rec, ino::MODE, i.mode)?;
+        put_u32(rec, ino::UID, i.uid)?;
+        put_u32(rec, ino::GID, i.gid)?;
+        put_u32(rec, ino::NLINK, i.nlink)?;
+        put_u32(rec, ino::NAME_LEN, i.name_len as u32)?;
+        put_u64(rec, ino::SIZE, i.size)?;
+        put_u64(rec, ino::PARENT, i.parent)?;
+        put_u64(rec, ino::FIRST_EXTENT, i.first_extent)?;
+        put_u64(rec, ino::NR_EXTENTS, i.nr_extents)?;
+        put_u64(rec, ino::BLOCKS, i.blocks)?;
+        for (o, t) in [
+            (ino::ATIME, i.atime),
+            (ino::MTIME, i.mtime),
+            (ino::CTIME, i.ctime),
+        ] {
+            put_u64(rec, o, t.sec as u64)?;
+            put_u32(rec, o + 8, t.nsec)?;
+        }
+        put_u64(rec, ino::GENERATION, i.generation)?;
+        let n = i.name_len.min(NAME_MAX);
+        rec.get_mut(ino::NAME..ino::NAME + n)
+            .ok_or(Error::Truncated)?
+            .copy_from_slice(&i.name[..n]);
+        Ok(())
+    }
+
+    fn free_inode_record(&mut self, ino: u64) -> Result<(), Error> {
+        let off = self.inode_off(ino)?;
+        let rec = self
+            .buf
+            .as_mut()
+            .get_mut(off..off + INODE_SIZE as usize)
+            .ok_or(Error::Truncated)?;
+        rec.iter_mut().for_each(|x| *x = 0);
+        Ok(())
+    }
+
+    fn write_extent(&mut self, e: &Extent) -> Result<(), Error> {
+        let off = self.extent_off(e.id)?;
+        let count = u32::try_from(e.count).map_err(|_| Error::Invalid)?;
+        let b = self.buf.as_mut();
+        put_u32(b, off + ext::FLAGS, FLAG_IN_USE)?;
+        put_u32(b, off + ext::COUNT, count)?;
+        put_u64(b, off + ext::NEXT, e.next)?;
+        put_u64(b, off + ext::FILE_BLOCK, e.file_block)?;
+        put_u64(b, off + ext::PHYS_BLOCK, e.phys_block)
+    }
+
+    fn free_extent_record(&mut self, id: u64) -> Result<(), Error> {
+        let off = self.extent_off(id)?;
+        let rec = self
+            .buf
+            .as_mut()
+            .get_mut(off..off + EXTENT_SIZE as usize)
+            .ok_or(Error::Truncated)?;
+        rec.iter_mut().for_each(|x| *x = 0);
+        Ok(())
+    }
+
+    fn free_extent_slot(&self) -> Result<u64, Error> {
+        for id in 1..=self.geo.extent_count {
+            if self.extent(id)?.is_none() {
+                return Ok(id);
+            }
+        }
+        Err(Error::NoExtents)
+    }
+
+    fn next_generation(&mut self) -> Result<u64, Error> {
+        let g = get_u64(self.buf.as_ref(), sb::NEXT_INO_GEN)?;
+        put_u64(self.buf.as_mut(), sb::NEXT_INO_GEN, g.wrapping_add(1))?;
+        seal_superblock(self.buf.as_mut())?;
+        Ok(g)
+    }
+
+    /// Sets the superblock generation (done at every mount).
+    pub fn set_generation(&mut self, generation: u64) -> Result<(), Error> {
+        put_u64(self.buf.as_mut(), sb::GENERATION, generation)?;
+        seal_superblock(self.buf.as_mut())
+    }
+
+    /// Creates `name` in `dir` with `mode` (file type included).
+    pub fn create(
+        &mut self,
+        dir: u64,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        now: Time,
+    ) -> Result<InodeData, Error> {
+        check_name(name)?;
+        let kind = mode & S_IFMT;
+        if kind != S_IFDIR && kind != S_IFREG {
+            return Err(Error::Invalid);
+        }
+        match self.lookup(dir, name) {
+            Ok(_) => return Err(Error::Exists),
+            Err(Error::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let mut free = None;
+        for ino in 2..=self.geo.inode_count {
+            if !self.inode_in_use(ino)? {
+                free = Some(ino);
+                break;
+            }
+        }
+        let ino = free.ok_or(Error::NoInodes)?;
+        let mut i = self.empty_inode(ino, mode, uid, gid, now);
+        i.parent = dir;
+        i.generation = self.next_generation()?;
+        i.name_len = name.len();
+        i.name[..name.len()].copy_from_slice(name);
+        if kind == S_IFDIR {
+            i.nlink = 2;
+        }
+        self.write_inode(&i)?;
+        let mut d = self.inode(dir)?;
+        if kind == S_IFDIR {
+            d.nlink += 1;
+        }
+        d.mtime = now;
+        d.ctime = now;
+        self.write_inode(&d)?;
+        Ok(i)
+    }
+
+    /// Removes the entry `name` from `dir`. A directory must be empty.
+    /// The inode is kept (nlink 0, no parent) until [`Meta::evict`].
+    pub fn unlink(&mut self, dir: u64, name: &[u8], now: Time) -> Result<InodeData, Error> {
+        let ino = self.lookup(dir, name)?;
+        let mut i = self.inode(ino)?;
+        if i.is_dir() && self.has_children(ino)? {
+            return Err(Error::NotEmpty);
+        }
+        let mut d = self.inode(dir)?;
+        if i.is_dir() {
+            d.nlink = d.nlink.saturating_sub(1);
+        }
+        d.mtime = now;
+        d.ctime = now;
+        self.write_inode(&d)?;
+        i.nlink = 0;
+        i.parent = 0;
+        i.ctime = now;
+        self.write_inode(&i)?;
+        Ok(i)
+    }
+
+    /// Frees an unlinked inode and its blocks.
+    pub fn evict(&mut self, ino: u64, blocks: &mut BlockBitmap<'_>) -> Result<(), Error> {
+        let i = self.inode(ino)?;
+        if i.nlink != 0 || ino == ROOT_INO {
+            return Err(Error::Invalid);
+        }
+        self.truncate_blocks(ino, 0, blocks)?;
+        self.free_inode_record(ino)
+    }
+
+    /// Frees every unlinked inode (orphans left by files that were open
+    /// at the kexec). Returns how many.
+    pub fn reclaim_orphans(&mut self, blocks: &mut BlockBitmap<'_>) -> Result<u64, Error> {
+        let mut n = 0;
+        for ino in 2..=self.geo.inode_count {
+            if self.inode_in_use(ino)? && self.inode(ino)?.nlink == 0 {
+                self.evict(ino, blocks)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Renames `old_dir/old` to `new_dir/new`. An existing target is
+    /// replaced if it is of the same kind (an empty directory for a
+    /// directory) and returned, unlinked, for the caller to evict;
+    /// `noreplace` refuses an existing target instead.
+    pub fn rename(
+        &mut self,
+        old_dir: u64,
+        old: &[u8],
+        new_dir: u64,
+        new: &[u8],
+        noreplace: bool,
+        now: Time,
+    ) -> Result<Option<InodeData>, Error> {
+        check_name(new)?;
+        let ino = self.lookup(old_dir, old)?;
+        let src = self.inode(ino)?;
+        if !self.inode(new_dir)?.is_dir() {
+            return Err(Error::NotDir);
+        }
+        if src.is_dir() && self.is_ancestor(ino, new_dir)? {
+            return Err(Error::Invalid);
+        }
+        let mut replaced = None;
+        match self.lookup(new_dir, new) {
+            Ok(target) if target == ino => return Ok(None),
+            Ok(_) if noreplace => return Err(Error::Exists),
+            Ok(target) => {
+                let t = self.inode(target)?;
+                match (src.is_dir(), t.is_dir()) {
+                    (true, false) => return Err(Error::NotDir),
+                    (false, true) => return Err(Error::IsDir),
+                    _ => {}
+                }
+                if t.is_dir() && self.has_children(target)? {
+                    return Err(Error::NotEmpty);
+                }
+                replaced = Some(self.unlink(new_dir, new, now)?);
+            }
+            Err(Error::NotFound) => {}
+            Err(e) => return Err(e),
+        }
+        let mut src = self.inode(ino)?;
+        if src.is_dir() && old_dir != new_dir {
+            let mut od = self.inode(old_dir)?;
+            od.nlink = od.nlink.saturating_sub(1);
+            self.write_inode(&od)?;
+            let mut nd = self.inode(new_dir)?;
+            nd.nlink += 1;
+            self.write_inode(&nd)?;
+        }
+        for d in [old_dir, new_dir] {
+            let mut di = self.inode(d)?;
+            di.mtime = now;
+            di.ctime = now;
+            self.write_inode(&di)?;
+        }
+        src.parent = new_dir;
+        src.name = [0; NAME_MAX];
+        src.name[..new.len()].copy_from_slice(new);
+        src.name_len = new.len();
+        src.ctime = now;
+        self.write_inode(&src)?;
+        Ok(replaced)
+    }
+
+    /// Allocates blocks so that `[file_block, file_block + count)` of
+    /// `ino` is backed, leaving already backed blocks alone. On `NoSpace`
+    /// nothing new stays allocated.
+    pub fn allocate(
+        &mut self,
+        ino: u64,
+        file_block: u64,
+        count: u64,
+        blocks: &mut BlockBitmap<'_>,
+    ) -> Result<(), Error> {
+        let end = file_block.checked_add(count).ok_or(Error::TooBig)?;
+        if end > u64::MAX / BLOCK_SIZE {
+            return Err(Error::TooBig);
+        }
+        let before = self.inode(ino)?.blocks;
+        let mut fb = file_block;
+        while fb < end {
+            match self.map(ino, fb)? {
+                Some(e) => fb = e.file_block + e.count,
+                None => {
+                    // The hole runs to the next extent or to `end`.
+                    let mut hole_end = end;
+                    self.for_each_extent(ino, |e| {
+                        if e.file_block > fb && e.file_block < hole_end {
+                            hole_end = e.file_block;
+                        }
+                        Ok(())
+                    })?;
+                    let want = (hole_end - fb).min(u32::MAX as u64);
+                    let res = blocks.alloc_run(want).and_then(|(phys, n)| {
+                        self.insert_extent(ino, fb, phys, n).inspect_err(|_| {
+                            let _ = blocks.mark_free(phys, n);
+                        })?;
+                        Ok(n)
+                    });
+                    match res {
+                        Ok(n) => fb += n,
+                        Err(e) => {
+                            // Roll back what this call added.
+                            let _ = self.free_range(ino, file_block, fb, before, blocks);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn free_range(
+        &mut self,
+        ino: u64,
+        start: u64,
+        end: u64,
+        keep_blocks: u64,
+        blocks: &mut BlockBitmap<'_>,
+    ) -> Result<(), Error> {
+        // Only used to undo a partial allocate: the range was a hole
+        // before, so every extent inside it is new.
+        let mut fb = start;
+        while fb < end && self.inode(ino)?.blocks > keep_blocks {
+            match self.map(ino, fb)? {
+                Some(e) if e.file_block >= start => {
+                    self.remove_extent(ino, e.id)?;
+                    blocks.mark_free(e.phys_block, e.count)?;
+                    fb = e.file_block + e.count;
+                }
+                Some(e) => fb = e.file_block + e.count,
+                None => fb += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts an extent in file order, merging with a physically and
+    /// logically adjacent predecessor.
+    fn insert_extent(
+        &mut self,
+        ino: u64,
+        file_block: u64,
+        phys: u64,
+        count: u64,
+    ) -> Result<(), Error> {
+        let mut i = self.inode(ino)?;
+        let mut prev: Option<Extent> = None;
+        let mut id = i.first_extent;
+        let mut steps = 0;
+        while id != 0 {
+            steps += 1;
+            if steps > self.geo.extent_count {
+                return corrupt(Corruption::ExtentCycle(ino));
+            }
+            let e = self
+                .extent(id)?
+                .ok_or(Error::Corrupt(Corruption::BadExtent(id)))?;
+            if e.file_block > file_block {
+                break;
+            }
+            prev = Some(e);
+            id = e.next;
+        }
+        if let Some(mut p) = prev {
+            if p.file_block + p.count == file_block
+                && p.phys_block + p.count == phys
+                && p.count + count <= u32::MAX as u64
+            {
+                p.count += count;
+                self.write_extent(&p)?;
+                i.blocks += count;
+                return self.write_inode(&i);
+            }
+        }
+        let new_id = self.free_extent_slot()?;
+        let e = Extent {
+            id: new_id,
+            count,
+            next: id,
+            file_block,
+            phys_block: phys,
+        };
+        self.write_extent(&e)?;
+        match prev {
+            Some(mut p) => {
+                p.next = new_id;
+                self.write_extent(&p)?;
+            }
+            None => i.first_extent = new_id,
+        }
+        i.nr_extents += 1;
+        i.blocks += count;
+        self.write_inode(&i)
+    }
+
+    fn remove_extent(&mut self, ino: u64, id: u64) -> Result<(), Error> {
+        let mut i = self.inode(ino)?;
+        let target = self.extent(id)?.ok_or(Error::Invalid)?;
+        if i.first_extent == id {
+            i.first_extent = target.next;
+        } else {
+            let mut cur = i.first_extent;
+            let mut steps = 0;
+            loop {
+                steps += 1;
+                if cur == 0 || steps > self.geo.extent_count {
+                    return Err(Error::Invalid);
+                }
+                let mut e = self.extent(cur)?.ok_or(Error::Invalid)?;
+                if e.next == id {
+                    e.next = target.next;
+                    self.write_extent(&e)?;
+                    break;
+                }
+                cur = e.next;
+            }
+        }
+        self.free_extent_record(id)?;
+        i.nr_extents -= 1;
+        i.blocks -= target.count;
+        self.write_inode(&i)
+    }
+
+    /// Frees every block of `ino` at or beyond file block `keep`.
+    pub fn truncate_blocks(
+        &mut self,
+        ino: u64,
+        keep: u64,
+        blocks: &mut BlockBitmap<'_>,
+    ) -> Result<(), Error> {
+        loop {
+            // Find the last extent that reaches beyond `keep`.
+            let mut last: Option<Extent> = None;
+            self.for_each_extent(ino, |e| {
+                if e.file_block + e.count > keep {
+                    last = Some(*e);
+                }
+                Ok(())
+            })?;
+            let Some(mut e) = last else {
+                return Ok(());
+            };
+            if e.file_block >= keep {
+                self.remove_extent(ino, e.id)?;
+                blocks.mark_free(e.phys_block, e.count)?;
+            } else {
+                let drop = e.file_block + e.count - keep;
+                e.count -= drop;
+                self.write_extent(&e)?;
+                let mut i = self.inode(ino)?;
+                i.blocks -= drop;
+                self.write_inode(&i)?;
+                blocks.mark_free(e.phys_block + e.count, drop)?;
+            }
+        }
+    }
+
+    /// Sets the size of a regular file; shrinking frees whole blocks past
+    /// the new end. Growing leaves a hole (allocated on fault or by
+    /// fallocate).
+    pub fn set_size(
+        &mut self,
+        ino: u64,
+        size: u64,
+        now: Time,
+        blocks: &mut BlockBitmap<'_>,
+    ) -> Result<(), Error> {
+        let i = self.inode(ino)?;
+        if !i.is_reg() {
+            return Err(Error::IsDir);
+        }
+        if size > u64::MAX - BLOCK_SIZE {
+            return Err(Error::TooBig);
+        }
+        if size < i.size {
+            self.truncate_blocks(ino, size.div_ceil(BLOCK_SIZE), blocks)?;
+        }
+        let mut i = self.inode(ino)?;
+        i.size = size;
+        i.mtime = now;
+        i.ctime = now;
+        self.write_inode(&i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::validate;
+    use super::*;
+
+    const T: Time = Time { sec: 100, nsec: 5 };
+
+    fn image(blocks: u64) -> (std::vec::Vec<u8>, Geometry) {
+        let geo = Geometry::new(blocks * BLOCK_SIZE, 64).unwrap();
+        let mut buf = std::vec![0u8; geo.meta_bytes() as usize];
+        format(&mut buf, &geo, T, 1).unwrap();
+        (buf, geo)
+    }
+
+    extern crate std;
+
+    #[test]
+    fn create_lookup_unlink() {
+        let (mut buf, geo) = image(16);
+        let mut w = std::vec![0u64; 1];
+        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
+        bm.mark_used(0, geo.meta_blocks).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let d = m
+            .create(ROOT_INO, b"dir", S_IFDIR | 0o700, 1, 2, T)
+            .unwrap();
+        let f = m.create(d.ino, b"f", S_IFREG | 0o600, 1, 2, T).unwrap();
+        assert_eq!(m.lookup(d.ino, b"f").unwrap(), f.ino);
+        assert_eq!(m.create(d.ino, b"f", S_IFREG, 0, 0, T), Err(Error::Exists));
+        assert_eq!(m.inode(ROOT_INO).unwrap().nlink, 3);
+        m.allocate(f.ino, 0, 3, &mut bm).unwrap();
+        m.set_size(f.ino, 3 * BLOCK_SIZE, T, &mut bm).unwrap();
+        assert_eq!(m.unlink(ROOT_INO, b"dir", T), Err(Error::NotEmpty));
+        m.unlink(d.ino, b"f", T).unwrap();
+        assert_eq!(m.lookup(d.ino, b"f"), Err(Error::NotFound));
+        assert_eq!(bm.used(), geo.meta_blocks + 3);
+        m.evict(f.ino, &mut bm).unwrap();
+        assert_eq!(bm.used(), geo.meta_blocks);
+        m.unlink(ROOT_INO, b"dir", T).unwrap();
+        assert_eq!(m.inode(ROOT_INO).unwrap().nlink, 2);
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(check_name(b""), Err(Error::BadName));
+        assert_eq!(check_name(b".."), Err(Error::BadName));
+        assert_eq!(check_name(b"a/b"), Err(Error::BadName));
+        assert_eq!(check_name(&[b'x'; 256]), Err(Error::NameTooLong));
+        assert!(check_name(&[b'x'; 255]).is_ok());
+    }
+
+    #[test]
+    fn rename_rules() {
+        let (mut buf, geo) = image(16);
+        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let a = m.create(ROOT_INO, b"a", S_IFDIR | 0o755, 0, 0, T).unwrap();
+        let b = m.create(a.ino, b"b", S_IFDIR | 0o755, 0, 0, T).unwrap();
+        // A directory cannot move into its own subtree.
+        assert_eq!(
+            m.rename(ROOT_INO, b"a", b.ino, b"x", false, T),
+            Err(Error::Invalid)
+        );
+        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        assert_eq!(
+            m.rename(ROOT_INO, b"f", ROOT_INO, b"a", false, T),
+            Err(Error::IsDir)
+        );
+        m.rename(ROOT_INO, b"f", b.ino, b"g", false, T).unwrap();
+        assert_eq!(m.lookup(b.ino, b"g").unwrap(), f.ino);
+        let h = m.create(ROOT_INO, b"h", S_IFREG | 0o644, 0, 0, T).unwrap();
+        assert_eq!(
+            m.rename(ROOT_INO, b"h", b.ino, b"g", true, T),
+            Err(Error::Exists)
+        );
+        let replaced = m.rename(ROOT_INO, b"h", b.ino, b"g", false, T).unwrap();
+        assert_eq!(replaced.unwrap().ino, f.ino);
+        assert_eq!(m.lookup(b.ino, b"g").unwrap(), h.ino);
+    }
+
+    #[test]
+    fn truncate_splits_and_frees() {
+        let (mut buf, geo) = image(64);
+        let mut w = std::vec![0u64; 1];
+        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
+        bm.mark_used(0, geo.meta_blocks).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        m.allocate(f.ino, 0, 10, &mut bm).unwrap();
+        m.allocate(f.ino, 20, 5, &mut bm).unwrap();
+        m.set_size(f.ino, 25 * BLOCK_SIZE, T, &mut bm).unwrap();
+        assert_eq!(m.inode(f.ino).unwrap().blocks, 15);
+        m.set_size(f.ino, 4 * BLOCK_SIZE + 1, T, &mut bm).unwrap();
+        assert_eq!(m.inode(f.ino).unwrap().blocks, 5);
+        assert_eq!(bm.used(), geo.meta_blocks + 5);
+        assert!(m.map(f.ino, 4).unwrap().is_some());
+        assert!(m.map(f.ino, 5).unwrap().is_none());
+        assert!(validate::check(&buf, geo.region_size).is_ok());
+    }
+
+    #[test]
+    fn allocate_reports_no_space_and_rolls_back() {
+        let (mut buf, geo) = image(8);
+        let mut w = std::vec![0u64; 1];
+        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
+        bm.mark_used(0, geo.meta_blocks).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        let free = bm.free();
+        assert_eq!(m.allocate(f.ino, 0, free + 1, &mut bm), Err(Error::NoSpace));
+        assert_eq!(bm.free(), free);
+        assert_eq!(m.inode(f.ino).unwrap().blocks, 0);
+        m.allocate(f.ino, 0, free, &mut bm).unwrap();
+        assert_eq!(bm.free(), 0);
+    }
+}

@@ -1,0 +1,248 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! Property tests: random operation sequences keep the image valid and
+//! leak-free; random corruption never panics the validator; the block
+//! allocator never hands out a block twice.
+
+use guestmemfs_format::layout::*;
+use guestmemfs_format::meta::format;
+use guestmemfs_format::validate::{self, Scratch, ScratchSizes};
+use guestmemfs_format::{BlockBitmap, Error, Meta};
+use proptest::prelude::*;
+use std::collections::HashSet;
+
+const T: Time = Time { sec: 42, nsec: 0 };
+
+/// Runs both validation steps; returns the rebuilt used-block count.
+fn validate_image(buf: &[u8], region_size: u64) -> Result<(u64, u64), Error> {
+    let geo = validate::superblock(buf, region_size)?;
+    let s = ScratchSizes::for_geometry(&geo);
+    let mut marks = vec![0u8; s.inode_marks];
+    let mut seen = vec![0u64; s.extent_seen];
+    let mut keys = vec![[0u64; 2]; s.name_keys];
+    let mut words = vec![0u64; s.block_words];
+    let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?;
+    let mut scratch = Scratch {
+        inode_marks: &mut marks,
+        extent_seen: &mut seen,
+        name_keys: &mut keys,
+        blocks,
+    };
+    let inodes = validate::contents(buf, &geo, &mut scratch)?;
+    Ok((inodes, scratch.blocks.used()))
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Create {
+        dir: u8,
+        name: u8,
+        is_dir: bool,
+    },
+    Allocate {
+        file: u8,
+        start: u16,
+        count: u16,
+    },
+    SetSize {
+        file: u8,
+        size: u32,
+    },
+    Unlink {
+        dir: u8,
+        name: u8,
+    },
+    Rename {
+        from_dir: u8,
+        from: u8,
+        to_dir: u8,
+        to: u8,
+        noreplace: bool,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0u8..8, 0u8..6, any::<bool>()).prop_map(|(dir, name, is_dir)| Op::Create {
+            dir,
+            name,
+            is_dir
+        }),
+        (0u8..16, 0u16..40, 1u16..30).prop_map(|(file, start, count)| Op::Allocate {
+            file,
+            start,
+            count
+        }),
+        (0u8..16, any::<u32>()).prop_map(|(file, size)| Op::SetSize { file, size }),
+        (0u8..8, 0u8..6).prop_map(|(dir, name)| Op::Unlink { dir, name }),
+        (0u8..8, 0u8..6, 0u8..8, 0u8..6, any::<bool>()).prop_map(
+            |(from_dir, from, to_dir, to, noreplace)| {
+                Op::Rename {
+                    from_dir,
+                    from,
+                    to_dir,
+                    to,
+                    noreplace,
+                }
+            }
+        ),
+    ]
+}
+
+fn name(n: u8) -> [u8; 2] {
+    [b'n', b'0' + n]
+}
+
+/// Inodes currently in use (linked), by kind.
+fn linked(m: &Meta<&mut [u8]>, want_dir: bool) -> Vec<u64> {
+    (1..=m.geometry().inode_count)
+        .filter(|&i| match m.inode(i) {
+            Ok(d) => d.nlink > 0 && d.is_dir() == want_dir,
+            Err(_) => false,
+        })
+        .collect()
+}
+
+fn pick(list: &[u64], n: u8) -> Option<u64> {
+    if list.is_empty() {
+        None
+    } else {
+        Some(list[n as usize % list.len()])
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_operations_keep_the_image_valid(ops in prop::collection::vec(op(), 1..60)) {
+        let geo = Geometry::new(96 * BLOCK_SIZE, 32).unwrap();
+        let mut buf = vec![0u8; geo.meta_bytes() as usize];
+        format(&mut buf, &geo, T, 1).unwrap();
+        let mut words = vec![0u64; 2];
+        let mut bm = BlockBitmap::new(&mut words, geo.nr_blocks).unwrap();
+        bm.mark_used(0, geo.meta_blocks).unwrap();
+        for op in ops {
+            let mut m = Meta::new(&mut buf[..], geo).unwrap();
+            let dirs = linked(&m, true);
+            let files = linked(&m, false);
+            match op {
+                Op::Create { dir, name: n, is_dir } => {
+                    let d = pick(&dirs, dir).unwrap();
+                    let mode = if is_dir { S_IFDIR | 0o755 } else { S_IFREG | 0o644 };
+                    let _ = m.create(d, &name(n), mode, 0, 0, T);
+                }
+                Op::Allocate { file, start, count } => {
+                    if let Some(f) = pick(&files, file) {
+                        match m.allocate(f, start as u64, count as u64, &mut bm) {
+                            Ok(()) | Err(Error::NoSpace) | Err(Error::NoExtents) => {}
+                            Err(e) => prop_assert!(false, "allocate: {e:?}"),
+                        }
+                    }
+                }
+                Op::SetSize { file, size } => {
+                    if let Some(f) = pick(&files, file) {
+                        m.set_size(f, size as u64 * 64, T, &mut bm).unwrap();
+                    }
+                }
+                Op::Unlink { dir, name: n } => {
+                    let d = pick(&dirs, dir).unwrap();
+                    if let Ok(i) = m.unlink(d, &name(n), T) {
+                        m.evict(i.ino, &mut bm).unwrap();
+                    }
+                }
+                Op::Rename { from_dir, from, to_dir, to, noreplace } => {
+                    let fd = pick(&dirs, from_dir).unwrap();
+                    let td = pick(&dirs, to_dir).unwrap();
+                    if let Ok(Some(old)) = m.rename(fd, &name(from), td, &name(to), noreplace, T) {
+                        m.evict(old.ino, &mut bm).unwrap();
+                    }
+                }
+            }
+            // The image is valid and the allocator agrees with it exactly:
+            // no leaked and no double-owned block.
+            let (_, used) = validate_image(&buf, geo.region_size).map_err(|e| {
+                TestCaseError::fail(format!("invalid after op: {e}"))
+            })?;
+            prop_assert_eq!(used, bm.used());
+        }
+    }
+
+    #[test]
+    fn corrupted_images_never_panic(flips in prop::collection::vec((0usize..70_000, any::<u8>()), 1..40)) {
+        let geo = Geometry::new(64 * BLOCK_SIZE, 64).unwrap();
+        let mut buf = vec![0u8; geo.meta_bytes() as usize];
+        format(&mut buf, &geo, T, 1).unwrap();
+        let mut words = vec![0u64; 1];
+        let mut bm = BlockBitmap::new(&mut words, geo.nr_blocks).unwrap();
+        bm.mark_used(0, geo.meta_blocks).unwrap();
+        {
+            let mut m = Meta::new(&mut buf[..], geo).unwrap();
+            let d = m.create(ROOT_INO, b"d", S_IFDIR | 0o755, 0, 0, T).unwrap();
+            for n in 0..5u8 {
+                let f = m.create(d.ino, &name(n), S_IFREG | 0o600, 0, 0, T).unwrap();
+                m.allocate(f.ino, n as u64, 3, &mut bm).unwrap();
+            }
+        }
+        for (pos, val) in flips {
+            let len = buf.len();
+            buf[pos % len] ^= val;
+        }
+        // Whatever the bytes, validation returns; when it accepts the
+        // image, reading every inode and extent map also works.
+        if validate_image(&buf, geo.region_size).is_ok() {
+            let m = Meta::new(&buf[..], geo).unwrap();
+            for ino in 1..=geo.inode_count {
+                if m.inode_in_use(ino).unwrap() {
+                    for fb in 0..10 {
+                        m.map(ino, fb).unwrap();
+                    }
+                    let _ = m.readdir(ino, 0).unwrap();
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn superblock_checks_accept_only_the_real_region(size_blocks in 1u64..4096, inodes in 1u64..100_000) {
+        let geo = Geometry::new(200 * BLOCK_SIZE, 128).unwrap();
+        let mut buf = vec![0u8; geo.meta_bytes() as usize];
+        format(&mut buf, &geo, T, 1).unwrap();
+        let other = size_blocks * BLOCK_SIZE;
+        let res = validate::superblock(&buf, other);
+        prop_assert_eq!(res.is_ok(), other == geo.region_size);
+        let _ = Geometry::new(other, inodes);
+    }
+
+    #[test]
+    fn allocator_never_double_allocates(ops in prop::collection::vec((any::<bool>(), 1u64..700), 1..80)) {
+        let mut words = vec![0u64; 32];
+        let mut bm = BlockBitmap::new(&mut words, 2048).unwrap();
+        let mut owned: Vec<(u64, u64)> = Vec::new();
+        let mut blocks: HashSet<u64> = HashSet::new();
+        for (alloc, n) in ops {
+            if alloc || owned.is_empty() {
+                match bm.alloc_run(n) {
+                    Ok((start, count)) => {
+                        prop_assert!(count >= 1 && count <= n);
+                        if count >= HUGE_BLOCKS {
+                            prop_assert_eq!(start % HUGE_BLOCKS, 0);
+                        }
+                        for b in start..start + count {
+                            prop_assert!(blocks.insert(b), "block {} handed out twice", b);
+                        }
+                        owned.push((start, count));
+                    }
+                    Err(Error::NoSpace) => prop_assert_eq!(bm.free(), 0),
+                    Err(e) => prop_assert!(false, "{e:?}"),
+                }
+            } else {
+                let (start, count) = owned.swap_remove(n as usize % owned.len());
+                bm.mark_free(start, count).unwrap();
+                for b in start..start + count {
+                    blocks.remove(&b);
+                }
+            }
+            prop_assert_eq!(bm.used(), blocks.len() as u64);
+        }
+    }
+}

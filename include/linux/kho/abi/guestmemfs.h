@@ -1,0 +1,31 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+#ifndef _LINUX_KHO_ABI_GUESTMEMFS_H
+#define _LINUX_KHO_ABI_GUESTMEMFS_H
+
+/**
+ * DOC: guestmemfs kexec handover ABI
+ *
+ * guestmemfs memory has no struct pages, so KHO cannot preserve it. The
+ * filesystem metadata lives inside the region itself; the only thing
+ * handed over through KHO is a 64-byte locator blob, in the top-level
+ * KHO subtree named "guestmemfs", that says where the region is:
+ *
+ *   offset  field       type  value
+ *   0       magic       u64   "GMFSLOC1" (little endian bytes)
+ *   8       version     u32   1
+ *   12      length      u32   64
+ *   16      base        u64   physical base address of the region
+ *   24      size        u64   size in bytes
+ *   32      generation  u64   superblock generation at publication
+ *   40      flags       u32   0
+ *   44      reserved    16 bytes of zero
+ *   60      crc32c      u32   over bytes 0..59
+ *
+ * All integers are little endian. A change of layout or meaning requires
+ * a new version; a kernel refuses any version it does not know. The
+ * encoder and validator are fs/guestmemfs/format/src/shared/locator.rs.
+ */
+
+#define GUESTMEMFS_KHO_NODE	"guestmemfs"
+
+#endif /* _LINUX_KHO_ABI_GUESTMEMFS_H */
