@@ -7,6 +7,9 @@
 //! `crate::`, because this module is the crate root's child in the host
 //! build and a module of `fs/guestmemfs` in the kernel build.
 
+// `is_multiple_of` needs Rust 1.87; Linux 7.3 supports Rust 1.85.
+#![allow(clippy::manual_is_multiple_of)]
+
 pub mod bitmap;
 pub mod layout;
 pub mod locator;
