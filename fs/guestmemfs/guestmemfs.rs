@@ -13,6 +13,7 @@ use kernel::{c_str, kho, prelude::*};
 
 #[path = "format/src/shared/mod.rs"]
 pub mod format;
+mod volume;
 
 use format::locator::{Locator, LOCATOR_SIZE};
 
@@ -63,24 +64,26 @@ pub unsafe extern "C" fn guestmemfs_locator_decode(
             0
         }
         Err(e) => {
-            pr_err!("handed-over locator refused: {}\n", e);
+            pr_err!("handed-over locator refused: {}\n", format_args!("{e}"));
             EINVAL.to_errno()
         }
     }
 }
 
 struct GuestMemFs {
+    _volume: Pin<KBox<volume::Volume>>,
     /// The locator published for the next kernel.
     _locator: Option<kho::Subtree>,
 }
 
 /// Publishes where the region is, for the next kernel's `setup_arch()`.
-fn publish_locator(region: &Region) -> Result<kho::Subtree> {
+fn publish_locator(vol: &volume::Volume) -> Result<kho::Subtree> {
     let mut buf = kho::PreservedBuffer::new(LOCATOR_SIZE)?;
+    let (base, size, generation) = vol.locator_fields();
     let loc = Locator {
-        base: region.base,
-        size: region.size,
-        generation: 0,
+        base,
+        size,
+        generation,
     };
     loc.encode(buf.as_mut_slice()).map_err(|_| EINVAL)?;
     kho::Subtree::publish(c_str!("guestmemfs"), buf)
@@ -95,8 +98,9 @@ impl kernel::Module for GuestMemFs {
         // SAFETY: returns NULL or a pointer to a `__ro_after_init` struct
         // that lives for the kernel's lifetime.
         let region = unsafe { guestmemfs_region_get().as_ref() };
+        let vol = volume::Volume::install(region.map(|r| (r.base, r.size, r.handed_over)))?;
         let locator = match region {
-            Some(r) if kho::is_enabled() => match publish_locator(r) {
+            Some(_) if kho::is_enabled() => match publish_locator(&vol) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     pr_err!("cannot publish the region for the next kernel: {:?}\n", e);
@@ -109,6 +113,9 @@ impl kernel::Module for GuestMemFs {
             }
             None => None,
         };
-        Ok(GuestMemFs { _locator: locator })
+        Ok(GuestMemFs {
+            _volume: vol,
+            _locator: locator,
+        })
     }
 }

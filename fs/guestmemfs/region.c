@@ -26,11 +26,12 @@
 #include <linux/memblock.h>
 #include <linux/pgtable.h>
 #include <linux/sizes.h>
+#include <linux/timekeeping.h>
 #include <asm/e820/api.h>
 #include <asm/early_ioremap.h>
 
-/* From guestmemfs.rs: 0 and *base/*size set, or a negative errno. */
-int guestmemfs_locator_decode(const u8 *buf, size_t len, u64 *base, u64 *size);
+#include "gmfs_abi.h"
+
 
 static u64 guestmemfs_requested __initdata;
 static phys_addr_t guestmemfs_locator_phys __initdata;
@@ -155,6 +156,33 @@ void __init guestmemfs_reserve_early(void)
 const struct guestmemfs_region *guestmemfs_region_get(void)
 {
 	return guestmemfs_region.size ? &guestmemfs_region : NULL;
+}
+
+/*
+ * Helpers for the Rust core (volume.rs), which has no bindings for these.
+ * The metadata blocks at the start of the region are mapped write-back
+ * through memremap(), which maps non-RAM with its own page tables: the
+ * region stays out of the direct map.
+ */
+void *guestmemfs_meta_map(u64 len)
+{
+	if (!guestmemfs_region.size || len > guestmemfs_region.size)
+		return NULL;
+	return memremap(guestmemfs_region.base, len, MEMREMAP_WB);
+}
+
+void guestmemfs_meta_unmap(void *addr)
+{
+	memunmap(addr);
+}
+
+void guestmemfs_now(s64 *sec, u32 *nsec)
+{
+	struct timespec64 ts;
+
+	ktime_get_real_ts64(&ts);
+	*sec = ts.tv_sec;
+	*nsec = ts.tv_nsec;
 }
 
 /*

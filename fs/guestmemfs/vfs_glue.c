@@ -2,32 +2,559 @@
 /*
  * guestmemfs VFS glue.
  *
- * Linux 7.3 has no Rust abstraction for registering a file_system_type or
- * for struct fs_context, so this file is C: it only registers the
- * filesystem type on behalf of the Rust module in guestmemfs.rs, which owns
- * the filesystem logic.
+ * Linux 7.3 has no Rust abstractions for file_system_type, fs_context,
+ * super_block, inode/dentry operations or vm_fault, and the helpers they
+ * need (d_inode, dir_emit, i_size_write, invalidate_lock, ...) are inline.
+ * So this file is C: each callback converts VFS objects to integers, calls
+ * the Rust core (gmfs_rs_*, volume.rs) and applies the result to the VFS
+ * objects. The filesystem logic and the on-memory format are in Rust.
  */
+
+#define pr_fmt(fmt) "guestmemfs: " fmt
 
 #include <linux/fs.h>
+#include <linux/falloc.h>
 #include <linux/fs_context.h>
+#include <linux/fs_parser.h>
+#include <linux/huge_mm.h>
 #include <linux/init.h>
+#include <linux/mm.h>
+#include <linux/mman.h>
+#include <linux/pagemap.h>
+#include <linux/slab.h>
+#include <linux/statfs.h>
 
-int guestmemfs_vfs_register(void);
+#include "gmfs_abi.h"
+
+#define GUESTMEMFS_MAGIC	0x474d4653	/* "GMFS" */
+#define GMFS_BLOCK_SIZE		(1ULL << GMFS_BLOCK_SHIFT)
+
+static const struct super_operations gmfs_super_ops;
+static const struct inode_operations gmfs_dir_iops;
+static const struct inode_operations gmfs_file_iops;
+static const struct file_operations gmfs_dir_fops;
+static const struct file_operations gmfs_file_fops;
+
+static void gmfs_apply_attr(struct inode *inode, const struct gmfs_attr *a)
+{
+	inode->i_mode = a->mode;
+	i_uid_write(inode, a->uid);
+	i_gid_write(inode, a->gid);
+	set_nlink(inode, a->nlink);
+	i_size_write(inode, a->size);
+	inode->i_blocks = a->blocks << (GMFS_BLOCK_SHIFT - 9);
+	inode_set_atime(inode, a->atime_sec, a->atime_nsec);
+	inode_set_mtime(inode, a->mtime_sec, a->mtime_nsec);
+	inode_set_ctime(inode, a->ctime_sec, a->ctime_nsec);
+	inode->i_generation = a->generation;
+}
+
+/* Re-reads an inode's attributes after the Rust core changed them. */
+static int gmfs_refresh(struct inode *inode)
+{
+	struct gmfs_attr a;
+	int err = gmfs_rs_getattr(inode->i_ino, &a);
+
+	if (!err)
+		gmfs_apply_attr(inode, &a);
+	return err;
+}
+
+static struct inode *gmfs_iget(struct super_block *sb, u64 ino)
+{
+	struct gmfs_attr a;
+	struct inode *inode;
+	int err;
+
+	inode = iget_locked(sb, ino);
+	if (!inode)
+		return ERR_PTR(-ENOMEM);
+	if (!(inode_state_read_once(inode) & I_NEW))
+		return inode;
+	err = gmfs_rs_getattr(ino, &a);
+	if (err) {
+		iget_failed(inode);
+		return ERR_PTR(err);
+	}
+	gmfs_apply_attr(inode, &a);
+	if (S_ISDIR(a.mode)) {
+		inode->i_op = &gmfs_dir_iops;
+		inode->i_fop = &gmfs_dir_fops;
+	} else {
+		inode->i_op = &gmfs_file_iops;
+		inode->i_fop = &gmfs_file_fops;
+	}
+	mapping_set_unevictable(inode->i_mapping);
+	unlock_new_inode(inode);
+	return inode;
+}
+
+static struct dentry *gmfs_lookup(struct inode *dir, struct dentry *dentry,
+				  unsigned int flags)
+{
+	struct inode *inode = NULL;
+	u64 ino;
+	int err;
+
+	err = gmfs_rs_lookup(dir->i_ino, dentry->d_name.name,
+			     dentry->d_name.len, &ino);
+	if (err == -ENOENT)
+		return d_splice_alias(NULL, dentry);
+	if (err)
+		return ERR_PTR(err);
+	inode = gmfs_iget(dir->i_sb, ino);
+	return d_splice_alias(inode, dentry);
+}
+
+static int gmfs_new(struct mnt_idmap *idmap, struct inode *dir,
+		    struct dentry *dentry, umode_t mode)
+{
+	struct timespec64 now = current_time(dir);
+	struct inode *inode;
+	struct gmfs_attr a;
+	kgid_t gid = current_fsgid();
+	int err;
+
+	/* setgid directories pass their group on, as inode_init_owner() does */
+	if (dir->i_mode & S_ISGID) {
+		gid = dir->i_gid;
+		if (S_ISDIR(mode))
+			mode |= S_ISGID;
+	}
+	err = gmfs_rs_create(dir->i_ino, dentry->d_name.name,
+			     dentry->d_name.len, mode,
+			     from_kuid(&init_user_ns, mapped_fsuid(idmap, i_user_ns(dir))),
+			     from_kgid(&init_user_ns, gid),
+			     now.tv_sec, now.tv_nsec, &a);
+	if (err)
+		return err;
+	inode = gmfs_iget(dir->i_sb, a.ino);
+	if (IS_ERR(inode))
+		return PTR_ERR(inode);
+	gmfs_refresh(dir);
+	d_instantiate(dentry, inode);
+	return 0;
+}
+
+static int gmfs_create(struct mnt_idmap *idmap, struct inode *dir,
+		       struct dentry *dentry, umode_t mode)
+{
+	return gmfs_new(idmap, dir, dentry, (mode & ~S_IFMT) | S_IFREG);
+}
+
+static struct dentry *gmfs_mkdir(struct mnt_idmap *idmap, struct inode *dir,
+				 struct dentry *dentry, umode_t mode)
+{
+	return ERR_PTR(gmfs_new(idmap, dir, dentry, (mode & ~S_IFMT) | S_IFDIR));
+}
+
+static int gmfs_remove(struct inode *dir, struct dentry *dentry, bool is_dir)
+{
+	struct timespec64 now = current_time(dir);
+	struct inode *inode = d_inode(dentry);
+	u64 ino;
+	int err;
+
+	err = gmfs_rs_unlink(dir->i_ino, dentry->d_name.name,
+			     dentry->d_name.len, is_dir, now.tv_sec,
+			     now.tv_nsec, &ino);
+	if (err)
+		return err;
+	gmfs_refresh(dir);
+	gmfs_refresh(inode);
+	return 0;
+}
+
+static int gmfs_unlink(struct inode *dir, struct dentry *dentry)
+{
+	return gmfs_remove(dir, dentry, false);
+}
+
+static int gmfs_rmdir(struct inode *dir, struct dentry *dentry)
+{
+	return gmfs_remove(dir, dentry, true);
+}
+
+static int gmfs_rename(struct mnt_idmap *idmap, struct inode *old_dir,
+		       struct dentry *old_dentry, struct inode *new_dir,
+		       struct dentry *new_dentry, unsigned int flags)
+{
+	struct timespec64 now = current_time(old_dir);
+	u64 replaced;
+	int err;
+
+	if (flags & ~RENAME_NOREPLACE)
+		return -EINVAL;
+	err = gmfs_rs_rename(old_dir->i_ino, old_dentry->d_name.name,
+			     old_dentry->d_name.len, new_dir->i_ino,
+			     new_dentry->d_name.name, new_dentry->d_name.len,
+			     flags & RENAME_NOREPLACE, now.tv_sec, now.tv_nsec,
+			     &replaced);
+	if (err)
+		return err;
+	gmfs_refresh(old_dir);
+	gmfs_refresh(new_dir);
+	gmfs_refresh(d_inode(old_dentry));
+	if (replaced && d_really_is_positive(new_dentry))
+		gmfs_refresh(d_inode(new_dentry));
+	return 0;
+}
+
+static int gmfs_setattr(struct mnt_idmap *idmap, struct dentry *dentry,
+			struct iattr *attr)
+{
+	struct inode *inode = d_inode(dentry);
+	struct gmfs_setattr s = {};
+	int err;
+
+	err = setattr_prepare(idmap, dentry, attr);
+	if (err)
+		return err;
+	if (attr->ia_valid & ATTR_SIZE && attr->ia_size != i_size_read(inode)) {
+		struct timespec64 now = current_time(inode);
+
+		if (S_ISDIR(inode->i_mode))
+			return -EISDIR;
+		/* No mapping may keep a block that is about to be freed. */
+		filemap_invalidate_lock(inode->i_mapping);
+		if (attr->ia_size < i_size_read(inode))
+			unmap_mapping_range(inode->i_mapping,
+					    round_up(attr->ia_size, GMFS_BLOCK_SIZE),
+					    0, 1);
+		err = gmfs_rs_set_size(inode->i_ino, attr->ia_size,
+				       now.tv_sec, now.tv_nsec);
+		filemap_invalidate_unlock(inode->i_mapping);
+		if (err)
+			return err;
+	}
+	setattr_copy(idmap, inode, attr);
+	s.valid = GMFS_SET_MODE | GMFS_SET_UID | GMFS_SET_GID |
+		  GMFS_SET_ATIME | GMFS_SET_MTIME | GMFS_SET_CTIME;
+	s.mode = inode->i_mode;
+	s.uid = i_uid_read(inode);
+	s.gid = i_gid_read(inode);
+	s.atime_sec = inode_get_atime_sec(inode);
+	s.atime_nsec = inode_get_atime_nsec(inode);
+	s.mtime_sec = inode_get_mtime_sec(inode);
+	s.mtime_nsec = inode_get_mtime_nsec(inode);
+	s.ctime_sec = inode_get_ctime_sec(inode);
+	s.ctime_nsec = inode_get_ctime_nsec(inode);
+	err = gmfs_rs_setattr(inode->i_ino, &s);
+	if (err)
+		return err;
+	return gmfs_refresh(inode);
+}
+
+static int gmfs_getattr(struct mnt_idmap *idmap, const struct path *path,
+			struct kstat *stat, u32 request_mask,
+			unsigned int query_flags)
+{
+	struct inode *inode = d_inode(path->dentry);
+
+	gmfs_refresh(inode);
+	generic_fillattr(idmap, request_mask, inode, stat);
+	stat->blksize = GMFS_BLOCK_SIZE;
+	return 0;
+}
+
+static int gmfs_readdir(struct file *file, struct dir_context *ctx)
+{
+	struct inode *dir = file_inode(file);
+	struct gmfs_dirent *d;
+	int ret = 0;
+
+	if (!dir_emit_dots(file, ctx))
+		return 0;
+	d = kmalloc_obj(*d);
+	if (!d)
+		return -ENOMEM;
+	/* ctx->pos 0 and 1 are "." and ".."; then pos - 2 is the cursor. */
+	for (;;) {
+		ret = gmfs_rs_readdir(dir->i_ino, ctx->pos - 2, d);
+		if (ret <= 0)
+			break;
+		if (!dir_emit(ctx, d->name, d->name_len, d->ino,
+			      S_DT(d->mode))) {
+			ret = 0;
+			break;
+		}
+		ctx->pos = d->next_pos + 2;
+	}
+	kfree(d);
+	return ret;
+}
+
+static long gmfs_fallocate(struct file *file, int mode, loff_t offset,
+			   loff_t len)
+{
+	struct inode *inode = file_inode(file);
+	struct timespec64 now;
+	loff_t end;
+	int err;
+
+	if (mode & ~FALLOC_FL_KEEP_SIZE)
+		return -EOPNOTSUPP;
+	if (offset < 0 || len <= 0 || check_add_overflow(offset, len, &end))
+		return -EINVAL;
+	inode_lock(inode);
+	err = gmfs_rs_fallocate(inode->i_ino, offset, len);
+	if (!err && !(mode & FALLOC_FL_KEEP_SIZE) && end > i_size_read(inode)) {
+		now = current_time(inode);
+		err = gmfs_rs_set_size(inode->i_ino, end, now.tv_sec,
+				       now.tv_nsec);
+	}
+	if (!err)
+		err = gmfs_refresh(inode);
+	inode_unlock(inode);
+	return err;
+}
 
 /*
- * Until the boot-time memory region exists (guestmemfs=<size>), there is
- * nothing to back a superblock, so every mount is refused with a message
- * that says what is missing.
+ * Faults map whole blocks: a PUD when the 1 GiB-aligned file range is one
+ * physically contiguous, aligned extent, a PMD for a 2 MiB block, else a
+ * PTE. Holes inside i_size are filled by the Rust core (1 GiB at a time
+ * when the file covers the unit); beyond i_size the access gets SIGBUS.
  */
-static int guestmemfs_init_fs_context(struct fs_context *fc)
+static vm_fault_t gmfs_huge_fault(struct vm_fault *vmf, unsigned int order)
 {
-	errorfc(fc, "no memory region reserved, boot with guestmemfs=<size>");
-	return -ENODEV;
+	struct vm_area_struct *vma = vmf->vma;
+	struct inode *inode = file_inode(vma->vm_file);
+	bool write = vmf->flags & FAULT_FLAG_WRITE;
+	unsigned long addr = vmf->address;
+	struct gmfs_map map;
+	u64 off = (u64)vmf->pgoff << PAGE_SHIFT;
+	u64 block = off >> GMFS_BLOCK_SHIFT;
+	vm_fault_t ret;
+	int err;
+
+	if (order != 0 && order != PMD_ORDER && order != PUD_ORDER)
+		return VM_FAULT_FALLBACK;
+	filemap_invalidate_lock_shared(inode->i_mapping);
+	if (off >= i_size_read(inode)) {
+		ret = VM_FAULT_SIGBUS;
+		goto out;
+	}
+	err = gmfs_rs_fault(inode->i_ino, block, &map);
+	if (err) {
+		ret = err == -ENOSPC ? VM_FAULT_OOM : VM_FAULT_SIGBUS;
+		goto out;
+	}
+	if (order == PUD_ORDER) {
+		u64 unit = block & ~(u64)((PUD_SIZE >> GMFS_BLOCK_SHIFT) - 1);
+		u64 units = PUD_SIZE >> GMFS_BLOCK_SHIFT;
+		u64 phys = map.phys_start +
+			   ((unit - map.file_block) << GMFS_BLOCK_SHIFT);
+
+		if (!IS_ALIGNED(addr, PUD_SIZE) ||
+		    addr + PUD_SIZE > vma->vm_end || unit < map.file_block ||
+		    unit + units > map.file_block + map.count ||
+		    !IS_ALIGNED(phys, PUD_SIZE) ||
+		    (unit + units) << GMFS_BLOCK_SHIFT > i_size_read(inode)) {
+			ret = VM_FAULT_FALLBACK;
+			goto out;
+		}
+		ret = vmf_insert_pfn_pud(vmf, PHYS_PFN(phys), write);
+	} else if (order == PMD_ORDER) {
+		addr &= PMD_MASK;
+		if (addr < vma->vm_start || addr + PMD_SIZE > vma->vm_end ||
+		    (off & ~PMD_MASK) != (vmf->address & ~PMD_MASK)) {
+			ret = VM_FAULT_FALLBACK;
+			goto out;
+		}
+		ret = vmf_insert_pfn_pmd(vmf, PHYS_PFN(map.phys), write);
+	} else {
+		ret = vmf_insert_pfn(vma, vmf->address & PAGE_MASK,
+				     PHYS_PFN(map.phys +
+					      (off & (GMFS_BLOCK_SIZE - 1))));
+	}
+out:
+	filemap_invalidate_unlock_shared(inode->i_mapping);
+	return ret;
+}
+
+static vm_fault_t gmfs_fault(struct vm_fault *vmf)
+{
+	return gmfs_huge_fault(vmf, 0);
+}
+
+static const struct vm_operations_struct gmfs_vm_ops = {
+	.fault		= gmfs_fault,
+	.huge_fault	= gmfs_huge_fault,
+};
+
+static int gmfs_mmap_prepare(struct vm_area_desc *desc)
+{
+	/* Private mappings would need copy-on-write pages: no struct pages. */
+	if (!vma_desc_test(desc, VMA_MAYSHARE_BIT))
+		return -EINVAL;
+	vma_desc_set_flags(desc, VMA_PFNMAP_BIT, VMA_DONTEXPAND_BIT,
+			   VMA_DONTDUMP_BIT);
+	desc->vm_ops = &gmfs_vm_ops;
+	return 0;
+}
+
+/* Place mappings so that file offsets and addresses share 1 GiB alignment. */
+static unsigned long gmfs_get_unmapped_area(struct file *file,
+					    unsigned long addr,
+					    unsigned long len,
+					    unsigned long pgoff,
+					    unsigned long flags)
+{
+	unsigned long off = pgoff << PAGE_SHIFT, align, len_align, found;
+
+	if (addr || len < PMD_SIZE)
+		return mm_get_unmapped_area(file, addr, len, pgoff, flags);
+	align = len >= PUD_SIZE ? PUD_SIZE : PMD_SIZE;
+	if (check_add_overflow(len, align, &len_align))
+		return mm_get_unmapped_area(file, addr, len, pgoff, flags);
+	found = mm_get_unmapped_area(file, 0, len_align, pgoff, flags);
+	if (IS_ERR_VALUE(found))
+		return mm_get_unmapped_area(file, addr, len, pgoff, flags);
+	found += (off - found) & (align - 1);
+	return found;
+}
+
+static int gmfs_statfs(struct dentry *dentry, struct kstatfs *buf)
+{
+	struct gmfs_statfs s;
+	int err = gmfs_rs_statfs(&s);
+
+	if (err)
+		return err;
+	buf->f_type = GUESTMEMFS_MAGIC;
+	buf->f_bsize = GMFS_BLOCK_SIZE;
+	buf->f_frsize = GMFS_BLOCK_SIZE;
+	buf->f_blocks = s.blocks;
+	buf->f_bfree = s.bfree;
+	buf->f_bavail = s.bfree;
+	buf->f_files = s.files;
+	buf->f_ffree = s.ffree;
+	buf->f_namelen = GMFS_NAME_MAX;
+	return 0;
+}
+
+static void gmfs_evict_inode(struct inode *inode)
+{
+	truncate_inode_pages_final(&inode->i_data);
+	clear_inode(inode);
+	if (!inode->i_nlink)
+		gmfs_rs_evict(inode->i_ino);
+}
+
+static const struct super_operations gmfs_super_ops = {
+	.statfs		= gmfs_statfs,
+	.evict_inode	= gmfs_evict_inode,
+	.drop_inode	= inode_just_drop,
+};
+
+static const struct inode_operations gmfs_dir_iops = {
+	.lookup		= gmfs_lookup,
+	.create		= gmfs_create,
+	.mkdir		= gmfs_mkdir,
+	.unlink		= gmfs_unlink,
+	.rmdir		= gmfs_rmdir,
+	.rename		= gmfs_rename,
+	.setattr	= gmfs_setattr,
+	.getattr	= gmfs_getattr,
+};
+
+static const struct inode_operations gmfs_file_iops = {
+	.setattr	= gmfs_setattr,
+	.getattr	= gmfs_getattr,
+};
+
+static const struct file_operations gmfs_dir_fops = {
+	.llseek		= generic_file_llseek,
+	.read		= generic_read_dir,
+	.iterate_shared	= gmfs_readdir,
+};
+
+/* No read/write: the VFS fails read(2) and write(2) with EINVAL. */
+static const struct file_operations gmfs_file_fops = {
+	.mmap_prepare		= gmfs_mmap_prepare,
+	.get_unmapped_area	= gmfs_get_unmapped_area,
+	.fallocate		= gmfs_fallocate,
+	.llseek			= generic_file_llseek,
+};
+
+struct gmfs_fs_context {
+	bool reformat;
+};
+
+enum { Opt_reformat };
+
+static const struct fs_parameter_spec gmfs_param_specs[] = {
+	fsparam_flag("reformat", Opt_reformat),
+	{}
+};
+
+static int gmfs_parse_param(struct fs_context *fc, struct fs_parameter *param)
+{
+	struct gmfs_fs_context *ctx = fc->fs_private;
+	struct fs_parse_result result;
+	int opt;
+
+	opt = fs_parse(fc, gmfs_param_specs, param, &result);
+	if (opt < 0)
+		return opt;
+	if (opt == Opt_reformat)
+		ctx->reformat = true;
+	return 0;
+}
+
+static int gmfs_fill_super(struct super_block *sb, struct fs_context *fc)
+{
+	struct gmfs_fs_context *ctx = fc->fs_private;
+	struct inode *root;
+	int err;
+
+	err = gmfs_rs_mount(ctx->reformat);
+	if (err == -ENODEV)
+		return errorfc(fc, "no memory region reserved, boot with guestmemfs=<size>"), -ENODEV;
+	if (err)
+		return err;
+	sb->s_maxbytes = MAX_LFS_FILESIZE;
+	sb->s_blocksize = PAGE_SIZE;
+	sb->s_blocksize_bits = PAGE_SHIFT;
+	sb->s_magic = GUESTMEMFS_MAGIC;
+	sb->s_op = &gmfs_super_ops;
+	sb->s_time_gran = 1;
+	root = gmfs_iget(sb, GMFS_ROOT_INO);
+	if (IS_ERR(root))
+		return PTR_ERR(root);
+	sb->s_root = d_make_root(root);
+	return sb->s_root ? 0 : -ENOMEM;
+}
+
+static int gmfs_get_tree(struct fs_context *fc)
+{
+	return get_tree_single(fc, gmfs_fill_super);
+}
+
+static void gmfs_free_fc(struct fs_context *fc)
+{
+	kfree(fc->fs_private);
+}
+
+static const struct fs_context_operations gmfs_context_ops = {
+	.parse_param	= gmfs_parse_param,
+	.get_tree	= gmfs_get_tree,
+	.free		= gmfs_free_fc,
+};
+
+static int gmfs_init_fs_context(struct fs_context *fc)
+{
+	fc->fs_private = kzalloc_obj(struct gmfs_fs_context);
+	if (!fc->fs_private)
+		return -ENOMEM;
+	fc->ops = &gmfs_context_ops;
+	return 0;
 }
 
 static struct file_system_type guestmemfs_fs_type = {
 	.name			= "guestmemfs",
-	.init_fs_context	= guestmemfs_init_fs_context,
+	.init_fs_context	= gmfs_init_fs_context,
+	.parameters		= gmfs_param_specs,
 	.kill_sb		= kill_anon_super,
 };
 

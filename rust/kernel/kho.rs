@@ -13,7 +13,7 @@ use crate::{
     bindings,
     error::{from_err_ptr, to_result, Result},
     io::PhysAddr,
-    str::CStr,
+    str::{CStr, CStrExt},
 };
 use core::ptr::NonNull;
 

@@ -221,11 +221,15 @@ proptest! {
         let mut blocks: HashSet<u64> = HashSet::new();
         for (alloc, n) in ops {
             if alloc || owned.is_empty() {
+                // A request of 1 GiB or more gets aligned whole GiB units
+                // whenever one is free.
+                let aligned_free = n >= HUGE_BLOCKS && bm.find_free(HUGE_BLOCKS, HUGE_BLOCKS).is_some();
                 match bm.alloc_run(n) {
                     Ok((start, count)) => {
                         prop_assert!(count >= 1 && count <= n);
-                        if count >= HUGE_BLOCKS {
+                        if aligned_free {
                             prop_assert_eq!(start % HUGE_BLOCKS, 0);
+                            prop_assert_eq!(count % HUGE_BLOCKS, 0);
                         }
                         for b in start..start + count {
                             prop_assert!(blocks.insert(b), "block {} handed out twice", b);

@@ -36,6 +36,22 @@ impl<'a> BlockBitmap<'a> {
         })
     }
 
+    /// A bitmap over `words` that already hold the state of `nr_blocks`
+    /// blocks (bits past `nr_blocks` must be clear).
+    pub fn attach(words: &'a mut [u64], nr_blocks: u64) -> Result<Self, Error> {
+        let n = nr_blocks.div_ceil(64) as usize;
+        let used_words = words.get(..n).ok_or(Error::Invalid)?;
+        let used = used_words.iter().map(|w| w.count_ones() as u64).sum();
+        if used > nr_blocks {
+            return Err(Error::Invalid);
+        }
+        Ok(BlockBitmap {
+            words,
+            nr_blocks,
+            used,
+        })
+    }
+
     /// Blocks in the bitmap.
     pub fn nr_blocks(&self) -> u64 {
         self.nr_blocks
@@ -190,6 +206,18 @@ mod tests {
         let (start, count) = bm.alloc_run(600).unwrap();
         assert_eq!((start, count), (3, 509));
         assert_eq!(bm.alloc_run(1), Err(Error::NoSpace));
+    }
+
+    #[test]
+    fn attach_counts_used() {
+        let mut w = [0u64; 2];
+        {
+            let mut bm = BlockBitmap::new(&mut w, 100).unwrap();
+            bm.mark_used(60, 10).unwrap();
+        }
+        let bm = BlockBitmap::attach(&mut w, 100).unwrap();
+        assert_eq!(bm.used(), 10);
+        assert!(bm.is_used(65) && !bm.is_used(70));
     }
 
     #[test]

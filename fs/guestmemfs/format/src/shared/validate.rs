@@ -195,7 +195,7 @@ pub fn contents(buf: &[u8], geo: &Geometry, scratch: &mut Scratch<'_>) -> Result
 
     // Pass 3: no two entries of a directory share a name.
     let keys = &mut scratch.name_keys[..keys];
-    keys.sort_unstable();
+    heapsort(keys);
     for pair in keys.windows(2) {
         if pair[0][0] == pair[1][0] {
             let a = meta.inode(pair[0][1])?;
@@ -260,6 +260,36 @@ fn check_extents(
     Ok(())
 }
 
+/// In-place heapsort: O(n log n) whatever the input, no allocation, and
+/// none of core's sort code (whose panic paths objtool cannot follow in
+/// the kernel build).
+fn heapsort(v: &mut [[u64; 2]]) {
+    fn sift_down(v: &mut [[u64; 2]], mut root: usize, end: usize) {
+        loop {
+            let mut child = 2 * root + 1;
+            if child >= end {
+                return;
+            }
+            if child + 1 < end && v[child] < v[child + 1] {
+                child += 1;
+            }
+            if v[root] >= v[child] {
+                return;
+            }
+            v.swap(root, child);
+            root = child;
+        }
+    }
+    let n = v.len();
+    for i in (0..n / 2).rev() {
+        sift_down(v, i, n);
+    }
+    for end in (1..n).rev() {
+        v.swap(0, end);
+        sift_down(v, 0, end);
+    }
+}
+
 /// Test helper: both validation steps with scratch from the heap.
 #[cfg(test)]
 pub(crate) fn check(buf: &[u8], region_size: u64) -> Result<u64, Error> {
@@ -303,6 +333,16 @@ mod tests {
         m.allocate(f.ino, 0, 4, &mut bm).unwrap();
         m.allocate(f.ino, 10, 2, &mut bm).unwrap();
         (buf, geo)
+    }
+
+    #[test]
+    fn heapsort_sorts() {
+        let mut v: Vec<[u64; 2]> = (0..100u64).map(|i| [(i * 7919) % 101, i]).collect();
+        let mut w = v.clone();
+        heapsort(&mut v);
+        w.sort();
+        assert_eq!(v, w);
+        heapsort(&mut []);
     }
 
     #[test]

@@ -152,9 +152,11 @@ fn direct_map() -> Result<(u64, Vec<Mapping>), String> {
             present,
         });
     }
+    // The direct map starts at PAGE_OFFSET, 1 GiB aligned; the dump may
+    // print the range of its first page before the section marker.
     let base = out
         .first()
-        .map(|m| m.start)
+        .map(|m| m.start & !((1u64 << 30) - 1))
         .ok_or("no Low Kernel Mapping section in the page table dump")?;
     Ok((base, out))
 }

@@ -1,0 +1,116 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * guestmemfs: the calls between the C VFS glue and the Rust core.
+ *
+ * Rust sees only integers and these plain structs; the C side converts
+ * VFS objects (inodes, kuid/kgid, timespec64) to and from them. The Rust
+ * side (volume.rs) mirrors each struct with #[repr(C)] and asserts the
+ * same sizes. All functions return 0 or a negative errno unless noted.
+ */
+#ifndef _GUESTMEMFS_ABI_H
+#define _GUESTMEMFS_ABI_H
+
+#include <linux/build_bug.h>
+#include <linux/types.h>
+
+#define GMFS_ROOT_INO		1
+#define GMFS_BLOCK_SHIFT	21	/* 2 MiB blocks */
+#define GMFS_NAME_MAX		255
+
+struct gmfs_attr {
+	u64 ino;
+	u32 mode;
+	u32 uid;
+	u32 gid;
+	u32 nlink;
+	u64 size;
+	u64 blocks;		/* in 2 MiB blocks */
+	s64 atime_sec;
+	s64 mtime_sec;
+	s64 ctime_sec;
+	u32 atime_nsec;
+	u32 mtime_nsec;
+	u32 ctime_nsec;
+	u32 pad;
+	u64 generation;
+};
+static_assert(sizeof(struct gmfs_attr) == 88);
+
+struct gmfs_statfs {
+	u64 blocks;		/* data blocks, 2 MiB each */
+	u64 bfree;
+	u64 files;
+	u64 ffree;
+};
+static_assert(sizeof(struct gmfs_statfs) == 32);
+
+struct gmfs_dirent {
+	u64 ino;
+	u64 next_pos;		/* cursor for the following call */
+	u32 mode;
+	u32 name_len;
+	u8 name[GMFS_NAME_MAX + 1];
+};
+static_assert(sizeof(struct gmfs_dirent) == 280);
+
+/* The extent that backs a faulting block. */
+struct gmfs_map {
+	u64 phys;		/* physical address of file_block */
+	u64 file_block;		/* first file block of the extent */
+	u64 phys_start;		/* physical address of that first block */
+	u64 count;		/* blocks in the extent */
+};
+static_assert(sizeof(struct gmfs_map) == 32);
+
+/* Which fields of gmfs_setattr to apply. */
+#define GMFS_SET_MODE	(1U << 0)
+#define GMFS_SET_UID	(1U << 1)
+#define GMFS_SET_GID	(1U << 2)
+#define GMFS_SET_ATIME	(1U << 3)
+#define GMFS_SET_MTIME	(1U << 4)
+#define GMFS_SET_CTIME	(1U << 5)
+
+struct gmfs_setattr {
+	u32 valid;
+	u32 mode;
+	u32 uid;
+	u32 gid;
+	s64 atime_sec;
+	s64 mtime_sec;
+	s64 ctime_sec;
+	u32 atime_nsec;
+	u32 mtime_nsec;
+	u32 ctime_nsec;
+	u32 pad;
+};
+static_assert(sizeof(struct gmfs_setattr) == 56);
+
+int gmfs_rs_mount(bool reformat);
+int gmfs_rs_statfs(struct gmfs_statfs *out);
+int gmfs_rs_getattr(u64 ino, struct gmfs_attr *out);
+int gmfs_rs_lookup(u64 dir, const u8 *name, size_t len, u64 *ino);
+int gmfs_rs_create(u64 dir, const u8 *name, size_t len, u32 mode, u32 uid,
+		   u32 gid, s64 sec, u32 nsec, struct gmfs_attr *out);
+int gmfs_rs_unlink(u64 dir, const u8 *name, size_t len, bool is_dir, s64 sec,
+		   u32 nsec, u64 *ino);
+int gmfs_rs_rename(u64 old_dir, const u8 *old_name, size_t old_len,
+		   u64 new_dir, const u8 *new_name, size_t new_len,
+		   bool noreplace, s64 sec, u32 nsec, u64 *replaced);
+/* Returns 1 with *out filled, 0 at the end, or a negative errno. */
+int gmfs_rs_readdir(u64 dir, u64 pos, struct gmfs_dirent *out);
+int gmfs_rs_setattr(u64 ino, const struct gmfs_setattr *attr);
+int gmfs_rs_set_size(u64 ino, u64 size, s64 sec, u32 nsec);
+int gmfs_rs_fallocate(u64 ino, u64 offset, u64 len);
+int gmfs_rs_fault(u64 ino, u64 file_block, struct gmfs_map *out);
+int gmfs_rs_evict(u64 ino);
+
+/* Rust -> C: helpers the Rust core calls (region.c, vfs_glue.c). */
+int guestmemfs_vfs_register(void);
+void *guestmemfs_meta_map(u64 len);
+void guestmemfs_meta_unmap(void *addr);
+void guestmemfs_now(s64 *sec, u32 *nsec);
+/* Validates a handed-over locator: 0 with *base and *size set, or -errno. */
+int guestmemfs_locator_decode(const u8 *buf, size_t len, u64 *base,
+			      u64 *size);
+
+#endif /* _GUESTMEMFS_ABI_H */

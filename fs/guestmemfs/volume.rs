@@ -1,0 +1,653 @@
+// SPDX-License-Identifier: GPL-2.0-only
+
+//! The one guestmemfs volume: the region's metadata, mapped, and the
+//! block allocator, behind one mutex; plus the C-callable entry points
+//! the VFS glue (`vfs_glue.c`, `gmfs_abi.h`) uses.
+
+use crate::format::{
+    self,
+    layout::{Geometry, Time, BLOCK_SHIFT, BLOCK_SIZE, HUGE_BLOCKS, NAME_MAX, S_IFDIR, S_IFMT},
+    meta::InodeData,
+    validate::{self, Scratch, ScratchSizes},
+    BlockBitmap, Error as FmtError, Meta,
+};
+use core::sync::atomic::{AtomicPtr, Ordering};
+use kernel::{
+    ffi::{c_int, c_void},
+    new_mutex,
+    prelude::*,
+    sync::Mutex,
+};
+
+extern "C" {
+    fn guestmemfs_meta_map(len: u64) -> *mut c_void;
+    fn guestmemfs_meta_unmap(addr: *mut c_void);
+    fn guestmemfs_now(sec: *mut i64, nsec: *mut u32);
+}
+
+/// Why the filesystem cannot be used.
+#[derive(Clone, Copy)]
+enum State {
+    /// No region was reserved (no `guestmemfs=` and no handover).
+    NoRegion,
+    /// Metadata valid and in use.
+    Ready,
+    /// The handed-over metadata failed validation; the region is left
+    /// untouched until a mount asks for `reformat`.
+    Refused(FmtError),
+}
+
+struct Inner {
+    state: State,
+    /// The metadata blocks, mapped write-back (not via the direct map).
+    meta: *mut u8,
+    meta_len: usize,
+    geo: Option<Geometry>,
+    /// One bit per block; rebuilt from the extents after a kexec.
+    bitmap: KVec<u64>,
+    base: u64,
+    size: u64,
+}
+
+// SAFETY: `meta` is a kernel mapping only accessed under the mutex.
+unsafe impl Send for Inner {}
+
+/// The volume.
+#[pin_data]
+pub(crate) struct Volume {
+    #[pin]
+    inner: Mutex<Inner>,
+}
+
+/// Set once by `Volume::install`; the module (built in) never goes away.
+static VOLUME: AtomicPtr<Volume> = AtomicPtr::new(core::ptr::null_mut());
+
+fn now() -> Time {
+    let (mut sec, mut nsec) = (0i64, 0u32);
+    // SAFETY: valid out pointers.
+    unsafe { guestmemfs_now(&mut sec, &mut nsec) };
+    Time { sec, nsec }
+}
+
+/// Maps format errors to errnos for the VFS.
+fn errno(e: FmtError) -> Error {
+    match e {
+        FmtError::NotFound => ENOENT,
+        FmtError::Exists => EEXIST,
+        FmtError::NotDir => ENOTDIR,
+        FmtError::IsDir => EISDIR,
+        FmtError::NotEmpty => ENOTEMPTY,
+        FmtError::NoSpace | FmtError::NoInodes | FmtError::NoExtents => ENOSPC,
+        FmtError::NameTooLong => ENAMETOOLONG,
+        FmtError::BadName | FmtError::Invalid => EINVAL,
+        FmtError::TooBig => EFBIG,
+        FmtError::Corrupt(_) => EUCLEAN,
+        FmtError::Truncated | FmtError::Overlap(_) | FmtError::DoubleFree(_) => EIO,
+    }
+}
+
+impl Inner {
+    fn meta(&mut self) -> Result<(Meta<&mut [u8]>, BlockBitmap<'_>)> {
+        match self.state {
+            State::Ready => {}
+            State::NoRegion => return Err(ENODEV),
+            State::Refused(_) => return Err(EUCLEAN),
+        }
+        let geo = self.geo.ok_or(EIO)?;
+        // SAFETY: `meta` maps `meta_len` bytes owned by the volume; the
+        // mutex guard borrowed by `self` makes this the only access.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
+        let meta = Meta::new(bytes, geo).map_err(errno)?;
+        let bm = BlockBitmap::attach(&mut self.bitmap, geo.nr_blocks).map_err(errno)?;
+        Ok((meta, bm))
+    }
+
+    /// Maps the metadata of a geometry.
+    fn map(&mut self, len: u64) -> Result {
+        if !self.meta.is_null() {
+            // SAFETY: the old mapping is not referenced any more.
+            unsafe { guestmemfs_meta_unmap(self.meta.cast()) };
+            self.meta = core::ptr::null_mut();
+        }
+        // SAFETY: maps the region's first `len` bytes, or returns NULL.
+        let p = unsafe { guestmemfs_meta_map(len) };
+        if p.is_null() {
+            return Err(ENOMEM);
+        }
+        self.meta = p.cast();
+        self.meta_len = usize::try_from(len).map_err(|_| EINVAL)?;
+        Ok(())
+    }
+
+    /// Writes an empty filesystem over the metadata blocks.
+    fn format(&mut self, generation: u64) -> Result {
+        let geo = Geometry::new(self.size, Geometry::default_inodes(self.size)).ok_or(EINVAL)?;
+        self.map(geo.meta_bytes())?;
+        // SAFETY: just mapped, `meta_len` bytes, exclusive under the lock.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
+        format::meta::format(bytes, &geo, now(), generation).map_err(errno)?;
+        self.bitmap = KVec::from_elem(0u64, ScratchSizes::for_geometry(&geo).block_words, GFP_KERNEL)?;
+        let mut bm = BlockBitmap::new(&mut self.bitmap, geo.nr_blocks).map_err(errno)?;
+        bm.mark_used(0, geo.meta_blocks).map_err(errno)?;
+        self.geo = Some(geo);
+        self.state = State::Ready;
+        pr_info!(
+            "formatted {} MiB: {} data blocks of 2 MiB, {} inodes\n",
+            self.size >> 20,
+            geo.data_blocks(),
+            geo.inode_count
+        );
+        Ok(())
+    }
+
+    /// Validates the metadata the previous kernel left in the region.
+    fn adopt(&mut self) -> core::result::Result<(), FmtError> {
+        // The superblock alone first: it says how much to map.
+        self.map(BLOCK_SIZE).map_err(|_| FmtError::Truncated)?;
+        // SAFETY: `meta_len` bytes mapped, exclusive under the lock.
+        let first = unsafe { core::slice::from_raw_parts(self.meta, self.meta_len) };
+        let geo = validate::superblock(first, self.size)?;
+        self.map(geo.meta_bytes()).map_err(|_| FmtError::Truncated)?;
+        let sizes = ScratchSizes::for_geometry(&geo);
+        let alloc = |e| {
+            pr_err!("out of memory validating the handover ({:?})\n", e);
+            FmtError::Truncated
+        };
+        let mut marks = KVec::from_elem(0u8, sizes.inode_marks, GFP_KERNEL).map_err(alloc)?;
+        let mut seen = KVec::from_elem(0u64, sizes.extent_seen, GFP_KERNEL).map_err(alloc)?;
+        let mut keys = KVec::from_elem([0u64; 2], sizes.name_keys, GFP_KERNEL).map_err(alloc)?;
+        let mut words = KVec::from_elem(0u64, sizes.block_words, GFP_KERNEL).map_err(alloc)?;
+        let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?;
+        let mut scratch = Scratch {
+            inode_marks: &mut marks,
+            extent_seen: &mut seen,
+            name_keys: &mut keys,
+            blocks,
+        };
+        // SAFETY: as above, with the full metadata now mapped.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
+        let inodes = validate::contents(bytes, &geo, &mut scratch)?;
+        let used = scratch.blocks.used();
+        drop(scratch);
+        self.bitmap = words;
+        self.geo = Some(geo);
+        self.state = State::Ready;
+        let (mut meta, mut bm) = self.meta().map_err(|_| FmtError::Truncated)?;
+        let orphans = meta.reclaim_orphans(&mut bm)?;
+        let generation = meta.generation()?.wrapping_add(1);
+        meta.set_generation(generation)?;
+        pr_info!(
+            "kept the filesystem from the previous kernel: {} inodes, {} of {} blocks used, {} orphans freed, generation {}\n",
+            inodes,
+            used,
+            geo.nr_blocks,
+            orphans,
+            generation
+        );
+        Ok(())
+    }
+}
+
+impl Volume {
+    /// Creates the volume for the boot-time region and installs it for
+    /// the C glue. `handed_over` says the region holds a filesystem from
+    /// the previous kernel.
+    pub(crate) fn install(region: Option<(u64, u64, bool)>) -> Result<Pin<KBox<Volume>>> {
+        let inner = Inner {
+            state: State::NoRegion,
+            meta: core::ptr::null_mut(),
+            meta_len: 0,
+            geo: None,
+            bitmap: KVec::new(),
+            base: region.map_or(0, |r| r.0),
+            size: region.map_or(0, |r| r.1),
+        };
+        let vol = KBox::pin_init(
+            pin_init!(Volume {
+                inner <- new_mutex!(inner),
+            }),
+            GFP_KERNEL,
+        )?;
+        if let Some((_, _, handed_over)) = region {
+            let mut g = vol.inner.lock();
+            if handed_over {
+                if let Err(e) = g.adopt() {
+                    pr_err!(
+                        "refusing the filesystem handed over by the previous kernel: {}; the region stays reserved and untouched, mount with -o reformat to start over\n",
+                        format_args!("{e}")
+                    );
+                    g.state = State::Refused(e);
+                }
+            } else {
+                g.format(1)?;
+            }
+        }
+        VOLUME_BASE.store(region.map_or(0, |r| r.0), Ordering::Relaxed);
+        VOLUME.store(core::ptr::from_ref(&*vol).cast_mut(), Ordering::Release);
+        Ok(vol)
+    }
+
+    /// Base and size of the region, and the superblock generation.
+    pub(crate) fn locator_fields(&self) -> (u64, u64, u64) {
+        let mut g = self.inner.lock();
+        let (base, size) = (g.base, g.size);
+        let generation = g.meta().ok().and_then(|(m, _)| m.generation().ok()).unwrap_or(0);
+        (base, size, generation)
+    }
+}
+
+/// Runs `f` on the locked volume's metadata.
+fn with_meta<T>(f: impl FnOnce(&mut Meta<&mut [u8]>, &mut BlockBitmap<'_>) -> Result<T>) -> Result<T> {
+    let vol = VOLUME.load(Ordering::Acquire);
+    // SAFETY: set once to a pinned volume that is never freed (built-in
+    // module), or NULL.
+    let vol = unsafe { vol.as_ref() }.ok_or(ENODEV)?;
+    let mut g = vol.inner.lock();
+    let (mut meta, mut bm) = g.meta()?;
+    f(&mut meta, &mut bm)
+}
+
+fn ret(r: Result) -> c_int {
+    match r {
+        Ok(()) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// # Safety
+/// `ptr` must point to `len` readable bytes.
+unsafe fn name<'a>(ptr: *const u8, len: usize) -> Result<&'a [u8]> {
+    if len > NAME_MAX {
+        return Err(ENAMETOOLONG);
+    }
+    // SAFETY: per the function's contract.
+    Ok(unsafe { core::slice::from_raw_parts(ptr, len) })
+}
+
+/// `struct gmfs_attr` of gmfs_abi.h.
+#[repr(C)]
+pub(crate) struct Attr {
+    ino: u64,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    nlink: u32,
+    size: u64,
+    blocks: u64,
+    atime_sec: i64,
+    mtime_sec: i64,
+    ctime_sec: i64,
+    atime_nsec: u32,
+    mtime_nsec: u32,
+    ctime_nsec: u32,
+    pad: u32,
+    generation: u64,
+}
+const _: () = assert!(core::mem::size_of::<Attr>() == 88);
+
+impl From<&InodeData> for Attr {
+    fn from(i: &InodeData) -> Attr {
+        Attr {
+            ino: i.ino,
+            mode: i.mode,
+            uid: i.uid,
+            gid: i.gid,
+            nlink: i.nlink,
+            size: i.size,
+            blocks: i.blocks,
+            atime_sec: i.atime.sec,
+            mtime_sec: i.mtime.sec,
+            ctime_sec: i.ctime.sec,
+            atime_nsec: i.atime.nsec,
+            mtime_nsec: i.mtime.nsec,
+            ctime_nsec: i.ctime.nsec,
+            pad: 0,
+            generation: i.generation,
+        }
+    }
+}
+
+/// `struct gmfs_statfs`.
+#[repr(C)]
+pub(crate) struct Statfs {
+    blocks: u64,
+    bfree: u64,
+    files: u64,
+    ffree: u64,
+}
+const _: () = assert!(core::mem::size_of::<Statfs>() == 32);
+
+/// `struct gmfs_dirent`.
+#[repr(C)]
+pub(crate) struct Dirent {
+    ino: u64,
+    next_pos: u64,
+    mode: u32,
+    name_len: u32,
+    name: [u8; NAME_MAX + 1],
+}
+const _: () = assert!(core::mem::size_of::<Dirent>() == 280);
+
+/// `struct gmfs_map`.
+#[repr(C)]
+pub(crate) struct Map {
+    phys: u64,
+    file_block: u64,
+    phys_start: u64,
+    count: u64,
+}
+const _: () = assert!(core::mem::size_of::<Map>() == 32);
+
+/// `struct gmfs_setattr`.
+#[repr(C)]
+pub(crate) struct SetAttr {
+    valid: u32,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    atime_sec: i64,
+    mtime_sec: i64,
+    ctime_sec: i64,
+    atime_nsec: u32,
+    mtime_nsec: u32,
+    ctime_nsec: u32,
+    pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SetAttr>() == 56);
+
+const SET_MODE: u32 = 1;
+const SET_UID: u32 = 2;
+const SET_GID: u32 = 4;
+const SET_ATIME: u32 = 8;
+const SET_MTIME: u32 = 16;
+const SET_CTIME: u32 = 32;
+
+/// Prepares the volume for a mount; `reformat` discards whatever the
+/// region holds and formats it.
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_mount(reformat: bool) -> c_int {
+    let vol = VOLUME.load(Ordering::Acquire);
+    // SAFETY: see `with_meta`.
+    let Some(vol) = (unsafe { vol.as_ref() }) else {
+        return ENODEV.to_errno();
+    };
+    let mut g = vol.inner.lock();
+    ret(match g.state {
+        State::NoRegion => {
+            pr_err!("no memory region reserved, boot with guestmemfs=<size>\n");
+            Err(ENODEV)
+        }
+        _ if reformat => {
+            let generation = g
+                .meta()
+                .ok()
+                .and_then(|(m, _)| m.generation().ok())
+                .unwrap_or(0)
+                .wrapping_add(1);
+            pr_warn!("reformatting the region as asked by the reformat mount option\n");
+            g.format(generation)
+        }
+        State::Refused(e) => {
+            pr_err!(
+                "mount refused: the handed-over filesystem is invalid ({}); use -o reformat to discard it\n",
+                format_args!("{e}")
+            );
+            Err(EUCLEAN)
+        }
+        State::Ready => Ok(()),
+    })
+}
+
+/// # Safety
+/// `out` must be valid for writes.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_statfs(out: *mut Statfs) -> c_int {
+    ret(with_meta(|m, bm| {
+        let geo = *m.geometry();
+        let used = m.inodes_used().map_err(errno)?;
+        let s = Statfs {
+            blocks: geo.data_blocks(),
+            bfree: bm.free(),
+            files: geo.inode_count,
+            ffree: geo.inode_count - used,
+        };
+        // SAFETY: the caller passes a valid pointer.
+        unsafe { out.write(s) };
+        Ok(())
+    }))
+}
+
+/// # Safety
+/// `out` must be valid for writes.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_getattr(ino: u64, out: *mut Attr) -> c_int {
+    ret(with_meta(|m, _| {
+        let i = m.inode(ino).map_err(errno)?;
+        // SAFETY: the caller passes a valid pointer.
+        unsafe { out.write(Attr::from(&i)) };
+        Ok(())
+    }))
+}
+
+/// # Safety
+/// `name` must point to `len` bytes; `ino` must be valid for writes.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_lookup(dir: u64, name_ptr: *const u8, len: usize, ino: *mut u64) -> c_int {
+    ret(with_meta(|m, _| {
+        // SAFETY: the caller passes `len` bytes.
+        let n = unsafe { name(name_ptr, len) }?;
+        let found = m.lookup(dir, n).map_err(errno)?;
+        // SAFETY: the caller passes a valid pointer.
+        unsafe { ino.write(found) };
+        Ok(())
+    }))
+}
+
+/// # Safety
+/// `name` must point to `len` bytes; `out` must be valid for writes.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_create(
+    dir: u64,
+    name_ptr: *const u8,
+    len: usize,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    sec: i64,
+    nsec: u32,
+    out: *mut Attr,
+) -> c_int {
+    ret(with_meta(|m, _| {
+        // SAFETY: the caller passes `len` bytes.
+        let n = unsafe { name(name_ptr, len) }?;
+        let i = m.create(dir, n, mode, uid, gid, Time { sec, nsec }).map_err(errno)?;
+        // SAFETY: the caller passes a valid pointer.
+        unsafe { out.write(Attr::from(&i)) };
+        Ok(())
+    }))
+}
+
+/// # Safety
+/// `name` must point to `len` bytes; `ino` must be valid for writes.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_unlink(
+    dir: u64,
+    name_ptr: *const u8,
+    len: usize,
+    is_dir: bool,
+    sec: i64,
+    nsec: u32,
+    ino: *mut u64,
+) -> c_int {
+    ret(with_meta(|m, _| {
+        // SAFETY: the caller passes `len` bytes.
+        let n = unsafe { name(name_ptr, len) }?;
+        let target = m.inode(m.lookup(dir, n).map_err(errno)?).map_err(errno)?;
+        if target.is_dir() != is_dir {
+            return Err(if is_dir { ENOTDIR } else { EISDIR });
+        }
+        let i = m.unlink(dir, n, Time { sec, nsec }).map_err(errno)?;
+        // SAFETY: the caller passes a valid pointer.
+        unsafe { ino.write(i.ino) };
+        Ok(())
+    }))
+}
+
+/// # Safety
+/// Names must point to their lengths in bytes; `replaced` must be valid
+/// for writes (0 when nothing was replaced).
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_rename(
+    old_dir: u64,
+    old_ptr: *const u8,
+    old_len: usize,
+    new_dir: u64,
+    new_ptr: *const u8,
+    new_len: usize,
+    noreplace: bool,
+    sec: i64,
+    nsec: u32,
+    replaced: *mut u64,
+) -> c_int {
+    ret(with_meta(|m, _| {
+        // SAFETY: the caller passes the names' bytes.
+        let (old, new) = unsafe { (name(old_ptr, old_len)?, name(new_ptr, new_len)?) };
+        let r = m
+            .rename(old_dir, old, new_dir, new, noreplace, Time { sec, nsec })
+            .map_err(errno)?;
+        // SAFETY: the caller passes a valid pointer.
+        unsafe { replaced.write(r.map_or(0, |i| i.ino)) };
+        Ok(())
+    }))
+}
+
+/// # Safety
+/// `out` must be valid for writes.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_readdir(dir: u64, pos: u64, out: *mut Dirent) -> c_int {
+    match with_meta(|m, _| m.readdir(dir, pos).map_err(errno)) {
+        Ok(Some((i, next))) => {
+            let mut d = Dirent {
+                ino: i.ino,
+                next_pos: next,
+                mode: i.mode,
+                name_len: i.name().len() as u32,
+                name: [0; NAME_MAX + 1],
+            };
+            d.name[..i.name().len()].copy_from_slice(i.name());
+            // SAFETY: the caller passes a valid pointer.
+            unsafe { out.write(d) };
+            1
+        }
+        Ok(None) => 0,
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// # Safety
+/// `attr` must point to a valid `struct gmfs_setattr`.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_setattr(ino: u64, attr: *const SetAttr) -> c_int {
+    // SAFETY: the caller passes a valid pointer.
+    let a = unsafe { &*attr };
+    ret(with_meta(|m, _| {
+        let mut i = m.inode(ino).map_err(errno)?;
+        if a.valid & SET_MODE != 0 {
+            i.mode = (i.mode & S_IFMT) | (a.mode & !S_IFMT);
+        }
+        if a.valid & SET_UID != 0 {
+            i.uid = a.uid;
+        }
+        if a.valid & SET_GID != 0 {
+            i.gid = a.gid;
+        }
+        if a.valid & SET_ATIME != 0 {
+            i.atime = Time { sec: a.atime_sec, nsec: a.atime_nsec };
+        }
+        if a.valid & SET_MTIME != 0 {
+            i.mtime = Time { sec: a.mtime_sec, nsec: a.mtime_nsec };
+        }
+        if a.valid & SET_CTIME != 0 {
+            i.ctime = Time { sec: a.ctime_sec, nsec: a.ctime_nsec };
+        }
+        m.write_inode(&i).map_err(errno)
+    }))
+}
+
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_set_size(ino: u64, size: u64, sec: i64, nsec: u32) -> c_int {
+    ret(with_meta(|m, bm| m.set_size(ino, size, Time { sec, nsec }, bm).map_err(errno)))
+}
+
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_fallocate(ino: u64, offset: u64, len: u64) -> c_int {
+    ret(with_meta(|m, bm| {
+        let end = offset.checked_add(len).ok_or(EFBIG)?;
+        let first = offset >> BLOCK_SHIFT;
+        let last = end.div_ceil(BLOCK_SIZE);
+        m.allocate(ino, first, last - first, bm).map_err(errno)
+    }))
+}
+
+/// Finds (allocating it if it is a hole inside the file) the extent that
+/// backs `file_block`. A hole is filled with a whole aligned 1 GiB unit
+/// when the file covers one, so the fault can map it with one PUD.
+///
+/// # Safety
+/// `out` must be valid for writes.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_fault(ino: u64, file_block: u64, out: *mut Map) -> c_int {
+    ret(with_meta(|m, bm| {
+        let i = m.inode(ino).map_err(errno)?;
+        if i.mode & S_IFMT == S_IFDIR || file_block >= i.size.div_ceil(BLOCK_SIZE) {
+            return Err(EFAULT);
+        }
+        if m.map(ino, file_block).map_err(errno)?.is_none() {
+            let unit = file_block & !(HUGE_BLOCKS - 1);
+            let whole_unit_in_file = unit + HUGE_BLOCKS <= i.size / BLOCK_SIZE;
+            let unit_is_hole = whole_unit_in_file && {
+                let mut hole = true;
+                m.for_each_extent(ino, |e| {
+                    if e.file_block < unit + HUGE_BLOCKS && unit < e.file_block + e.count {
+                        hole = false;
+                    }
+                    Ok(())
+                })
+                .map_err(errno)?;
+                hole
+            };
+            let res = if unit_is_hole {
+                m.allocate(ino, unit, HUGE_BLOCKS, bm)
+            } else {
+                Err(FmtError::NoSpace)
+            };
+            if res.is_err() {
+                m.allocate(ino, file_block, 1, bm).map_err(errno)?;
+            }
+        }
+        let e = m.map(ino, file_block).map_err(errno)?.ok_or(EIO)?;
+        let base = VOLUME_BASE.load(Ordering::Relaxed);
+        let map = Map {
+            phys: base + ((e.phys_block + (file_block - e.file_block)) << BLOCK_SHIFT),
+            file_block: e.file_block,
+            phys_start: base + (e.phys_block << BLOCK_SHIFT),
+            count: e.count,
+        };
+        // SAFETY: the caller passes a valid pointer.
+        unsafe { out.write(map) };
+        Ok(())
+    }))
+}
+
+/// Physical base of the region, for address computations.
+pub(crate) static VOLUME_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Frees an inode with no links once the VFS drops its last reference.
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_evict(ino: u64) -> c_int {
+    ret(with_meta(|m, bm| match m.inode(ino) {
+        Ok(i) if i.nlink == 0 => m.evict(ino, bm).map_err(errno),
+        Ok(_) | Err(FmtError::NotFound) => Ok(()),
+        Err(e) => Err(errno(e)),
+    }))
+}
