@@ -60,6 +60,18 @@ pub const SUITES: &[Suite] = &[
         expect: Expect::Pass,
     },
     Suite {
+        name: "guestmemfs",
+        about: "guestmemfs=2G: operations, huge mappings, persistence over 3 kexecs",
+        tests: &[
+            "guestmemfs_operations",
+            "guestmemfs_huge_mappings",
+            "guestmemfs_persistence",
+        ],
+        add: &["guestmemfs=2G"],
+        remove: &[],
+        expect: Expect::Pass,
+    },
+    Suite {
         name: "negative_iommu_off",
         about: "without intel_iommu=on the IOMMU check must fail",
         tests: &["iommu_present"],

@@ -36,6 +36,13 @@ pub fn mount(source: &str, target: &str, fstype: &str, flags: u64, data: &str) -
     check(rc as libc::c_long).map(|_| ())
 }
 
+/// umount(2).
+pub fn umount(target: &str) -> io::Result<()> {
+    let target = cstr(target)?;
+    // SAFETY: valid NUL-terminated path.
+    check(unsafe { libc::umount(target.as_ptr()) } as libc::c_long).map(|_| ())
+}
+
 /// Mounts the pseudo filesystems PID 1 needs; already-mounted ones are fine.
 pub fn mount_pseudo_filesystems() {
     for (fstype, target) in [

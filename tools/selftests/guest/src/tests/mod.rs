@@ -9,6 +9,7 @@
 use std::os::fd::OwnedFd;
 
 mod demo;
+mod gmfs;
 mod harness;
 mod kselftest;
 mod luo;
@@ -101,6 +102,24 @@ pub const CATALOG: &[Test] = &[
         summary: "the region is kept at the same address over 2 kexecs (KHO locator)",
         timeout_s: 300,
         run: region::region_survives_kexec,
+    },
+    Test {
+        name: "guestmemfs_operations",
+        summary: "VFS operations, attributes, errors, truncate, fallocate, ENOSPC, statfs",
+        timeout_s: 120,
+        run: gmfs::operations,
+    },
+    Test {
+        name: "guestmemfs_huge_mappings",
+        summary: "1 GiB touched with <= 1 fault (PUD), <= 512 (PMD), vs shmem; SIGBUS past EOF",
+        timeout_s: 300,
+        run: gmfs::huge_mappings,
+    },
+    Test {
+        name: "guestmemfs_persistence",
+        summary: "a tree of files with patterns and attributes survives 3 kexecs",
+        timeout_s: 400,
+        run: gmfs::persistence,
     },
     Test {
         name: "memmap_report",

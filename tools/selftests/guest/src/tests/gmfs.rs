@@ -1,0 +1,449 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! guestmemfs from userspace: VFS operations, errors, huge mappings and
+//! persistence across kexec. The VM boots with `guestmemfs=2G`.
+
+use super::{Ctx, Outcome, TestResult};
+use crate::ktap::diag;
+use crate::{pattern, sys};
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+const MNT: &str = "/mnt/gmfs";
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+fn mount() -> Result<(), String> {
+    fs::create_dir_all(MNT).map_err(|e| e.to_string())?;
+    match sys::mount("guestmemfs", MNT, "guestmemfs", 0, "") {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+        Err(e) => Err(format!("mount -t guestmemfs: {e}")),
+    }
+}
+
+fn p(rel: &str) -> String {
+    format!("{MNT}/{rel}")
+}
+
+fn errno_of<T>(r: io::Result<T>) -> Option<i32> {
+    r.err().and_then(|e| e.raw_os_error())
+}
+
+fn expect_errno<T>(what: &str, r: io::Result<T>, want: i32) -> Result<(), String> {
+    match errno_of(r) {
+        Some(e) if e == want => Ok(()),
+        other => Err(format!("{what}: expected errno {want}, got {other:?}")),
+    }
+}
+
+struct StatFs {
+    blocks: u64,
+    bfree: u64,
+    files: u64,
+    ffree: u64,
+    bsize: u64,
+}
+
+fn statfs(path: &str) -> Result<StatFs, String> {
+    let c = CString::new(path).unwrap();
+    // SAFETY: zeroed is a valid statfs; the call fills it.
+    let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut s) } != 0 {
+        return Err(format!("statfs: {}", io::Error::last_os_error()));
+    }
+    Ok(StatFs {
+        blocks: s.f_blocks,
+        bfree: s.f_bfree,
+        files: s.f_files,
+        ffree: s.f_ffree,
+        bsize: s.f_bsize as u64,
+    })
+}
+
+/// A shared mapping of a whole file range.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(file: &File, len: u64, offset: u64, flags: i32) -> io::Result<Mapping> {
+        // SAFETY: a fresh mapping chosen by the kernel.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: ptr.cast(),
+            len: len as usize,
+        })
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        // SAFETY: the mapping is `len` bytes, readable and writable.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping our own mapping.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+fn minor_faults() -> u64 {
+    // SAFETY: zeroed rusage is valid; getrusage fills it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    ru.ru_minflt as u64
+}
+
+/// Writes one byte in every 4 KiB of the mapping; returns the minor
+/// faults it took.
+fn touch_every_page(m: &mut Mapping) -> u64 {
+    let before = minor_faults();
+    let bytes = m.bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        // SAFETY: in bounds; volatile so the stores are not elided.
+        unsafe { std::ptr::write_volatile(bytes.as_mut_ptr().add(i), 1) };
+        i += 4096;
+    }
+    minor_faults() - before
+}
+
+fn create_sized(path: &str, size: u64) -> Result<File, String> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("create {path}: {e}"))?;
+    f.set_len(size)
+        .map_err(|e| format!("ftruncate {path}: {e}"))?;
+    Ok(f)
+}
+
+/// Every operation of the filesystem and its error cases.
+pub fn operations(_ctx: &mut Ctx) -> TestResult {
+    mount()?;
+    let s0 = statfs(MNT)?;
+    diag(&format!(
+        "statfs: {} blocks of {} KiB, {} free; {} inodes, {} free",
+        s0.blocks,
+        s0.bsize >> 10,
+        s0.bfree,
+        s0.files,
+        s0.ffree
+    ));
+    if s0.bsize != 2 * MIB || s0.blocks == 0 || s0.bfree != s0.blocks {
+        return Err("statfs of an empty filesystem is wrong".into());
+    }
+    // Namespace.
+    fs::create_dir(p("d")).map_err(|e| format!("mkdir: {e}"))?;
+    fs::create_dir(p("d/e")).map_err(|e| format!("mkdir nested: {e}"))?;
+    create_sized(&p("d/f"), 0)?;
+    let mut names: Vec<String> = fs::read_dir(p("d"))
+        .map_err(|e| e.to_string())?
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    if names != ["e", "f"] {
+        return Err(format!("readdir of d: {names:?}"));
+    }
+    expect_errno("mkdir existing", fs::create_dir(p("d")), libc::EEXIST)?;
+    expect_errno("rmdir non-empty", fs::remove_dir(p("d")), libc::ENOTEMPTY)?;
+    expect_errno("rmdir of a file", fs::remove_dir(p("d/f")), libc::ENOTDIR)?;
+    expect_errno("unlink of a dir", fs::remove_file(p("d/e")), libc::EISDIR)?;
+    let long = "x".repeat(256);
+    expect_errno("256-byte name", File::create(p(&long)), libc::ENAMETOOLONG)?;
+    create_sized(&p(&"y".repeat(255)), 0)?;
+    fs::rename(p("d/f"), p("g")).map_err(|e| format!("rename: {e}"))?;
+    expect_errno(
+        "old name after rename",
+        fs::metadata(p("d/f")),
+        libc::ENOENT,
+    )?;
+    expect_errno(
+        "rename dir into itself",
+        fs::rename(p("d"), p("d/e/x")),
+        libc::EINVAL,
+    )?;
+    fs::remove_dir(p("d/e")).map_err(|e| format!("rmdir: {e}"))?;
+    fs::remove_dir(p("d")).map_err(|e| format!("rmdir: {e}"))?;
+    fs::remove_file(p(&"y".repeat(255))).map_err(|e| format!("unlink: {e}"))?;
+    // Attributes.
+    fs::set_permissions(p("g"), fs::Permissions::from_mode(0o640)).map_err(|e| e.to_string())?;
+    let c = CString::new(p("g")).unwrap();
+    // SAFETY: valid path.
+    if unsafe { libc::chown(c.as_ptr(), 1234, 5678) } != 0 {
+        return Err(format!("chown: {}", io::Error::last_os_error()));
+    }
+    let times = [
+        libc::timespec {
+            tv_sec: 1_000_000,
+            tv_nsec: 5,
+        },
+        libc::timespec {
+            tv_sec: 2_000_000,
+            tv_nsec: 7,
+        },
+    ];
+    // SAFETY: valid path and times.
+    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), 0) } != 0 {
+        return Err(format!("utimensat: {}", io::Error::last_os_error()));
+    }
+    let m = fs::metadata(p("g")).map_err(|e| e.to_string())?;
+    if m.mode() & 0o7777 != 0o640
+        || m.uid() != 1234
+        || m.gid() != 5678
+        || m.mtime() != 2_000_000
+        || m.mtime_nsec() != 7
+    {
+        return Err(format!(
+            "attributes not kept: mode {:o} uid {} gid {} mtime {}.{}",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.mtime(),
+            m.mtime_nsec()
+        ));
+    }
+    // read(2)/write(2) are refused; MAP_PRIVATE too.
+    let mut g = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p("g"))
+        .map_err(|e| e.to_string())?;
+    expect_errno("read(2)", g.read(&mut [0u8; 8]), libc::EINVAL)?;
+    expect_errno("write(2)", g.write(b"x"), libc::EINVAL)?;
+    g.set_len(4 * MIB).map_err(|e| e.to_string())?;
+    expect_errno(
+        "MAP_PRIVATE",
+        Mapping::new(&g, 4 * MIB, 0, libc::MAP_PRIVATE),
+        libc::EINVAL,
+    )?;
+    // Truncate grows (hole) and fallocate allocates; shrinking frees.
+    let free = |_: ()| statfs(MNT).map(|s| s.bfree);
+    let f0 = free(())?;
+    fs::File::options()
+        .write(true)
+        .open(p("g"))
+        .map_err(|e| e.to_string())?;
+    fallocate(&g, 0, 10 * MIB)?;
+    let f1 = free(())?;
+    if f0 - f1 != 5 {
+        return Err(format!(
+            "fallocate of 10 MiB took {} blocks, expected 5",
+            f0 - f1
+        ));
+    }
+    if g.metadata().map_err(|e| e.to_string())?.len() != 10 * MIB {
+        return Err("fallocate did not grow the file".into());
+    }
+    g.set_len(3 * MIB).map_err(|e| e.to_string())?;
+    let f2 = free(())?;
+    if f2 - f1 != 3 {
+        return Err(format!(
+            "shrinking to 3 MiB freed {} blocks, expected 3",
+            f2 - f1
+        ));
+    }
+    // ENOSPC when the region is full, and nothing leaks.
+    let h = create_sized(&p("h"), 0)?;
+    let all = (f2 + 1) * 2 * MIB;
+    match fallocate(&h, 0, all) {
+        Err(e) if e.contains("No space") => {}
+        other => return Err(format!("fallocate beyond the free space: {other:?}")),
+    }
+    if free(())? != f2 {
+        return Err("a failed fallocate leaked blocks".into());
+    }
+    fallocate(&h, 0, f2 * 2 * MIB)?;
+    if free(())? != 0 {
+        return Err("could not fill the region".into());
+    }
+    drop(h);
+    fs::remove_file(p("h")).map_err(|e| e.to_string())?;
+    if free(())? != f2 {
+        return Err("unlink did not free the blocks".into());
+    }
+    // A second mount shows the same filesystem.
+    fs::create_dir_all("/mnt/gmfs2").map_err(|e| e.to_string())?;
+    sys::mount("guestmemfs", "/mnt/gmfs2", "guestmemfs", 0, "")
+        .map_err(|e| format!("second mount: {e}"))?;
+    let same = fs::metadata("/mnt/gmfs2/g").map(|m| m.len()).ok() == Some(3 * MIB);
+    sys::umount("/mnt/gmfs2").map_err(|e| e.to_string())?;
+    if !same {
+        return Err("second mount does not show the same files".into());
+    }
+    drop(g);
+    fs::remove_file(p("g")).map_err(|e| e.to_string())?;
+    let s1 = statfs(MNT)?;
+    if s1.bfree != s0.bfree || s1.ffree != s0.ffree {
+        return Err("blocks or inodes leaked".into());
+    }
+    diag("namespace, attributes, errors, truncate, fallocate, ENOSPC and statfs behave");
+    Ok(Outcome::Pass)
+}
+
+fn fallocate(f: &File, offset: u64, len: u64) -> Result<(), String> {
+    // SAFETY: plain system call on our fd.
+    let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as i64, len as i64) };
+    if rc != 0 {
+        return Err(format!("fallocate: {}", io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Huge mappings: minor faults to touch 1 GiB, against shmem.
+pub fn huge_mappings(_ctx: &mut Ctx) -> TestResult {
+    mount()?;
+    let f = create_sized(&p("huge"), GIB + 2 * MIB)?;
+    let mut m = Mapping::new(&f, GIB, 0, libc::MAP_SHARED).map_err(|e| format!("mmap: {e}"))?;
+    if !(m.ptr as u64).is_multiple_of(GIB) {
+        return Err(format!(
+            "1 GiB mapping placed at {:p}, not 1 GiB aligned",
+            m.ptr
+        ));
+    }
+    let gib_faults = touch_every_page(&mut m);
+    drop(m);
+    // The same file mapped 2 MiB off its 1 GiB alignment: PMDs only.
+    let mut m =
+        Mapping::new(&f, GIB, 2 * MIB, libc::MAP_SHARED).map_err(|e| format!("mmap: {e}"))?;
+    let mib_faults = touch_every_page(&mut m);
+    drop(m);
+    // Baseline: a shmem memfd of the same size in the same run.
+    let mfd = sys::memfd_create("baseline").map_err(|e| e.to_string())?;
+    mfd.set_len(GIB).map_err(|e| e.to_string())?;
+    let mut m = Mapping::new(&mfd, GIB, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    let shmem_faults = touch_every_page(&mut m);
+    drop(m);
+    drop(mfd);
+    diag(&format!(
+        "minor faults to touch every 4 KiB of 1 GiB: guestmemfs 1 GiB-aligned {gib_faults}, 2 MiB-aligned {mib_faults}, shmem memfd {shmem_faults}"
+    ));
+    if gib_faults > 1 {
+        return Err(format!(
+            "{gib_faults} faults for a 1 GiB-aligned GiB, expected 1"
+        ));
+    }
+    if mib_faults > 512 {
+        return Err(format!(
+            "{mib_faults} faults for 2 MiB-aligned mapping, expected <= 512"
+        ));
+    }
+    // Access past EOF raises SIGBUS (in a child, so we survive it).
+    let small = create_sized(&p("small"), 2 * MIB)?;
+    let mut m = Mapping::new(&small, 4 * MIB, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    // SAFETY: fork in a single-threaded process; the child only touches
+    // memory and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        m.bytes()[3 * MIB as usize] = 1;
+        // SAFETY: terminate the child without running destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if !(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS) {
+        return Err(format!(
+            "touching past EOF did not raise SIGBUS (status {status:#x})"
+        ));
+    }
+    m.bytes()[MIB as usize] = 1;
+    drop(m);
+    drop(small);
+    drop(f);
+    fs::remove_file(p("huge")).map_err(|e| e.to_string())?;
+    fs::remove_file(p("small")).map_err(|e| e.to_string())?;
+    Ok(Outcome::Pass)
+}
+
+/// The tree of files `persistence` creates and checks.
+const TREE: &[(&str, u64, u32, u32, u32)] = &[
+    // path, size, mode, uid, gid
+    ("vm1", 6 * MIB + 4096, 0o600, 0, 0),
+    ("vms/vm2", 2 * MIB, 0o640, 107, 107),
+    ("vms/deep/vm3", 5 * MIB + 123, 0o644, 1000, 100),
+];
+const KEXECS: u32 = 3;
+
+fn seed(path: &str) -> u64 {
+    path.bytes().fold(0x1234_5678, |h, b| {
+        h.wrapping_mul(31).wrapping_add(b as u64)
+    })
+}
+
+/// Files, directories, attributes and data survive 3 kexecs.
+pub fn persistence(ctx: &mut Ctx) -> TestResult {
+    mount()?;
+    if ctx.stage == 1 {
+        fs::create_dir_all(p("vms/deep")).map_err(|e| e.to_string())?;
+        for (path, size, mode, uid, gid) in TREE {
+            let f = create_sized(&p(path), *size)?;
+            let mut m = Mapping::new(&f, size.div_ceil(4096) * 4096, 0, libc::MAP_SHARED)
+                .map_err(|e| e.to_string())?;
+            pattern::fill(seed(path), 0, &mut m.bytes()[..*size as usize]);
+            drop(m);
+            fs::set_permissions(p(path), fs::Permissions::from_mode(*mode))
+                .map_err(|e| e.to_string())?;
+            let c = CString::new(p(path)).unwrap();
+            // SAFETY: valid path.
+            unsafe { libc::chown(c.as_ptr(), *uid, *gid) };
+        }
+        diag(&format!("stage 1: wrote {} files under {MNT}", TREE.len()));
+        return Ok(Outcome::Kexec);
+    }
+    for (path, size, mode, uid, gid) in TREE {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(p(path))
+            .map_err(|e| format!("stage {}: open {path}: {e}", ctx.stage))?;
+        let md = f.metadata().map_err(|e| e.to_string())?;
+        if md.len() != *size || md.mode() & 0o7777 != *mode || md.uid() != *uid || md.gid() != *gid
+        {
+            return Err(format!(
+                "stage {}: {path}: size {} mode {:o} uid {} gid {}",
+                ctx.stage,
+                md.len(),
+                md.mode(),
+                md.uid(),
+                md.gid()
+            ));
+        }
+        let mut m = Mapping::new(&f, size.div_ceil(4096) * 4096, 0, libc::MAP_SHARED)
+            .map_err(|e| e.to_string())?;
+        if let Some(bad) = pattern::first_mismatch(seed(path), 0, &m.bytes()[..*size as usize]) {
+            return Err(format!("stage {}: {path}: byte {bad} changed", ctx.stage));
+        }
+    }
+    diag(&format!(
+        "stage {}: all {} files match byte for byte, with their attributes",
+        ctx.stage,
+        TREE.len()
+    ));
+    if ctx.stage <= KEXECS {
+        return Ok(Outcome::Kexec);
+    }
+    Ok(Outcome::Pass)
+}
