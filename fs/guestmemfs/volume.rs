@@ -126,7 +126,11 @@ impl Inner {
         // SAFETY: just mapped, `meta_len` bytes, exclusive under the lock.
         let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
         format::meta::format(bytes, &geo, now(), generation).map_err(errno)?;
-        self.bitmap = KVec::from_elem(0u64, ScratchSizes::for_geometry(&geo).block_words, GFP_KERNEL)?;
+        self.bitmap = KVec::from_elem(
+            0u64,
+            ScratchSizes::for_geometry(&geo).block_words,
+            GFP_KERNEL,
+        )?;
         let mut bm = BlockBitmap::new(&mut self.bitmap, geo.nr_blocks).map_err(errno)?;
         bm.mark_used(0, geo.meta_blocks).map_err(errno)?;
         self.geo = Some(geo);
@@ -147,7 +151,8 @@ impl Inner {
         // SAFETY: `meta_len` bytes mapped, exclusive under the lock.
         let first = unsafe { core::slice::from_raw_parts(self.meta, self.meta_len) };
         let geo = validate::superblock(first, self.size)?;
-        self.map(geo.meta_bytes()).map_err(|_| FmtError::Truncated)?;
+        self.map(geo.meta_bytes())
+            .map_err(|_| FmtError::Truncated)?;
         let sizes = ScratchSizes::for_geometry(&geo);
         let alloc = |e| {
             pr_err!("out of memory validating the handover ({:?})\n", e);
@@ -231,13 +236,19 @@ impl Volume {
     pub(crate) fn locator_fields(&self) -> (u64, u64, u64) {
         let mut g = self.inner.lock();
         let (base, size) = (g.base, g.size);
-        let generation = g.meta().ok().and_then(|(m, _)| m.generation().ok()).unwrap_or(0);
+        let generation = g
+            .meta()
+            .ok()
+            .and_then(|(m, _)| m.generation().ok())
+            .unwrap_or(0);
         (base, size, generation)
     }
 }
 
 /// Runs `f` on the locked volume's metadata.
-fn with_meta<T>(f: impl FnOnce(&mut Meta<&mut [u8]>, &mut BlockBitmap<'_>) -> Result<T>) -> Result<T> {
+fn with_meta<T>(
+    f: impl FnOnce(&mut Meta<&mut [u8]>, &mut BlockBitmap<'_>) -> Result<T>,
+) -> Result<T> {
     let vol = VOLUME.load(Ordering::Acquire);
     // SAFETY: set once to a pinned volume that is never freed (built-in
     // module), or NULL.
@@ -432,7 +443,12 @@ pub(crate) unsafe extern "C" fn gmfs_rs_getattr(ino: u64, out: *mut Attr) -> c_i
 /// # Safety
 /// `name` must point to `len` bytes; `ino` must be valid for writes.
 #[no_mangle]
-pub(crate) unsafe extern "C" fn gmfs_rs_lookup(dir: u64, name_ptr: *const u8, len: usize, ino: *mut u64) -> c_int {
+pub(crate) unsafe extern "C" fn gmfs_rs_lookup(
+    dir: u64,
+    name_ptr: *const u8,
+    len: usize,
+    ino: *mut u64,
+) -> c_int {
     ret(with_meta(|m, _| {
         // SAFETY: the caller passes `len` bytes.
         let n = unsafe { name(name_ptr, len) }?;
@@ -460,7 +476,9 @@ pub(crate) unsafe extern "C" fn gmfs_rs_create(
     ret(with_meta(|m, _| {
         // SAFETY: the caller passes `len` bytes.
         let n = unsafe { name(name_ptr, len) }?;
-        let i = m.create(dir, n, mode, uid, gid, Time { sec, nsec }).map_err(errno)?;
+        let i = m
+            .create(dir, n, mode, uid, gid, Time { sec, nsec })
+            .map_err(errno)?;
         // SAFETY: the caller passes a valid pointer.
         unsafe { out.write(Attr::from(&i)) };
         Ok(())
@@ -562,13 +580,22 @@ pub(crate) unsafe extern "C" fn gmfs_rs_setattr(ino: u64, attr: *const SetAttr) 
             i.gid = a.gid;
         }
         if a.valid & SET_ATIME != 0 {
-            i.atime = Time { sec: a.atime_sec, nsec: a.atime_nsec };
+            i.atime = Time {
+                sec: a.atime_sec,
+                nsec: a.atime_nsec,
+            };
         }
         if a.valid & SET_MTIME != 0 {
-            i.mtime = Time { sec: a.mtime_sec, nsec: a.mtime_nsec };
+            i.mtime = Time {
+                sec: a.mtime_sec,
+                nsec: a.mtime_nsec,
+            };
         }
         if a.valid & SET_CTIME != 0 {
-            i.ctime = Time { sec: a.ctime_sec, nsec: a.ctime_nsec };
+            i.ctime = Time {
+                sec: a.ctime_sec,
+                nsec: a.ctime_nsec,
+            };
         }
         m.write_inode(&i).map_err(errno)
     }))
@@ -576,7 +603,9 @@ pub(crate) unsafe extern "C" fn gmfs_rs_setattr(ino: u64, attr: *const SetAttr) 
 
 #[no_mangle]
 pub(crate) extern "C" fn gmfs_rs_set_size(ino: u64, size: u64, sec: i64, nsec: u32) -> c_int {
-    ret(with_meta(|m, bm| m.set_size(ino, size, Time { sec, nsec }, bm).map_err(errno)))
+    ret(with_meta(|m, bm| {
+        m.set_size(ino, size, Time { sec, nsec }, bm).map_err(errno)
+    }))
 }
 
 #[no_mangle]
@@ -640,7 +669,8 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(ino: u64, file_block: u64, out: *m
 }
 
 /// Physical base of the region, for address computations.
-pub(crate) static VOLUME_BASE: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+pub(crate) static VOLUME_BASE: core::sync::atomic::AtomicU64 =
+    core::sync::atomic::AtomicU64::new(0);
 
 /// Frees an inode with no links once the VFS drops its last reference.
 #[no_mangle]
@@ -649,5 +679,46 @@ pub(crate) extern "C" fn gmfs_rs_evict(ino: u64) -> c_int {
         Ok(i) if i.nlink == 0 => m.evict(ino, bm).map_err(errno),
         Ok(_) | Err(FmtError::NotFound) => Ok(()),
         Err(e) => Err(errno(e)),
+    }))
+}
+
+/// Damages the metadata on purpose (test kernels only): the next kernel
+/// must refuse it. Kinds are `GMFS_CORRUPT_*` of gmfs_abi.h.
+#[cfg(CONFIG_GUESTMEMFS_TEST)]
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_test_corrupt(kind: u32) -> c_int {
+    use crate::format::layout::{ext, put_u64, EXTENT_SIZE};
+    ret(with_meta(|m, _| {
+        let geo = *m.geometry();
+        let extent_off = |id: u64| (geo.extent_offset() + (id - 1) * EXTENT_SIZE) as usize;
+        let mut in_use = KVec::new();
+        for id in 1..=geo.extent_count {
+            if m.extent(id).map_err(errno)?.is_some() {
+                in_use.push(id, GFP_KERNEL)?;
+                if in_use.len() == 2 {
+                    break;
+                }
+            }
+        }
+        let bytes = m.bytes_mut();
+        match (kind, in_use.as_slice()) {
+            (0, _) => bytes[0] ^= 0xff,
+            (1, [first, ..]) => {
+                put_u64(bytes, extent_off(*first) + ext::NEXT, *first).map_err(errno)?
+            }
+            (2, [first, second]) => {
+                let phys = extent_off(*first) + ext::PHYS_BLOCK;
+                let mut v = [0u8; 8];
+                v.copy_from_slice(&bytes[phys..phys + 8]);
+                put_u64(
+                    bytes,
+                    extent_off(*second) + ext::PHYS_BLOCK,
+                    u64::from_le_bytes(v),
+                )
+                .map_err(errno)?
+            }
+            _ => return Err(EINVAL),
+        }
+        Ok(())
     }))
 }

@@ -89,12 +89,17 @@ pub(crate) mod ino {
 }
 
 /// Extent field offsets.
-pub(crate) mod ext {
-    pub(crate) const FLAGS: usize = 0;
-    pub(crate) const COUNT: usize = 4;
-    pub(crate) const NEXT: usize = 8;
-    pub(crate) const FILE_BLOCK: usize = 16;
-    pub(crate) const PHYS_BLOCK: usize = 24;
+pub mod ext {
+    /// `u32` flags.
+    pub const FLAGS: usize = 0;
+    /// `u32` block count.
+    pub const COUNT: usize = 4;
+    /// `u64` next extent id.
+    pub const NEXT: usize = 8;
+    /// `u64` first file block.
+    pub const FILE_BLOCK: usize = 16;
+    /// `u64` first region block.
+    pub const PHYS_BLOCK: usize = 24;
 }
 
 /// A time stamp as the VFS keeps it.
@@ -197,7 +202,8 @@ pub(crate) fn put_u32(buf: &mut [u8], off: usize, v: u32) -> Result<(), Error> {
     Ok(())
 }
 
-pub(crate) fn put_u64(buf: &mut [u8], off: usize, v: u64) -> Result<(), Error> {
+/// Stores a little-endian u64 at `off`.
+pub fn put_u64(buf: &mut [u8], off: usize, v: u64) -> Result<(), Error> {
     buf.get_mut(off..off.checked_add(8).ok_or(Error::Truncated)?)
         .ok_or(Error::Truncated)?
         .copy_from_slice(&v.to_le_bytes());

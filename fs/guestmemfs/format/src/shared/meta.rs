@@ -348,6 +348,11 @@ impl<B: AsRef<[u8]>> Meta<B> {
 }
 
 impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
+    /// The raw metadata bytes, writable (test hooks only).
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        self.buf.as_mut()
+    }
+
     fn empty_inode(&self, ino: u64, mode: u32, uid: u32, gid: u32, now: Time) -> InodeData {
         InodeData {
             ino,

@@ -447,3 +447,73 @@ pub fn persistence(ctx: &mut Ctx) -> TestResult {
     }
     Ok(Outcome::Pass)
 }
+
+/// A damaged handover is refused with a logged reason, the region stays
+/// reserved, and the data blocks are untouched (checked after an explicit
+/// reformat, which rewrites only metadata).
+fn corruption(ctx: &mut Ctx, kind: &str, reason: &str) -> TestResult {
+    const SIZE: u64 = 4 * MIB;
+    let seed = seed(kind);
+    if ctx.stage == 1 {
+        mount()?;
+        // A fresh filesystem: the first file gets the first data blocks.
+        let f = create_sized(&p("data"), SIZE)?;
+        let mut m = Mapping::new(&f, SIZE, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+        pattern::fill(seed, 0, m.bytes());
+        drop(m);
+        // A second file in two extents, for the overlap damage.
+        let g = create_sized(&p("two"), 0)?;
+        fallocate(&g, 0, 2 * MIB)?;
+        let _ = create_sized(&p("gap"), 0).and_then(|h| fallocate(&h, 0, 2 * MIB));
+        fallocate(&g, 2 * MIB, 2 * MIB)?;
+        fs::write("/sys/kernel/debug/guestmemfs/corrupt", kind)
+            .map_err(|e| format!("test hook (CONFIG_GUESTMEMFS_TEST): {e}"))?;
+        diag(&format!(
+            "stage 1: wrote {SIZE} bytes, then damaged the metadata ({kind})"
+        ));
+        return Ok(Outcome::Kexec);
+    }
+    let log = sys::kernel_log().map_err(|e| e.to_string())?;
+    let refusal = log
+        .iter()
+        .find(|l| l.contains("refusing the filesystem handed over"))
+        .ok_or("no refusal line in the kernel log")?;
+    diag(&format!("kernel log: {refusal}"));
+    if !refusal.contains(reason) {
+        return Err(format!("refusal does not name the damage ({reason})"));
+    }
+    super::region::region().map_err(|e| format!("region not reserved after refusal: {e}"))?;
+    fs::create_dir_all(MNT).map_err(|e| e.to_string())?;
+    match sys::mount("guestmemfs", MNT, "guestmemfs", 0, "") {
+        Err(e) if e.raw_os_error() == Some(libc::EUCLEAN) => {}
+        other => {
+            return Err(format!(
+                "mount of the refused filesystem: {other:?}, expected EUCLEAN"
+            ))
+        }
+    }
+    sys::mount("guestmemfs", MNT, "guestmemfs", 0, "reformat")
+        .map_err(|e| format!("mount -o reformat: {e}"))?;
+    let f = create_sized(&p("again"), 0)?;
+    fallocate(&f, 0, SIZE)?;
+    let mut m = Mapping::new(&f, SIZE, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    if let Some(bad) = pattern::first_mismatch(seed, 0, m.bytes()) {
+        return Err(format!(
+            "data block byte {bad} changed: the region was not left untouched"
+        ));
+    }
+    diag("the refused region kept its data: all bytes match after reformat");
+    Ok(Outcome::Pass)
+}
+
+pub fn corrupt_magic(ctx: &mut Ctx) -> TestResult {
+    corruption(ctx, "magic", "bad superblock magic")
+}
+
+pub fn corrupt_cycle(ctx: &mut Ctx) -> TestResult {
+    corruption(ctx, "cycle", "loops or is shared")
+}
+
+pub fn corrupt_overlap(ctx: &mut Ctx) -> TestResult {
+    corruption(ctx, "overlap", "is used twice")
+}

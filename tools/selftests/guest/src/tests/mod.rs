@@ -122,6 +122,24 @@ pub const CATALOG: &[Test] = &[
         run: gmfs::persistence,
     },
     Test {
+        name: "guestmemfs_corrupt_magic",
+        summary: "bad superblock magic in the handover: refused, logged, data untouched",
+        timeout_s: 200,
+        run: gmfs::corrupt_magic,
+    },
+    Test {
+        name: "guestmemfs_corrupt_cycle",
+        summary: "an extent list cycle in the handover: refused, logged, data untouched",
+        timeout_s: 200,
+        run: gmfs::corrupt_cycle,
+    },
+    Test {
+        name: "guestmemfs_corrupt_overlap",
+        summary: "overlapping extents in the handover: refused, logged, data untouched",
+        timeout_s: 200,
+        run: gmfs::corrupt_overlap,
+    },
+    Test {
         name: "memmap_report",
         summary: "report nr_memmap_boot_pages + nr_memmap_pages for the host to compare",
         timeout_s: 30,

@@ -1,0 +1,59 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * guestmemfs test hooks (CONFIG_GUESTMEMFS_TEST only).
+ *
+ * C because it is a debugfs file, for which 7.3's Rust debugfs has no
+ * write-a-keyword file type; the corruption itself is done by the Rust
+ * core (gmfs_rs_test_corrupt in volume.rs).
+ */
+
+#define pr_fmt(fmt) "guestmemfs: " fmt
+
+#include <linux/debugfs.h>
+#include <linux/fs.h>
+#include <linux/init.h>
+#include <linux/string.h>
+#include <linux/uaccess.h>
+
+#include "gmfs_abi.h"
+
+static const char *const gmfs_corruptions[] = {
+	[GMFS_CORRUPT_MAGIC]	= "magic",
+	[GMFS_CORRUPT_CYCLE]	= "cycle",
+	[GMFS_CORRUPT_OVERLAP]	= "overlap",
+};
+
+static ssize_t gmfs_corrupt_write(struct file *file, const char __user *buf,
+				  size_t count, loff_t *ppos)
+{
+	char kind[16];
+	int i, err;
+
+	if (count == 0 || count >= sizeof(kind))
+		return -EINVAL;
+	if (copy_from_user(kind, buf, count))
+		return -EFAULT;
+	kind[count] = '\0';
+	strim(kind);
+	i = match_string(gmfs_corruptions, ARRAY_SIZE(gmfs_corruptions), kind);
+	if (i < 0)
+		return -EINVAL;
+	err = gmfs_rs_test_corrupt(i);
+	if (err)
+		return err;
+	pr_warn("test hook: corrupted the metadata (%s) on request\n", kind);
+	return count;
+}
+
+static const struct file_operations gmfs_corrupt_fops = {
+	.write	= gmfs_corrupt_write,
+};
+
+static int __init gmfs_test_hooks_init(void)
+{
+	struct dentry *dir = debugfs_create_dir("guestmemfs", NULL);
+
+	debugfs_create_file("corrupt", 0200, dir, NULL, &gmfs_corrupt_fops);
+	return 0;
+}
+late_initcall(gmfs_test_hooks_init);
