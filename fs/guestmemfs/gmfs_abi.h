@@ -103,12 +103,14 @@ int gmfs_rs_set_size(u64 ino, u64 size, s64 sec, u32 nsec);
 int gmfs_rs_fallocate(u64 ino, u64 offset, u64 len);
 int gmfs_rs_fault(u64 ino, u64 file_block, struct gmfs_map *out);
 int gmfs_rs_evict(u64 ino);
+void gmfs_rs_freeze(void);
 
 /* Test builds only (CONFIG_GUESTMEMFS_TEST): damage the metadata. */
 #define GMFS_CORRUPT_MAGIC	0	/* superblock magic */
 #define GMFS_CORRUPT_CYCLE	1	/* a file's extent list loops */
 #define GMFS_CORRUPT_OVERLAP	2	/* two extents share blocks */
 int gmfs_rs_test_corrupt(u32 kind);
+int gmfs_rs_test_freeze(void);
 
 /* Rust -> C: helpers the Rust core calls (region.c, vfs_glue.c). */
 int guestmemfs_vfs_register(void);

@@ -49,11 +49,25 @@ static const struct file_operations gmfs_corrupt_fops = {
 	.write	= gmfs_corrupt_write,
 };
 
+/* Writing anything freezes the metadata as a kexec would. */
+static ssize_t gmfs_freeze_write(struct file *file, const char __user *buf,
+				 size_t count, loff_t *ppos)
+{
+	int err = gmfs_rs_test_freeze();
+
+	return err ?: count;
+}
+
+static const struct file_operations gmfs_freeze_fops = {
+	.write	= gmfs_freeze_write,
+};
+
 static int __init gmfs_test_hooks_init(void)
 {
 	struct dentry *dir = debugfs_create_dir("guestmemfs", NULL);
 
 	debugfs_create_file("corrupt", 0200, dir, NULL, &gmfs_corrupt_fops);
+	debugfs_create_file("freeze", 0200, dir, NULL, &gmfs_freeze_fops);
 	return 0;
 }
 late_initcall(gmfs_test_hooks_init);

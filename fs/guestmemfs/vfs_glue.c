@@ -20,7 +20,9 @@
 #include <linux/init.h>
 #include <linux/mm.h>
 #include <linux/mman.h>
+#include <linux/kexec.h>
 #include <linux/pagemap.h>
+#include <linux/reboot.h>
 #include <linux/slab.h>
 #include <linux/statfs.h>
 
@@ -558,7 +560,28 @@ static struct file_system_type guestmemfs_fs_type = {
 	.kill_sb		= kill_anon_super,
 };
 
+/*
+ * The reboot notifiers run in kernel_kexec() after LUO has frozen its
+ * sessions and before the other CPUs stop: freezing here means the next
+ * kernel finds the metadata of completed operations only.
+ */
+static int gmfs_reboot(struct notifier_block *nb, unsigned long action,
+		       void *data)
+{
+	if (kexec_in_progress)
+		gmfs_rs_freeze();
+	return NOTIFY_DONE;
+}
+
+static struct notifier_block gmfs_reboot_nb = {
+	.notifier_call	= gmfs_reboot,
+};
+
 int guestmemfs_vfs_register(void)
 {
-	return register_filesystem(&guestmemfs_fs_type);
+	int err = register_filesystem(&guestmemfs_fs_type);
+
+	if (!err)
+		register_reboot_notifier(&gmfs_reboot_nb);
+	return err;
 }

@@ -39,6 +39,8 @@ enum State {
 
 struct Inner {
     state: State,
+    /// Set at kexec time: no metadata change may start any more.
+    frozen: bool,
     /// The metadata blocks, mapped write-back (not via the direct map).
     meta: *mut u8,
     meta_len: usize,
@@ -88,6 +90,9 @@ fn errno(e: FmtError) -> Error {
 
 impl Inner {
     fn meta(&mut self) -> Result<(Meta<&mut [u8]>, BlockBitmap<'_>)> {
+        if self.frozen {
+            return Err(EBUSY);
+        }
         match self.state {
             State::Ready => {}
             State::NoRegion => return Err(ENODEV),
@@ -200,6 +205,7 @@ impl Volume {
     pub(crate) fn install(region: Option<(u64, u64, bool)>) -> Result<Pin<KBox<Volume>>> {
         let inner = Inner {
             state: State::NoRegion,
+            frozen: false,
             meta: core::ptr::null_mut(),
             meta_len: 0,
             geo: None,
@@ -672,6 +678,22 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(ino: u64, file_block: u64, out: *m
 pub(crate) static VOLUME_BASE: core::sync::atomic::AtomicU64 =
     core::sync::atomic::AtomicU64::new(0);
 
+/// Freezes the metadata for a kexec: waits for the operation in flight,
+/// then refuses every later one with `EBUSY`, so the next kernel finds
+/// the state of a completed operation. Called from the reboot notifier.
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_freeze() {
+    let vol = VOLUME.load(Ordering::Acquire);
+    // SAFETY: see `with_meta`.
+    if let Some(vol) = unsafe { vol.as_ref() } {
+        let mut g = vol.inner.lock();
+        if !g.frozen {
+            g.frozen = true;
+            pr_info!("metadata frozen for kexec\n");
+        }
+    }
+}
+
 /// Frees an inode with no links once the VFS drops its last reference.
 #[no_mangle]
 pub(crate) extern "C" fn gmfs_rs_evict(ino: u64) -> c_int {
@@ -721,4 +743,12 @@ pub(crate) extern "C" fn gmfs_rs_test_corrupt(kind: u32) -> c_int {
         }
         Ok(())
     }))
+}
+
+/// Test kernels: freezes as a kexec would, without the kexec.
+#[cfg(CONFIG_GUESTMEMFS_TEST)]
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_test_freeze() -> c_int {
+    gmfs_rs_freeze();
+    0
 }

@@ -61,11 +61,13 @@ pub const SUITES: &[Suite] = &[
     },
     Suite {
         name: "guestmemfs",
-        about: "guestmemfs=2G: operations, huge mappings, persistence over 3 kexecs",
+        about: "guestmemfs=2G: operations, huge mappings, permissions, 3 kexecs, freeze",
         tests: &[
             "guestmemfs_operations",
             "guestmemfs_huge_mappings",
+            "guestmemfs_permissions",
             "guestmemfs_persistence",
+            "guestmemfs_frozen",
         ],
         add: &["guestmemfs=2G"],
         remove: &[],

@@ -517,3 +517,127 @@ pub fn corrupt_cycle(ctx: &mut Ctx) -> TestResult {
 pub fn corrupt_overlap(ctx: &mut Ctx) -> TestResult {
     corruption(ctx, "overlap", "is used twice")
 }
+
+/// Runs `f` in a child process with the given uid and gid; returns its
+/// exit code (0 = the checks in `f` passed).
+fn as_user(uid: u32, gid: u32, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
+    // SAFETY: fork in a single-threaded process; the child only makes
+    // system calls and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: plain system calls in the child.
+        let ok = unsafe {
+            libc::setgroups(0, std::ptr::null()) == 0
+                && libc::setgid(gid) == 0
+                && libc::setuid(uid) == 0
+        };
+        let code = match (ok, f()) {
+            (true, Ok(())) => 0,
+            (false, _) => 2,
+            (true, Err(e)) => {
+                diag(&format!("as uid {uid}: {e}"));
+                1
+            }
+        };
+        // SAFETY: leave the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0 {
+        Ok(())
+    } else {
+        Err(format!("checks as uid {uid} failed (status {status:#x})"))
+    }
+}
+
+/// The VFS permission checks apply to a non-root user.
+pub fn permissions(_ctx: &mut Ctx) -> TestResult {
+    mount()?;
+    fs::create_dir_all(p("rootonly")).map_err(|e| e.to_string())?;
+    fs::set_permissions(p("rootonly"), fs::Permissions::from_mode(0o755))
+        .map_err(|e| e.to_string())?;
+    create_sized(&p("rootonly/secret"), 2 * MIB)?;
+    fs::set_permissions(p("rootonly/secret"), fs::Permissions::from_mode(0o600))
+        .map_err(|e| e.to_string())?;
+    fs::create_dir_all(p("user")).map_err(|e| e.to_string())?;
+    let c = CString::new(p("user")).unwrap();
+    // SAFETY: valid path.
+    unsafe { libc::chown(c.as_ptr(), 1000, 1000) };
+    as_user(1000, 1000, || {
+        expect_errno(
+            "create in a root-owned 0755 dir",
+            File::create(p("rootonly/x")),
+            libc::EACCES,
+        )?;
+        expect_errno(
+            "open a 0600 root file",
+            File::open(p("rootonly/secret")),
+            libc::EACCES,
+        )?;
+        expect_errno(
+            "chmod a root file",
+            fs::set_permissions(p("rootonly/secret"), fs::Permissions::from_mode(0o666)),
+            libc::EPERM,
+        )?;
+        expect_errno(
+            "rmdir a root dir",
+            fs::remove_dir(p("rootonly")),
+            libc::EACCES,
+        )?;
+        let f = create_sized(&p("user/mine"), 2 * MIB)?;
+        let md = f.metadata().map_err(|e| e.to_string())?;
+        if md.uid() != 1000 || md.gid() != 1000 {
+            return Err(format!("new file owned by {}:{}", md.uid(), md.gid()));
+        }
+        let mut m = Mapping::new(&f, 2 * MIB, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+        m.bytes()[0] = 7;
+        Ok(())
+    })?;
+    fs::remove_file(p("user/mine")).map_err(|e| e.to_string())?;
+    fs::remove_dir(p("user")).map_err(|e| e.to_string())?;
+    fs::remove_file(p("rootonly/secret")).map_err(|e| e.to_string())?;
+    fs::remove_dir(p("rootonly")).map_err(|e| e.to_string())?;
+    diag("uid 1000: EACCES/EPERM on root's files, can create and map its own");
+    Ok(Outcome::Pass)
+}
+
+/// After the kexec-time freeze, metadata changes fail with EBUSY and a
+/// fault in a hole gets SIGBUS; mapped data stays usable. Freezes the
+/// filesystem for the rest of the boot: run last.
+pub fn frozen(_ctx: &mut Ctx) -> TestResult {
+    mount()?;
+    let f = create_sized(&p("live"), 4 * MIB)?;
+    fallocate(&f, 0, 2 * MIB)?;
+    let mut m = Mapping::new(&f, 4 * MIB, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    m.bytes()[0] = 1;
+    fs::write("/sys/kernel/debug/guestmemfs/freeze", "1")
+        .map_err(|e| format!("freeze hook: {e}"))?;
+    expect_errno("create after freeze", File::create(p("late")), libc::EBUSY)?;
+    expect_errno(
+        "mkdir after freeze",
+        fs::create_dir(p("lated")),
+        libc::EBUSY,
+    )?;
+    expect_errno("truncate after freeze", f.set_len(8 * MIB), libc::EBUSY)?;
+    // Already mapped memory keeps working (guests keep running).
+    m.bytes()[1] = 2;
+    // SAFETY: fork; the child only touches memory and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        m.bytes()[3 * MIB as usize] = 1;
+        // SAFETY: leave the child.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    if !(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS) {
+        return Err(format!(
+            "allocating fault after freeze did not SIGBUS (status {status:#x})"
+        ));
+    }
+    diag("after freeze: create/mkdir/truncate EBUSY, hole fault SIGBUS, mapped data usable");
+    Ok(Outcome::Pass)
+}

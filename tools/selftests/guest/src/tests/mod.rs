@@ -116,6 +116,18 @@ pub const CATALOG: &[Test] = &[
         run: gmfs::huge_mappings,
     },
     Test {
+        name: "guestmemfs_permissions",
+        summary: "VFS permission checks for a non-root user",
+        timeout_s: 60,
+        run: gmfs::permissions,
+    },
+    Test {
+        name: "guestmemfs_frozen",
+        summary: "after the kexec-time freeze: EBUSY for changes, mapped data usable",
+        timeout_s: 60,
+        run: gmfs::frozen,
+    },
+    Test {
         name: "guestmemfs_persistence",
         summary: "a tree of files with patterns and attributes survives 3 kexecs",
         timeout_s: 400,
