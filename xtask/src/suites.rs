@@ -67,6 +67,7 @@ pub const SUITES: &[Suite] = &[
             "guestmemfs_huge_mappings",
             "guestmemfs_permissions",
             "guestmemfs_persistence",
+            "guestmemfs_many_files",
             "guestmemfs_frozen",
         ],
         add: &["guestmemfs=2G"],

@@ -122,6 +122,12 @@ pub const CATALOG: &[Test] = &[
         run: gmfs::permissions,
     },
     Test {
+        name: "guestmemfs_many_files",
+        summary: "1,000 files survive a kexec; reports the handover size",
+        timeout_s: 300,
+        run: gmfs::many_files,
+    },
+    Test {
         name: "guestmemfs_frozen",
         summary: "after the kexec-time freeze: EBUSY for changes, mapped data usable",
         timeout_s: 60,
