@@ -127,14 +127,17 @@ pub const SUITES: &[Suite] = &[
 /// The demo's VM: readable information, then the smoke tests.
 pub const DEMO: Suite = Suite {
     name: "demo",
-    about: "boot, show the IOMMU and guestmemfs, preserve a memfd over kexec",
+    about: "boot with guestmemfs=2G, show the IOMMU and the region, keep files over kexec",
     tests: &[
         "demo_info",
         "iommu_present",
-        "guestmemfs_registered",
+        "guestmemfs_region_reserved",
+        "guestmemfs_region_not_in_direct_map",
+        "guestmemfs_huge_mappings",
+        "guestmemfs_persistence",
         "luo_memfd_kexec",
     ],
-    add: &[],
+    add: &["guestmemfs=2G"],
     remove: &[],
     expect: Expect::Pass,
 };

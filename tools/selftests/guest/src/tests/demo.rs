@@ -38,6 +38,11 @@ pub fn info(_ctx: &mut Ctx) -> TestResult {
         .map(|l| l.replace('\t', " "))
         .unwrap_or_else(|| "guestmemfs missing".into());
     diag(&format!("/proc/filesystems: {fs_line}"));
+    for l in sys::kernel_log().unwrap_or_default() {
+        if l.starts_with("guestmemfs: ") {
+            diag(&format!("kernel log: {l}"));
+        }
+    }
     diag(&format!(
         "/dev/liveupdate: {}",
         if Path::new(crate::liveupdate::DEVICE).exists() {
