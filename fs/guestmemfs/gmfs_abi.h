@@ -111,11 +111,15 @@ void gmfs_rs_freeze(void);
 #define GMFS_CORRUPT_OVERLAP	2	/* two extents share blocks */
 int gmfs_rs_test_corrupt(u32 kind);
 int gmfs_rs_test_freeze(void);
+/* crc32c of the 4 MiB after the metadata of a default-format region. */
+int gmfs_rs_test_data_crc(u32 *crc);
 
 /* Rust -> C: helpers the Rust core calls (region.c, vfs_glue.c). */
 int guestmemfs_vfs_register(void);
 void *guestmemfs_meta_map(u64 len);
 void guestmemfs_meta_unmap(void *addr);
+void *guestmemfs_region_map(u64 offset, u64 len);
+int guestmemfs_zero(u64 offset, u64 len);
 void guestmemfs_now(s64 *sec, u32 *nsec);
 /* Validates a handed-over locator: 0 with *base and *size set, or -errno. */
 int guestmemfs_locator_decode(const u8 *buf, size_t len, u64 *base,

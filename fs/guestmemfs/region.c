@@ -166,9 +166,38 @@ const struct guestmemfs_region *guestmemfs_region_get(void)
  */
 void *guestmemfs_meta_map(u64 len)
 {
-	if (!guestmemfs_region.size || len > guestmemfs_region.size)
+	return guestmemfs_region_map(0, len);
+}
+
+void *guestmemfs_region_map(u64 offset, u64 len)
+{
+	const struct guestmemfs_region *r = &guestmemfs_region;
+
+	if (!r->size || offset > r->size || len > r->size - offset)
 		return NULL;
-	return memremap(guestmemfs_region.base, len, MEMREMAP_WB);
+	return memremap(r->base + offset, len, MEMREMAP_WB);
+}
+
+/*
+ * Zeroes newly allocated blocks, 2 MiB at a time through a temporary
+ * mapping (the region has no direct mapping), so a new file never shows
+ * the data of a deleted one.
+ */
+int guestmemfs_zero(u64 offset, u64 len)
+{
+	while (len) {
+		u64 chunk = min_t(u64, len, SZ_2M);
+		void *p = guestmemfs_region_map(offset, chunk);
+
+		if (!p)
+			return -ENOMEM;
+		memset(p, 0, chunk);
+		memunmap(p);
+		offset += chunk;
+		len -= chunk;
+		cond_resched();
+	}
+	return 0;
 }
 
 void guestmemfs_meta_unmap(void *addr)

@@ -62,12 +62,24 @@ static const struct file_operations gmfs_freeze_fops = {
 	.write	= gmfs_freeze_write,
 };
 
+static int gmfs_data_crc_get(void *data, u64 *val)
+{
+	u32 crc;
+	int err = gmfs_rs_test_data_crc(&crc);
+
+	*val = crc;
+	return err;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(gmfs_data_crc_fops, gmfs_data_crc_get, NULL, "0x%08llx\n");
+
 static int __init gmfs_test_hooks_init(void)
 {
 	struct dentry *dir = debugfs_create_dir("guestmemfs", NULL);
 
 	debugfs_create_file("corrupt", 0200, dir, NULL, &gmfs_corrupt_fops);
 	debugfs_create_file("freeze", 0200, dir, NULL, &gmfs_freeze_fops);
+	debugfs_create_file_unsafe("data_crc", 0400, dir, NULL,
+				   &gmfs_data_crc_fops);
 	return 0;
 }
 late_initcall(gmfs_test_hooks_init);

@@ -23,6 +23,16 @@ extern "C" {
     fn guestmemfs_meta_map(len: u64) -> *mut c_void;
     fn guestmemfs_meta_unmap(addr: *mut c_void);
     fn guestmemfs_now(sec: *mut i64, nsec: *mut u32);
+    fn guestmemfs_zero(offset: u64, len: u64) -> c_int;
+}
+
+/// Zeroes blocks before they join a file (`allocate_with`'s `prepare`).
+fn zero_blocks(first: u64, count: u64) -> core::result::Result<(), FmtError> {
+    // SAFETY: zeroes region memory that no file owns yet.
+    match unsafe { guestmemfs_zero(first << BLOCK_SHIFT, count << BLOCK_SHIFT) } {
+        0 => Ok(()),
+        _ => Err(FmtError::NoSpace),
+    }
 }
 
 /// Why the filesystem cannot be used.
@@ -234,6 +244,8 @@ impl Volume {
             }
         }
         VOLUME_BASE.store(region.map_or(0, |r| r.0), Ordering::Relaxed);
+        VOLUME_SIZE.store(region.map_or(0, |r| r.1), Ordering::Relaxed);
+        VOLUME_SIZE.store(region.map_or(0, |r| r.1), Ordering::Relaxed);
         VOLUME.store(core::ptr::from_ref(&*vol).cast_mut(), Ordering::Release);
         Ok(vol)
     }
@@ -620,7 +632,8 @@ pub(crate) extern "C" fn gmfs_rs_fallocate(ino: u64, offset: u64, len: u64) -> c
         let end = offset.checked_add(len).ok_or(EFBIG)?;
         let first = offset >> BLOCK_SHIFT;
         let last = end.div_ceil(BLOCK_SIZE);
-        m.allocate(ino, first, last - first, bm).map_err(errno)
+        m.allocate_with(ino, first, last - first, bm, zero_blocks)
+            .map_err(errno)
     }))
 }
 
@@ -652,12 +665,13 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(ino: u64, file_block: u64, out: *m
                 hole
             };
             let res = if unit_is_hole {
-                m.allocate(ino, unit, HUGE_BLOCKS, bm)
+                m.allocate_with(ino, unit, HUGE_BLOCKS, bm, zero_blocks)
             } else {
                 Err(FmtError::NoSpace)
             };
             if res.is_err() {
-                m.allocate(ino, file_block, 1, bm).map_err(errno)?;
+                m.allocate_with(ino, file_block, 1, bm, zero_blocks)
+                    .map_err(errno)?;
             }
         }
         let e = m.map(ino, file_block).map_err(errno)?.ok_or(EIO)?;
@@ -676,6 +690,9 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(ino: u64, file_block: u64, out: *m
 
 /// Physical base of the region, for address computations.
 pub(crate) static VOLUME_BASE: core::sync::atomic::AtomicU64 =
+    core::sync::atomic::AtomicU64::new(0);
+/// Size of the region.
+pub(crate) static VOLUME_SIZE: core::sync::atomic::AtomicU64 =
     core::sync::atomic::AtomicU64::new(0);
 
 /// Freezes the metadata for a kexec: waits for the operation in flight,
@@ -743,6 +760,39 @@ pub(crate) extern "C" fn gmfs_rs_test_corrupt(kind: u32) -> c_int {
         }
         Ok(())
     }))
+}
+
+/// Test kernels: crc32c of the first 4 MiB of data blocks of a region
+/// formatted with the default geometry, read without trusting (or
+/// needing) the metadata; shows that a refused region was left alone.
+///
+/// # Safety
+/// `crc` must be valid for writes.
+#[cfg(CONFIG_GUESTMEMFS_TEST)]
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_test_data_crc(crc: *mut u32) -> c_int {
+    extern "C" {
+        fn guestmemfs_region_map(offset: u64, len: u64) -> *mut c_void;
+    }
+    const LEN: u64 = 4 << 20;
+    let size = VOLUME_SIZE.load(Ordering::Relaxed);
+    let Some(geo) = Geometry::new(size, Geometry::default_inodes(size)) else {
+        return ENODEV.to_errno();
+    };
+    // SAFETY: maps part of the region or returns NULL.
+    let p = unsafe { guestmemfs_region_map(geo.meta_bytes(), LEN) };
+    if p.is_null() {
+        return ENOMEM.to_errno();
+    }
+    // SAFETY: `LEN` bytes are mapped at `p`; only read here.
+    let bytes = unsafe { core::slice::from_raw_parts(p.cast::<u8>(), LEN as usize) };
+    let sum = crate::format::layout::crc32c(bytes);
+    // SAFETY: unmapping what was mapped above; `crc` is valid per contract.
+    unsafe {
+        guestmemfs_meta_unmap(p);
+        crc.write(sum);
+    }
+    0
 }
 
 /// Test kernels: freezes as a kexec would, without the kexec.

@@ -631,6 +631,20 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         count: u64,
         blocks: &mut BlockBitmap<'_>,
     ) -> Result<(), Error> {
+        self.allocate_with(ino, file_block, count, blocks, |_, _| Ok(()))
+    }
+
+    /// [`Meta::allocate`], calling `prepare(first_block, count)` on every
+    /// newly allocated run before it joins the file (the kernel zeroes the
+    /// blocks there). An error from `prepare` fails the allocation.
+    pub fn allocate_with(
+        &mut self,
+        ino: u64,
+        file_block: u64,
+        count: u64,
+        blocks: &mut BlockBitmap<'_>,
+        mut prepare: impl FnMut(u64, u64) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let end = file_block.checked_add(count).ok_or(Error::TooBig)?;
         if end > u64::MAX / BLOCK_SIZE {
             return Err(Error::TooBig);
@@ -651,9 +665,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
                     })?;
                     let want = (hole_end - fb).min(u32::MAX as u64);
                     let res = blocks.alloc_run(want).and_then(|(phys, n)| {
-                        self.insert_extent(ino, fb, phys, n).inspect_err(|_| {
-                            let _ = blocks.mark_free(phys, n);
-                        })?;
+                        prepare(phys, n)
+                            .and_then(|()| self.insert_extent(ino, fb, phys, n))
+                            .inspect_err(|_| {
+                                let _ = blocks.mark_free(phys, n);
+                            })?;
                         Ok(n)
                     });
                     match res {
@@ -941,6 +957,36 @@ mod tests {
         assert!(m.map(f.ino, 4).unwrap().is_some());
         assert!(m.map(f.ino, 5).unwrap().is_none());
         assert!(validate::check(&buf, geo.region_size).is_ok());
+    }
+
+    #[test]
+    fn allocate_with_prepares_new_runs_only() {
+        let (mut buf, geo) = image(16);
+        let mut w = std::vec![0u64; 1];
+        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
+        bm.mark_used(0, geo.meta_blocks).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        let mut seen = std::vec::Vec::new();
+        m.allocate_with(f.ino, 0, 2, &mut bm, |b, n| {
+            seen.push((b, n));
+            Ok(())
+        })
+        .unwrap();
+        m.allocate_with(f.ino, 0, 4, &mut bm, |b, n| {
+            seen.push((b, n));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, [(geo.meta_blocks, 2), (geo.meta_blocks + 2, 2)]);
+        // A failing prepare allocates nothing.
+        let used = bm.used();
+        assert_eq!(
+            m.allocate_with(f.ino, 8, 1, &mut bm, |_, _| Err(Error::NoSpace)),
+            Err(Error::NoSpace)
+        );
+        assert_eq!(bm.used(), used);
+        assert_eq!(m.inode(f.ino).unwrap().blocks, 4);
     }
 
     #[test]
