@@ -65,6 +65,7 @@ pub const SUITES: &[Suite] = &[
         tests: &[
             "guestmemfs_operations",
             "guestmemfs_huge_mappings",
+            "guestmemfs_qemu_backing",
             "guestmemfs_permissions",
             "guestmemfs_persistence",
             "guestmemfs_many_files",

@@ -116,6 +116,12 @@ pub const CATALOG: &[Test] = &[
         run: gmfs::huge_mappings,
     },
     Test {
+        name: "guestmemfs_qemu_backing",
+        summary: "guest RAM mapped the way QEMU's memory-backend-file maps it",
+        timeout_s: 120,
+        run: gmfs::qemu_backing,
+    },
+    Test {
         name: "guestmemfs_permissions",
         summary: "VFS permission checks for a non-root user",
         timeout_s: 60,
