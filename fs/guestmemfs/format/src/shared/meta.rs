@@ -79,6 +79,37 @@ pub struct Extent {
     pub phys_block: u64,
 }
 
+/// Iterator over one file's extents, from [`Meta::extents`].
+pub struct ExtentWalk<'m, B> {
+    meta: &'m Meta<B>,
+    ino: u64,
+    next: u64,
+    steps: u64,
+}
+
+impl<B: AsRef<[u8]>> Iterator for ExtentWalk<'_, B> {
+    type Item = Result<Extent, Error>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next == 0 {
+            return None;
+        }
+        self.steps += 1;
+        let item = if self.steps > self.meta.geo.extent_count {
+            Err(Error::Corrupt(Corruption::ExtentCycle(self.ino)))
+        } else {
+            match self.meta.extent(self.next) {
+                Ok(Some(e)) => Ok(e),
+                Ok(None) => Err(Error::Corrupt(Corruption::BadExtent(self.next))),
+                Err(e) => Err(e),
+            }
+        };
+        // Stop after an error; continue along the list otherwise.
+        self.next = item.as_ref().map_or(0, |e| e.next);
+        Some(item)
+    }
+}
+
 /// Checks a name for a directory entry.
 pub fn check_name(name: &[u8]) -> Result<(), Error> {
     if name.len() > NAME_MAX {
@@ -284,26 +315,28 @@ impl<B: AsRef<[u8]>> Meta<B> {
         Ok(n)
     }
 
+    /// Walks the extent list of `ino` in file order. The walk fails
+    /// (instead of looping) on a cycle or a bad link.
+    pub fn extents(&self, ino: u64) -> Result<ExtentWalk<'_, B>, Error> {
+        let first = self.inode(ino)?.first_extent;
+        Ok(ExtentWalk {
+            meta: self,
+            ino,
+            next: first,
+            steps: 0,
+        })
+    }
+
     /// The extent that backs `file_block` of inode `ino`, if any.
     pub fn map(&self, ino: u64, file_block: u64) -> Result<Option<Extent>, Error> {
-        let i = self.inode(ino)?;
-        let mut id = i.first_extent;
-        let mut steps = 0;
-        while id != 0 {
-            steps += 1;
-            if steps > self.geo.extent_count {
-                return corrupt(Corruption::ExtentCycle(ino));
-            }
-            let e = self
-                .extent(id)?
-                .ok_or(Error::Corrupt(Corruption::BadExtent(id)))?;
+        for e in self.extents(ino)? {
+            let e = e?;
             if file_block < e.file_block {
                 return Ok(None);
             }
             if file_block - e.file_block < e.count {
                 return Ok(Some(e));
             }
-            id = e.next;
         }
         Ok(None)
     }
@@ -314,19 +347,8 @@ impl<B: AsRef<[u8]>> Meta<B> {
         ino: u64,
         mut f: impl FnMut(&Extent) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        let i = self.inode(ino)?;
-        let mut id = i.first_extent;
-        let mut steps = 0;
-        while id != 0 {
-            steps += 1;
-            if steps > self.geo.extent_count {
-                return corrupt(Corruption::ExtentCycle(ino));
-            }
-            let e = self
-                .extent(id)?
-                .ok_or(Error::Corrupt(Corruption::BadExtent(id)))?;
-            f(&e)?;
-            id = e.next;
+        for e in self.extents(ino)? {
+            f(&e?)?;
         }
         Ok(())
     }
@@ -723,15 +745,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         let mut i = self.inode(ino)?;
         let mut prev: Option<Extent> = None;
         let mut id = i.first_extent;
-        let mut steps = 0;
-        while id != 0 {
-            steps += 1;
-            if steps > self.geo.extent_count {
-                return corrupt(Corruption::ExtentCycle(ino));
-            }
-            let e = self
-                .extent(id)?
-                .ok_or(Error::Corrupt(Corruption::BadExtent(id)))?;
+        for e in self.extents(ino)? {
+            let e = e?;
             if e.file_block > file_block {
                 break;
             }

@@ -127,6 +127,23 @@ fn touch_every_page(m: &mut Mapping) -> u64 {
     minor_faults() - before
 }
 
+/// Touches byte `offset` of the mapping in a child process; true if the
+/// child died of SIGBUS.
+fn sigbus_on_touch(m: &mut Mapping, offset: usize) -> bool {
+    // SAFETY: fork in a single-threaded process; the child only touches
+    // memory and exits.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        m.bytes()[offset] = 1;
+        // SAFETY: terminate the child without running destructors.
+        unsafe { libc::_exit(0) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our child.
+    unsafe { libc::waitpid(pid, &mut status, 0) };
+    libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS
+}
+
 fn create_sized(path: &str, size: u64) -> Result<File, String> {
     let f = OpenOptions::new()
         .read(true)
@@ -353,21 +370,8 @@ pub fn huge_mappings(_ctx: &mut Ctx) -> TestResult {
     // Access past EOF raises SIGBUS (in a child, so we survive it).
     let small = create_sized(&p("small"), 2 * MIB)?;
     let mut m = Mapping::new(&small, 4 * MIB, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
-    // SAFETY: fork in a single-threaded process; the child only touches
-    // memory and exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        m.bytes()[3 * MIB as usize] = 1;
-        // SAFETY: terminate the child without running destructors.
-        unsafe { libc::_exit(0) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    if !(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS) {
-        return Err(format!(
-            "touching past EOF did not raise SIGBUS (status {status:#x})"
-        ));
+    if !sigbus_on_touch(&mut m, 3 * MIB as usize) {
+        return Err("touching past EOF did not raise SIGBUS".into());
     }
     m.bytes()[MIB as usize] = 1;
     drop(m);
@@ -657,20 +661,8 @@ pub fn frozen(_ctx: &mut Ctx) -> TestResult {
     expect_errno("truncate after freeze", f.set_len(8 * MIB), libc::EBUSY)?;
     // Already mapped memory keeps working (guests keep running).
     m.bytes()[1] = 2;
-    // SAFETY: fork; the child only touches memory and exits.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
-        m.bytes()[3 * MIB as usize] = 1;
-        // SAFETY: leave the child.
-        unsafe { libc::_exit(0) };
-    }
-    let mut status = 0;
-    // SAFETY: waiting for our child.
-    unsafe { libc::waitpid(pid, &mut status, 0) };
-    if !(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS) {
-        return Err(format!(
-            "allocating fault after freeze did not SIGBUS (status {status:#x})"
-        ));
+    if !sigbus_on_touch(&mut m, 3 * MIB as usize) {
+        return Err("allocating fault after freeze did not raise SIGBUS".into());
     }
     diag("after freeze: create/mkdir/truncate EBUSY, hole fault SIGBUS, mapped data usable");
     Ok(Outcome::Pass)
