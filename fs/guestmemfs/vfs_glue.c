@@ -37,6 +37,9 @@ static const struct inode_operations gmfs_file_iops;
 static const struct file_operations gmfs_dir_fops;
 static const struct file_operations gmfs_file_fops;
 
+/* Set while the superblock exists: every mount shares it. */
+static bool gmfs_mounted;
+
 static void gmfs_apply_attr(struct inode *inode, const struct gmfs_attr *a)
 {
 	inode->i_mode = a->mode;
@@ -525,12 +528,26 @@ static int gmfs_fill_super(struct super_block *sb, struct fs_context *fc)
 	if (IS_ERR(root))
 		return PTR_ERR(root);
 	sb->s_root = d_make_root(root);
-	return sb->s_root ? 0 : -ENOMEM;
+	if (!sb->s_root)
+		return -ENOMEM;
+	WRITE_ONCE(gmfs_mounted, true);
+	return 0;
 }
 
 static int gmfs_get_tree(struct fs_context *fc)
 {
+	struct gmfs_fs_context *ctx = fc->fs_private;
+
+	/* A mounted filesystem would just be shared: refuse, don't ignore. */
+	if (ctx->reformat && READ_ONCE(gmfs_mounted))
+		return errorfc(fc, "cannot reformat while mounted"), -EBUSY;
 	return get_tree_single(fc, gmfs_fill_super);
+}
+
+static void gmfs_kill_sb(struct super_block *sb)
+{
+	kill_anon_super(sb);
+	WRITE_ONCE(gmfs_mounted, false);
 }
 
 static void gmfs_free_fc(struct fs_context *fc)
@@ -557,7 +574,7 @@ static struct file_system_type guestmemfs_fs_type = {
 	.name			= "guestmemfs",
 	.init_fs_context	= gmfs_init_fs_context,
 	.parameters		= gmfs_param_specs,
-	.kill_sb		= kill_anon_super,
+	.kill_sb		= gmfs_kill_sb,
 };
 
 /*

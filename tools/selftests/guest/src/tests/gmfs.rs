@@ -301,6 +301,16 @@ pub fn operations(_ctx: &mut Ctx) -> TestResult {
     if free(())? != f2 {
         return Err("unlink did not free the blocks".into());
     }
+    // Reformatting a mounted filesystem is refused, not ignored.
+    fs::create_dir_all("/mnt/gmfs3").map_err(|e| e.to_string())?;
+    match sys::mount("guestmemfs", "/mnt/gmfs3", "guestmemfs", 0, "reformat") {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+        other => {
+            return Err(format!(
+                "mount -o reformat while mounted: {other:?}, expected EBUSY"
+            ))
+        }
+    }
     // A second mount shows the same filesystem.
     fs::create_dir_all("/mnt/gmfs2").map_err(|e| e.to_string())?;
     sys::mount("guestmemfs", "/mnt/gmfs2", "guestmemfs", 0, "")
