@@ -177,18 +177,20 @@ impl Inner {
         let mut seen = KVec::from_elem(0u64, sizes.extent_seen, GFP_KERNEL).map_err(alloc)?;
         let mut keys = KVec::from_elem([0u64; 2], sizes.name_keys, GFP_KERNEL).map_err(alloc)?;
         let mut words = KVec::from_elem(0u64, sizes.block_words, GFP_KERNEL).map_err(alloc)?;
-        let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?;
-        let mut scratch = Scratch {
-            inode_marks: &mut marks,
-            extent_seen: &mut seen,
-            name_keys: &mut keys,
-            blocks,
+        // The scratch borrows `words`, which becomes the allocator's bitmap.
+        let (inodes, used) = {
+            let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?;
+            let mut scratch = Scratch {
+                inode_marks: &mut marks,
+                extent_seen: &mut seen,
+                name_keys: &mut keys,
+                blocks,
+            };
+            // SAFETY: as above, with the full metadata now mapped.
+            let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
+            let inodes = validate::contents(bytes, &geo, &mut scratch)?;
+            (inodes, scratch.blocks.used())
         };
-        // SAFETY: as above, with the full metadata now mapped.
-        let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
-        let inodes = validate::contents(bytes, &geo, &mut scratch)?;
-        let used = scratch.blocks.used();
-        drop(scratch);
         self.bitmap = words;
         self.geo = Some(geo);
         self.state = State::Ready;

@@ -364,7 +364,7 @@ pub fn sync_tree(p: &Paths, src: &Source) -> Result<()> {
     Ok(())
 }
 
-fn make(p: &Paths) -> Command {
+pub fn make(p: &Paths) -> Command {
     let mut cmd = Command::new("make");
     cmd.arg("-C")
         .arg(p.tree())

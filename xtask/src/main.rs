@@ -214,6 +214,37 @@ fn kernel_checks(p: &Paths, tally: &mut Tally) -> Result<()> {
             .args(&overlay_c);
         check(tally, "checkpatch overlay C", &mut cmd);
     }
+    // The kernel's own clippy settings (CLIPPY=1) on the overlay's Rust:
+    // any warning fails the check. This rebuilds the Rust crates with
+    // clippy-driver; the next normal build recompiles them.
+    let log = p.log("kernel-clippy.log");
+    let res = util::run_logged(
+        kernel::make(p)
+            .arg("CLIPPY=1")
+            .arg(format!("-j{}", util::jobs()))
+            .arg("fs/guestmemfs/"),
+        &log,
+        "clippy of the kernel Rust",
+    );
+    let warnings: Vec<String> = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("warning") || l.starts_with("error"))
+        .map(str::to_owned)
+        .collect();
+    match (res, warnings.is_empty()) {
+        (Ok(()), true) => {
+            println!("  host: PASS clippy kernel Rust");
+            tally.pass();
+        }
+        _ => {
+            println!("  host: FAIL clippy kernel Rust (log: {})", log.display());
+            for w in warnings.iter().take(20) {
+                println!("    {w}");
+            }
+            tally.fail("host/clippy kernel Rust".into());
+        }
+    }
     let overlay_rs = walk_overlay(p, &["rs"]);
     if !overlay_rs.is_empty() {
         let mut cmd = Command::new("rustfmt");

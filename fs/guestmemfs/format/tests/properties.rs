@@ -3,6 +3,9 @@
 //! leak-free; random corruption never panics the validator; the block
 //! allocator never hands out a block twice.
 
+// Test inputs are small integers widened for the API.
+#![allow(clippy::cast_lossless)]
+
 use guestmemfs_format::layout::*;
 use guestmemfs_format::meta::format;
 use guestmemfs_format::validate::{self, Scratch, ScratchSizes};

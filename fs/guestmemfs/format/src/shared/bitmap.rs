@@ -41,7 +41,7 @@ impl<'a> BlockBitmap<'a> {
     pub fn attach(words: &'a mut [u64], nr_blocks: u64) -> Result<Self, Error> {
         let n = nr_blocks.div_ceil(64) as usize;
         let used_words = words.get(..n).ok_or(Error::Invalid)?;
-        let used = used_words.iter().map(|w| w.count_ones() as u64).sum();
+        let used = used_words.iter().map(|w| u64::from(w.count_ones())).sum();
         if used > nr_blocks {
             return Err(Error::Invalid);
         }

@@ -215,7 +215,7 @@ pub fn put_u64(buf: &mut [u8], off: usize, v: u64) -> Result<(), Error> {
 pub fn crc32c(data: &[u8]) -> u32 {
     let mut crc = !0u32;
     for &b in data {
-        crc ^= b as u32;
+        crc ^= u32::from(b);
         for _ in 0..8 {
             let mask = (crc & 1).wrapping_neg();
             crc = (crc >> 1) ^ (0x82f6_3b78 & mask);

@@ -260,7 +260,7 @@ impl<B: AsRef<[u8]>> Meta<B> {
         }
         Ok(Some(Extent {
             id,
-            count: get_u32(b, off + ext::COUNT)? as u64,
+            count: u64::from(get_u32(b, off + ext::COUNT)?),
             next: get_u64(b, off + ext::NEXT)?,
             file_block: get_u64(b, off + ext::FILE_BLOCK)?,
             phys_block: get_u64(b, off + ext::PHYS_BLOCK)?,
@@ -310,7 +310,7 @@ impl<B: AsRef<[u8]>> Meta<B> {
     pub fn inodes_used(&self) -> Result<u64, Error> {
         let mut n = 0;
         for ino in 1..=self.geo.inode_count {
-            n += self.inode_in_use(ino)? as u64;
+            n += u64::from(self.inode_in_use(ino)?);
         }
         Ok(n)
     }
@@ -685,7 +685,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
                         }
                         Ok(())
                     })?;
-                    let want = (hole_end - fb).min(u32::MAX as u64);
+                    let want = (hole_end - fb).min(u64::from(u32::MAX));
                     let res = blocks.alloc_run(want).and_then(|(phys, n)| {
                         prepare(phys, n)
                             .and_then(|()| self.insert_extent(ino, fb, phys, n))
@@ -756,7 +756,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         if let Some(mut p) = prev {
             if p.file_block + p.count == file_block
                 && p.phys_block + p.count == phys
-                && p.count + count <= u32::MAX as u64
+                && p.count + count <= u64::from(u32::MAX)
             {
                 p.count += count;
                 self.write_extent(&p)?;

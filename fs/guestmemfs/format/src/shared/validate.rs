@@ -31,7 +31,7 @@ pub fn superblock(buf: &[u8], region_size: u64) -> Result<Geometry, Error> {
     let inode_count = get_u64(buf, sb::INODE_COUNT)?;
     let geo =
         Geometry::new(region_size, inode_count).ok_or(Error::Corrupt(Corruption::BadGeometry))?;
-    let consistent = get_u32(buf, sb::HEADER_SIZE)? as u64 == SUPERBLOCK_SIZE
+    let consistent = u64::from(get_u32(buf, sb::HEADER_SIZE)?) == SUPERBLOCK_SIZE
         && get_u64(buf, sb::REGION_SIZE)? == region_size
         && get_u64(buf, sb::BLOCK_SIZE)? == BLOCK_SIZE
         && get_u64(buf, sb::NR_BLOCKS)? == geo.nr_blocks
@@ -92,7 +92,7 @@ fn name_key(parent: u64, name: &[u8]) -> u64 {
     // name, so collisions cost time, never correctness.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in parent.to_le_bytes().iter().chain(name) {
-        h ^= *b as u64;
+        h ^= u64::from(*b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h
