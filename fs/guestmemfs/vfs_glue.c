@@ -514,8 +514,10 @@ static int gmfs_fill_super(struct super_block *sb, struct fs_context *fc)
 	int err;
 
 	err = gmfs_rs_mount(ctx->reformat);
-	if (err == -ENODEV)
-		return errorfc(fc, "no memory region reserved, boot with guestmemfs=<size>"), -ENODEV;
+	if (err == -ENODEV) {
+		errorfc(fc, "no memory region reserved, boot with guestmemfs=<size>");
+		return -ENODEV;
+	}
 	if (err)
 		return err;
 	sb->s_maxbytes = MAX_LFS_FILESIZE;
@@ -539,8 +541,10 @@ static int gmfs_get_tree(struct fs_context *fc)
 	struct gmfs_fs_context *ctx = fc->fs_private;
 
 	/* A mounted filesystem would just be shared: refuse, don't ignore. */
-	if (ctx->reformat && READ_ONCE(gmfs_mounted))
-		return errorfc(fc, "cannot reformat while mounted"), -EBUSY;
+	if (ctx->reformat && READ_ONCE(gmfs_mounted)) {
+		errorfc(fc, "cannot reformat while mounted");
+		return -EBUSY;
+	}
 	return get_tree_single(fc, gmfs_fill_super);
 }
 

@@ -29,6 +29,8 @@ commands:
                    with NAMEs, only those suites, guest tests, or `host`
   demo             boot the VM and show the IOMMU, guestmemfs and a memfd
                    surviving a kexec through LUO
+  export           write the whole change as a git format-patch series
+                   against the pristine 7.3 source (target/xtask/export)
   list             list the VM suites and guest tests
   help             this text
 
@@ -48,6 +50,10 @@ fn main() -> ExitCode {
         "build" if rest.is_empty() => setup::setup().and_then(|_| build_all()).map(|_| true),
         "test" => test(rest),
         "demo" if rest.is_empty() => demo(),
+        "export" if rest.is_empty() => Paths::new().and_then(|p| kernel::export(&p)).map(|out| {
+            say(&format!("patch series written to {}", out.display()));
+            true
+        }),
         "list" if rest.is_empty() => {
             list();
             Ok(true)

@@ -171,7 +171,9 @@ proptest! {
     }
 
     #[test]
-    fn corrupted_images_never_panic(flips in prop::collection::vec((0usize..70_000, any::<u8>()), 1..40)) {
+    fn corrupted_images_never_panic(
+        flips in prop::collection::vec((0usize..70_000, any::<u8>()), 1..40),
+    ) {
         let geo = Geometry::new(64 * BLOCK_SIZE, 64).unwrap();
         let mut buf = vec![0u8; geo.meta_bytes() as usize];
         format(&mut buf, &geo, T, 1).unwrap();
@@ -206,7 +208,10 @@ proptest! {
     }
 
     #[test]
-    fn superblock_checks_accept_only_the_real_region(size_blocks in 1u64..4096, inodes in 1u64..100_000) {
+    fn superblock_checks_accept_only_the_real_region(
+        size_blocks in 1u64..4096,
+        inodes in 1u64..100_000,
+    ) {
         let geo = Geometry::new(200 * BLOCK_SIZE, 128).unwrap();
         let mut buf = vec![0u8; geo.meta_bytes() as usize];
         format(&mut buf, &geo, T, 1).unwrap();
@@ -217,7 +222,9 @@ proptest! {
     }
 
     #[test]
-    fn allocator_never_double_allocates(ops in prop::collection::vec((any::<bool>(), 1u64..700), 1..80)) {
+    fn allocator_never_double_allocates(
+        ops in prop::collection::vec((any::<bool>(), 1u64..700), 1..80),
+    ) {
         let mut words = vec![0u64; 32];
         let mut bm = BlockBitmap::new(&mut words, 2048).unwrap();
         let mut owned: Vec<(u64, u64)> = Vec::new();
@@ -226,7 +233,8 @@ proptest! {
             if alloc || owned.is_empty() {
                 // A request of 1 GiB or more gets aligned whole GiB units
                 // whenever one is free.
-                let aligned_free = n >= HUGE_BLOCKS && bm.find_free(HUGE_BLOCKS, HUGE_BLOCKS).is_some();
+                let aligned_free =
+                    n >= HUGE_BLOCKS && bm.find_free(HUGE_BLOCKS, HUGE_BLOCKS).is_some();
                 match bm.alloc_run(n) {
                     Ok((start, count)) => {
                         prop_assert!(count >= 1 && count <= n);
