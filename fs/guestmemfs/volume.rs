@@ -2,7 +2,8 @@
 
 //! The one guestmemfs volume: the region's metadata, mapped, and the
 //! block allocator, behind one mutex; plus the C-callable entry points
-//! the VFS glue (`vfs_glue.c`, `gmfs_abi.h`) uses.
+//! the VFS glue (`vfs_glue.c`, `gmfs_abi.h`) uses. User-visible behaviour:
+//! `docs/guestmemfs.md`.
 
 use crate::format::{
     self,
