@@ -109,8 +109,10 @@ void gmfs_rs_freeze(void);
 #define GMFS_CORRUPT_MAGIC	0	/* superblock magic */
 #define GMFS_CORRUPT_CYCLE	1	/* a file's extent list loops */
 #define GMFS_CORRUPT_OVERLAP	2	/* two extents share blocks */
+#define GMFS_CORRUPT_LOCATOR	3	/* the KHO locator's checksum */
 int gmfs_rs_test_corrupt(u32 kind);
 int gmfs_rs_test_freeze(void);
+int gmfs_rs_test_corrupt_locator(void);
 /* crc32c of the 4 MiB after the metadata of a default-format region. */
 int gmfs_rs_test_data_crc(u32 *crc);
 

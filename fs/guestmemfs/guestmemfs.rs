@@ -9,6 +9,7 @@
 //! its allocator and validator are the `format` module, the same source
 //! the host tests build (`format/`).
 
+use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::{c_str, kho, prelude::*};
 
 #[path = "format/src/shared/mod.rs"]
@@ -31,6 +32,7 @@ struct Region {
     base: u64,
     size: u64,
     handed_over: bool,
+    quarantined: bool,
 }
 
 extern "C" {
@@ -65,9 +67,38 @@ pub unsafe extern "C" fn guestmemfs_locator_decode(
         }
         Err(e) => {
             pr_err!("handed-over locator refused: {}\n", format_args!("{e}"));
-            EINVAL.to_errno()
+            match format::locator::peek_damaged(bytes) {
+                Some((b, sz)) => {
+                    // SAFETY: the caller passes valid out pointers.
+                    unsafe {
+                        *base = b;
+                        *size = sz;
+                    }
+                    EBADMSG.to_errno()
+                }
+                None => EINVAL.to_errno(),
+            }
         }
     }
+}
+
+/// The published locator's bytes (owned by `GuestMemFs::_locator`, which
+/// lives as long as the kernel), for the test hook.
+static PUBLISHED_LOCATOR: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Test kernels: damages the published locator's generation, so only its
+/// checksum is wrong; the next kernel must quarantine the region.
+#[cfg(CONFIG_GUESTMEMFS_TEST)]
+#[no_mangle]
+pub extern "C" fn gmfs_rs_test_corrupt_locator() -> kernel::ffi::c_int {
+    let p = PUBLISHED_LOCATOR.load(Ordering::Acquire);
+    if p.is_null() {
+        return ENOENT.to_errno();
+    }
+    // SAFETY: `p` points to the 64-byte preserved locator, which is never
+    // freed; byte 32 is inside it.
+    unsafe { *p.add(32) ^= 0xff };
+    0
 }
 
 struct GuestMemFs {
@@ -98,10 +129,18 @@ impl kernel::Module for GuestMemFs {
         // SAFETY: returns NULL or a pointer to a `__ro_after_init` struct
         // that lives for the kernel's lifetime.
         let region = unsafe { guestmemfs_region_get().as_ref() };
-        let vol = volume::Volume::install(region.map(|r| (r.base, r.size, r.handed_over)))?;
+        let vol = volume::Volume::install(
+            region.map(|r| (r.base, r.size, r.handed_over, r.quarantined)),
+        )?;
         let locator = match region {
+            // A quarantined region is not handed on: its location came
+            // from a damaged locator.
+            Some(r) if r.quarantined => None,
             Some(_) if kho::is_enabled() => match publish_locator(&vol) {
-                Ok(s) => Some(s),
+                Ok(mut s) => {
+                    PUBLISHED_LOCATOR.store(s.as_mut_slice().as_mut_ptr(), Ordering::Release);
+                    Some(s)
+                }
                 Err(e) => {
                     pr_err!("cannot publish the region for the next kernel: {:?}\n", e);
                     None

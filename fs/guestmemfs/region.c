@@ -99,7 +99,7 @@ static void __init guestmemfs_reserve_handed_over(void)
 	}
 	err = guestmemfs_locator_decode(loc, len, &base, &size);
 	early_memunmap(loc, len);
-	if (err) {
+	if (err && err != -EBADMSG) {
 		pr_err("handed-over locator is invalid (%d), region not reserved\n",
 		       err);
 		return;
@@ -117,6 +117,12 @@ static void __init guestmemfs_reserve_handed_over(void)
 			guestmemfs_requested >> 20, size >> 20);
 	guestmemfs_locator_phys = phys;
 	guestmemfs_carve(base, size, true);
+	/* Only the checksum was wrong: keep the memory, never use it. */
+	if (err == -EBADMSG) {
+		guestmemfs_region.quarantined = true;
+		pr_err("locator checksum mismatch: region [mem %#018llx-%#018llx] quarantined\n",
+		       base, base + size - 1);
+	}
 }
 
 /**

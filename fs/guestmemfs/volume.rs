@@ -215,7 +215,10 @@ impl Volume {
     /// Creates the volume for the boot-time region and installs it for
     /// the C glue. `handed_over` says the region holds a filesystem from
     /// the previous kernel.
-    pub(crate) fn install(region: Option<(u64, u64, bool)>) -> Result<Pin<KBox<Volume>>> {
+    /// `quarantined`: the region's location came from a damaged locator;
+    /// it is kept but not read or written unless a mount asks to
+    /// reformat it.
+    pub(crate) fn install(region: Option<(u64, u64, bool, bool)>) -> Result<Pin<KBox<Volume>>> {
         let inner = Inner {
             state: State::NoRegion,
             frozen: false,
@@ -232,9 +235,12 @@ impl Volume {
             }),
             GFP_KERNEL,
         )?;
-        if let Some((_, _, handed_over)) = region {
+        if let Some((_, _, handed_over, quarantined)) = region {
             let mut g = vol.inner.lock();
-            if handed_over {
+            if quarantined {
+                pr_err!("region quarantined: its handed-over locator was damaged; mount refused, -o reformat claims it\n");
+                g.state = State::Refused(FmtError::Corrupt(format::Corruption::BadChecksum));
+            } else if handed_over {
                 if let Err(e) = g.adopt() {
                     pr_err!(
                         "refusing the filesystem handed over by the previous kernel: {}; the region stays reserved and untouched, mount with -o reformat to start over\n",

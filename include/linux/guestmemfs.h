@@ -9,11 +9,14 @@
  * @base: physical base address
  * @size: size in bytes
  * @handed_over: the region came from the previous kernel through KHO
+ * @quarantined: the handed-over locator was damaged: the region is kept
+ *	reserved but never used unless a mount asks to reformat it
  */
 struct guestmemfs_region {
 	u64 base;
 	u64 size;
 	bool handed_over;
+	bool quarantined;
 };
 
 #ifdef CONFIG_GUESTMEMFS

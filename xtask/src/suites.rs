@@ -100,6 +100,14 @@ pub const SUITES: &[Suite] = &[
         expect: Expect::Pass,
     },
     Suite {
+        name: "guestmemfs_corrupt_locator",
+        about: "damaged KHO locator: region quarantined, data untouched",
+        tests: &["guestmemfs_corrupt_locator"],
+        add: &["guestmemfs=2G"],
+        remove: &[],
+        expect: Expect::Pass,
+    },
+    Suite {
         name: "negative_iommu_off",
         about: "without intel_iommu=on the IOMMU check must fail",
         tests: &["iommu_present"],

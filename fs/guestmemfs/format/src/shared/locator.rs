@@ -107,6 +107,23 @@ impl Locator {
     }
 }
 
+/// The region a locator names when only its checksum is wrong: magic,
+/// version and length match and the region has a valid shape. Such a
+/// region is reserved but quarantined (never mounted, never published
+/// again): reserving it can only cost memory, while freeing it could hand
+/// guest memory to the allocator.
+pub fn peek_damaged(buf: &[u8]) -> Option<(u64, u64)> {
+    if get_u64(buf, 0).ok()? != LOCATOR_MAGIC
+        || get_u32(buf, 8).ok()? != LOCATOR_VERSION
+        || get_u32(buf, 12).ok()? as usize != LOCATOR_SIZE
+    {
+        return None;
+    }
+    let (base, size) = (get_u64(buf, 16).ok()?, get_u64(buf, 24).ok()?);
+    Locator::check_region(base, size).ok()?;
+    Some((base, size))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,5 +153,21 @@ mod tests {
         odd.encode(&mut buf).unwrap();
         assert!(Locator::decode(&buf).is_err());
         assert_eq!(region_alignment(3 << 20), 2 << 20);
+    }
+
+    #[test]
+    fn damaged_checksum_still_names_the_region() {
+        let loc = Locator {
+            base: 1 << 32,
+            size: 2 << 30,
+            generation: 1,
+        };
+        let mut buf = [0u8; 64];
+        loc.encode(&mut buf).unwrap();
+        buf[32] ^= 1; // generation: only the CRC disagrees
+        assert!(Locator::decode(&buf).is_err());
+        assert_eq!(peek_damaged(&buf), Some((1 << 32, 2 << 30)));
+        buf[0] ^= 1; // not a locator at all
+        assert_eq!(peek_damaged(&buf), None);
     }
 }

@@ -102,7 +102,7 @@ impl core::fmt::Display for Corruption {
         match self {
             Corruption::BadMagic => write!(f, "bad superblock magic"),
             Corruption::BadVersion(v) => write!(f, "unsupported format version {v}"),
-            Corruption::BadChecksum => write!(f, "superblock checksum mismatch"),
+            Corruption::BadChecksum => write!(f, "checksum mismatch"),
             Corruption::BadGeometry => write!(f, "inconsistent superblock geometry"),
             Corruption::BadInode(i) => write!(f, "inode {i} is malformed"),
             Corruption::BadRoot => write!(f, "root directory missing"),

@@ -164,6 +164,12 @@ pub const CATALOG: &[Test] = &[
         run: gmfs::corrupt_overlap,
     },
     Test {
+        name: "guestmemfs_corrupt_locator",
+        summary: "damaged KHO locator checksum: region quarantined, mount refused, data untouched",
+        timeout_s: 200,
+        run: gmfs::corrupt_locator,
+    },
+    Test {
         name: "memmap_report",
         summary: "report nr_memmap_boot_pages + nr_memmap_pages for the host to compare",
         timeout_s: 30,
