@@ -118,9 +118,8 @@ int gmfs_rs_test_data_crc(u32 *crc);
 
 /* Rust -> C: helpers the Rust core calls (region.c, vfs_glue.c). */
 int guestmemfs_vfs_register(void);
-void *guestmemfs_meta_map(u64 len);
-void guestmemfs_meta_unmap(void *addr);
 void *guestmemfs_region_map(u64 offset, u64 len);
+void guestmemfs_region_unmap(void *addr);
 int guestmemfs_zero(u64 offset, u64 len);
 void guestmemfs_now(s64 *sec, u32 *nsec);
 /* Validates a handed-over locator: 0 with *base and *size set, or -errno. */

@@ -166,15 +166,10 @@ const struct guestmemfs_region *guestmemfs_region_get(void)
 
 /*
  * Helpers for the Rust core (volume.rs), which has no bindings for these.
- * The metadata blocks at the start of the region are mapped write-back
- * through memremap(), which maps non-RAM with its own page tables: the
- * region stays out of the direct map.
+ * Parts of the region (metadata blocks, blocks to zero) are mapped
+ * write-back through memremap(), which maps non-RAM with its own page
+ * tables: the region stays out of the direct map.
  */
-void *guestmemfs_meta_map(u64 len)
-{
-	return guestmemfs_region_map(0, len);
-}
-
 void *guestmemfs_region_map(u64 offset, u64 len)
 {
 	const struct guestmemfs_region *r = &guestmemfs_region;
@@ -198,7 +193,7 @@ int guestmemfs_zero(u64 offset, u64 len)
 		if (!p)
 			return -ENOMEM;
 		memset(p, 0, chunk);
-		memunmap(p);
+		guestmemfs_region_unmap(p);
 		offset += chunk;
 		len -= chunk;
 		cond_resched();
@@ -206,7 +201,7 @@ int guestmemfs_zero(u64 offset, u64 len)
 	return 0;
 }
 
-void guestmemfs_meta_unmap(void *addr)
+void guestmemfs_region_unmap(void *addr)
 {
 	memunmap(addr);
 }

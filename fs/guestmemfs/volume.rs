@@ -21,8 +21,8 @@ use kernel::{
 };
 
 extern "C" {
-    fn guestmemfs_meta_map(len: u64) -> *mut c_void;
-    fn guestmemfs_meta_unmap(addr: *mut c_void);
+    fn guestmemfs_region_map(offset: u64, len: u64) -> *mut c_void;
+    fn guestmemfs_region_unmap(addr: *mut c_void);
     fn guestmemfs_now(sec: *mut i64, nsec: *mut u32);
     fn guestmemfs_zero(offset: u64, len: u64) -> c_int;
 }
@@ -58,8 +58,6 @@ struct Inner {
     geo: Option<Geometry>,
     /// One bit per block; rebuilt from the extents after a kexec.
     bitmap: KVec<u64>,
-    base: u64,
-    size: u64,
 }
 
 // SAFETY: `meta` is a kernel mapping only accessed under the mutex.
@@ -68,12 +66,24 @@ unsafe impl Send for Inner {}
 /// The volume.
 #[pin_data]
 pub(crate) struct Volume {
+    /// Physical base of the region (0 without one).
+    base: u64,
+    /// Size of the region in bytes (0 without one).
+    size: u64,
     #[pin]
     inner: Mutex<Inner>,
 }
 
 /// Set once by `Volume::install`; the module (built in) never goes away.
 static VOLUME: AtomicPtr<Volume> = AtomicPtr::new(core::ptr::null_mut());
+
+/// The installed volume.
+fn volume() -> Result<&'static Volume> {
+    let vol = VOLUME.load(Ordering::Acquire);
+    // SAFETY: set once to a pinned volume that is never freed (built-in
+    // module), or NULL.
+    unsafe { vol.as_ref() }.ok_or(ENODEV)
+}
 
 fn now() -> Time {
     let (mut sec, mut nsec) = (0i64, 0u32);
@@ -122,11 +132,11 @@ impl Inner {
     fn map(&mut self, len: u64) -> Result {
         if !self.meta.is_null() {
             // SAFETY: the old mapping is not referenced any more.
-            unsafe { guestmemfs_meta_unmap(self.meta.cast()) };
+            unsafe { guestmemfs_region_unmap(self.meta.cast()) };
             self.meta = core::ptr::null_mut();
         }
         // SAFETY: maps the region's first `len` bytes, or returns NULL.
-        let p = unsafe { guestmemfs_meta_map(len) };
+        let p = unsafe { guestmemfs_region_map(0, len) };
         if p.is_null() {
             return Err(ENOMEM);
         }
@@ -136,8 +146,8 @@ impl Inner {
     }
 
     /// Writes an empty filesystem over the metadata blocks.
-    fn format(&mut self, generation: u64) -> Result {
-        let geo = Geometry::new(self.size, Geometry::default_inodes(self.size)).ok_or(EINVAL)?;
+    fn format(&mut self, size: u64, generation: u64) -> Result {
+        let geo = Geometry::new(size, Geometry::default_inodes(size)).ok_or(EINVAL)?;
         self.map(geo.meta_bytes())?;
         // SAFETY: just mapped, `meta_len` bytes, exclusive under the lock.
         let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
@@ -153,7 +163,7 @@ impl Inner {
         self.state = State::Ready;
         pr_info!(
             "formatted {} MiB: {} data blocks of 2 MiB, {} inodes\n",
-            self.size >> 20,
+            size >> 20,
             geo.data_blocks(),
             geo.inode_count
         );
@@ -161,12 +171,12 @@ impl Inner {
     }
 
     /// Validates the metadata the previous kernel left in the region.
-    fn adopt(&mut self) -> core::result::Result<(), FmtError> {
+    fn adopt(&mut self, size: u64) -> core::result::Result<(), FmtError> {
         // The superblock alone first: it says how much to map.
         self.map(BLOCK_SIZE).map_err(|_| FmtError::Truncated)?;
         // SAFETY: `meta_len` bytes mapped, exclusive under the lock.
         let first = unsafe { core::slice::from_raw_parts(self.meta, self.meta_len) };
-        let geo = validate::superblock(first, self.size)?;
+        let geo = validate::superblock(first, size)?;
         self.map(geo.meta_bytes())
             .map_err(|_| FmtError::Truncated)?;
         let sizes = ScratchSizes::for_geometry(&geo);
@@ -226,11 +236,12 @@ impl Volume {
             meta_len: 0,
             geo: None,
             bitmap: KVec::new(),
-            base: region.map_or(0, |r| r.0),
-            size: region.map_or(0, |r| r.1),
         };
+        let (base, size) = region.map_or((0, 0), |r| (r.0, r.1));
         let vol = KBox::pin_init(
             pin_init!(Volume {
+                base,
+                size,
                 inner <- new_mutex!(inner),
             }),
             GFP_KERNEL,
@@ -241,7 +252,7 @@ impl Volume {
                 pr_err!("region quarantined: its handed-over locator was damaged; mount refused, -o reformat claims it\n");
                 g.state = State::Refused(FmtError::Corrupt(format::Corruption::BadChecksum));
             } else if handed_over {
-                if let Err(e) = g.adopt() {
+                if let Err(e) = g.adopt(size) {
                     pr_err!(
                         "refusing the filesystem handed over by the previous kernel: {}; the region stays reserved and untouched, mount with -o reformat to start over\n",
                         format_args!("{e}")
@@ -249,26 +260,23 @@ impl Volume {
                     g.state = State::Refused(e);
                 }
             } else {
-                g.format(1)?;
+                g.format(size, 1)?;
             }
         }
-        VOLUME_BASE.store(region.map_or(0, |r| r.0), Ordering::Relaxed);
-        VOLUME_SIZE.store(region.map_or(0, |r| r.1), Ordering::Relaxed);
-        VOLUME_SIZE.store(region.map_or(0, |r| r.1), Ordering::Relaxed);
         VOLUME.store(core::ptr::from_ref(&*vol).cast_mut(), Ordering::Release);
         Ok(vol)
     }
 
     /// Base and size of the region, and the superblock generation.
     pub(crate) fn locator_fields(&self) -> (u64, u64, u64) {
-        let mut g = self.inner.lock();
-        let (base, size) = (g.base, g.size);
-        let generation = g
+        let generation = self
+            .inner
+            .lock()
             .meta()
             .ok()
             .and_then(|(m, _)| m.generation().ok())
             .unwrap_or(0);
-        (base, size, generation)
+        (self.base, self.size, generation)
     }
 }
 
@@ -276,11 +284,7 @@ impl Volume {
 fn with_meta<T>(
     f: impl FnOnce(&mut Meta<&mut [u8]>, &mut BlockBitmap<'_>) -> Result<T>,
 ) -> Result<T> {
-    let vol = VOLUME.load(Ordering::Acquire);
-    // SAFETY: set once to a pinned volume that is never freed (built-in
-    // module), or NULL.
-    let vol = unsafe { vol.as_ref() }.ok_or(ENODEV)?;
-    let mut g = vol.inner.lock();
+    let mut g = volume()?.inner.lock();
     let (mut meta, mut bm) = g.meta()?;
     f(&mut meta, &mut bm)
 }
@@ -404,10 +408,9 @@ const SET_CTIME: u32 = 32;
 /// region holds and formats it.
 #[no_mangle]
 pub(crate) extern "C" fn gmfs_rs_mount(reformat: bool) -> c_int {
-    let vol = VOLUME.load(Ordering::Acquire);
-    // SAFETY: see `with_meta`.
-    let Some(vol) = (unsafe { vol.as_ref() }) else {
-        return ENODEV.to_errno();
+    let vol = match volume() {
+        Ok(vol) => vol,
+        Err(e) => return e.to_errno(),
     };
     let mut g = vol.inner.lock();
     ret(match g.state {
@@ -423,7 +426,7 @@ pub(crate) extern "C" fn gmfs_rs_mount(reformat: bool) -> c_int {
                 .unwrap_or(0)
                 .wrapping_add(1);
             pr_warn!("reformatting the region as asked by the reformat mount option\n");
-            g.format(generation)
+            g.format(vol.size, generation)
         }
         State::Refused(e) => {
             pr_err!(
@@ -654,6 +657,10 @@ pub(crate) extern "C" fn gmfs_rs_fallocate(ino: u64, offset: u64, len: u64) -> c
 /// `out` must be valid for writes.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn gmfs_rs_fault(ino: u64, file_block: u64, out: *mut Map) -> c_int {
+    let base = match volume() {
+        Ok(vol) => vol.base,
+        Err(e) => return e.to_errno(),
+    };
     ret(with_meta(|m, bm| {
         let i = m.inode(ino).map_err(errno)?;
         if i.mode & S_IFMT == S_IFDIR || file_block >= i.size.div_ceil(BLOCK_SIZE) {
@@ -684,7 +691,6 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(ino: u64, file_block: u64, out: *m
             }
         }
         let e = m.map(ino, file_block).map_err(errno)?.ok_or(EIO)?;
-        let base = VOLUME_BASE.load(Ordering::Relaxed);
         let map = Map {
             phys: base + ((e.phys_block + (file_block - e.file_block)) << BLOCK_SHIFT),
             file_block: e.file_block,
@@ -697,21 +703,12 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(ino: u64, file_block: u64, out: *m
     }))
 }
 
-/// Physical base of the region, for address computations.
-pub(crate) static VOLUME_BASE: core::sync::atomic::AtomicU64 =
-    core::sync::atomic::AtomicU64::new(0);
-/// Size of the region.
-pub(crate) static VOLUME_SIZE: core::sync::atomic::AtomicU64 =
-    core::sync::atomic::AtomicU64::new(0);
-
 /// Freezes the metadata for a kexec: waits for the operation in flight,
 /// then refuses every later one with `EBUSY`, so the next kernel finds
 /// the state of a completed operation. Called from the reboot notifier.
 #[no_mangle]
 pub(crate) extern "C" fn gmfs_rs_freeze() {
-    let vol = VOLUME.load(Ordering::Acquire);
-    // SAFETY: see `with_meta`.
-    if let Some(vol) = unsafe { vol.as_ref() } {
+    if let Ok(vol) = volume() {
         let mut g = vol.inner.lock();
         if !g.frozen {
             g.frozen = true;
@@ -739,31 +736,26 @@ pub(crate) extern "C" fn gmfs_rs_test_corrupt(kind: u32) -> c_int {
     ret(with_meta(|m, _| {
         let geo = *m.geometry();
         let extent_off = |id: u64| (geo.extent_offset() + (id - 1) * EXTENT_SIZE) as usize;
-        let mut in_use = KVec::new();
+        // The first two extents in use, decoded.
+        let (mut first, mut second) = (None, None);
         for id in 1..=geo.extent_count {
-            if m.extent(id).map_err(errno)?.is_some() {
-                in_use.push(id, GFP_KERNEL)?;
-                if in_use.len() == 2 {
+            if let Some(e) = m.extent(id).map_err(errno)? {
+                if first.is_none() {
+                    first = Some(e);
+                } else {
+                    second = Some(e);
                     break;
                 }
             }
         }
         let bytes = m.bytes_mut();
-        match (kind, in_use.as_slice()) {
-            (0, _) => bytes[0] ^= 0xff,
-            (1, [first, ..]) => {
-                put_u64(bytes, extent_off(*first) + ext::NEXT, *first).map_err(errno)?
-            }
-            (2, [first, second]) => {
-                let phys = extent_off(*first) + ext::PHYS_BLOCK;
-                let mut v = [0u8; 8];
-                v.copy_from_slice(&bytes[phys..phys + 8]);
-                put_u64(
-                    bytes,
-                    extent_off(*second) + ext::PHYS_BLOCK,
-                    u64::from_le_bytes(v),
-                )
-                .map_err(errno)?
+        match (kind, first, second) {
+            (0, _, _) => bytes[0] ^= 0xff,
+            // The first extent's list points back to itself.
+            (1, Some(a), _) => put_u64(bytes, extent_off(a.id) + ext::NEXT, a.id).map_err(errno)?,
+            // The second extent claims the first one's blocks.
+            (2, Some(a), Some(b)) => {
+                put_u64(bytes, extent_off(b.id) + ext::PHYS_BLOCK, a.phys_block).map_err(errno)?
             }
             _ => return Err(EINVAL),
         }
@@ -780,11 +772,11 @@ pub(crate) extern "C" fn gmfs_rs_test_corrupt(kind: u32) -> c_int {
 #[cfg(CONFIG_GUESTMEMFS_TEST)]
 #[no_mangle]
 pub(crate) unsafe extern "C" fn gmfs_rs_test_data_crc(crc: *mut u32) -> c_int {
-    extern "C" {
-        fn guestmemfs_region_map(offset: u64, len: u64) -> *mut c_void;
-    }
     const LEN: u64 = 4 << 20;
-    let size = VOLUME_SIZE.load(Ordering::Relaxed);
+    let size = match volume() {
+        Ok(vol) => vol.size,
+        Err(e) => return e.to_errno(),
+    };
     let Some(geo) = Geometry::new(size, Geometry::default_inodes(size)) else {
         return ENODEV.to_errno();
     };
@@ -798,7 +790,7 @@ pub(crate) unsafe extern "C" fn gmfs_rs_test_data_crc(crc: *mut u32) -> c_int {
     let sum = crate::format::layout::crc32c(bytes);
     // SAFETY: unmapping what was mapped above; `crc` is valid per contract.
     unsafe {
-        guestmemfs_meta_unmap(p);
+        guestmemfs_region_unmap(p);
         crc.write(sum);
     }
     0

@@ -273,7 +273,7 @@ fn patched_files(p: &Paths, pristine: &Path) -> Result<BTreeMap<String, Option<V
     Ok(out)
 }
 
-fn overlay_files(repo: &Path) -> Result<Vec<String>> {
+pub fn overlay_files(repo: &Path) -> Result<Vec<String>> {
     fn walk(repo: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         for entry in fs::read_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
             let path = entry.map_err(|e| e.to_string())?.path();

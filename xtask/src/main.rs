@@ -262,30 +262,18 @@ fn kernel_checks(p: &Paths, tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
+/// Overlay files (the same list the work tree gets) with one of `exts`.
 fn walk_overlay(p: &Paths, exts: &[&str]) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack: Vec<_> = [
-        "fs", "drivers", "kernel", "mm", "include", "arch", "lib", "rust",
-    ]
-    .iter()
-    .map(|d| p.repo.join(d))
-    .filter(|d| d.is_dir())
-    .collect();
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path
+    kernel::overlay_files(&p.repo)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| {
+            std::path::Path::new(f)
                 .extension()
                 .is_some_and(|x| exts.iter().any(|e| x == *e))
-            {
-                out.push(path);
-            }
-        }
-    }
-    out.sort();
-    out
+        })
+        .map(|f| p.repo.join(f))
+        .collect()
 }
 
 fn echo_mode() -> Echo {

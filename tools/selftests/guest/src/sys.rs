@@ -5,7 +5,7 @@ use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 fn cstr(s: &str) -> io::Result<CString> {
@@ -72,11 +72,10 @@ pub fn memfd_create(name: &str) -> io::Result<File> {
 
 /// Records of the kernel log buffer (`/dev/kmsg`), text only.
 pub fn kernel_log() -> io::Result<Vec<String>> {
-    let file = fs::OpenOptions::new()
+    let mut file = fs::OpenOptions::new()
         .read(true)
-        .custom_flags_nonblock()
+        .custom_flags(libc::O_NONBLOCK)
         .open("/dev/kmsg")?;
-    let mut file = file;
     let mut out = Vec::new();
     let mut buf = vec![0u8; 8192];
     loop {
@@ -95,17 +94,6 @@ pub fn kernel_log() -> io::Result<Vec<String>> {
         }
     }
     Ok(out)
-}
-
-trait NonBlock {
-    fn custom_flags_nonblock(&mut self) -> &mut Self;
-}
-
-impl NonBlock for fs::OpenOptions {
-    fn custom_flags_nonblock(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NONBLOCK)
-    }
 }
 
 /// A PCI function found in sysfs.
