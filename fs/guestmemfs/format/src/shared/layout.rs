@@ -177,6 +177,11 @@ impl Geometry {
     }
 }
 
+/// The generation stored in a superblock (checked or not).
+pub fn superblock_generation(buf: &[u8]) -> Result<u64, Error> {
+    get_u64(buf, sb::GENERATION)
+}
+
 pub(crate) fn get_u32(buf: &[u8], off: usize) -> Result<u32, Error> {
     let bytes = buf
         .get(off..off.checked_add(4).ok_or(Error::Truncated)?)

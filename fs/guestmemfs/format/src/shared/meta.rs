@@ -110,6 +110,28 @@ impl<B: AsRef<[u8]>> Iterator for ExtentWalk<'_, B> {
     }
 }
 
+/// Largest file size: the VFS's `MAX_LFS_FILESIZE` (`LLONG_MAX`), the
+/// `s_maxbytes` of guestmemfs.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
+
+/// Largest end (exclusive) of a file block range: the blocks that cover
+/// [`MAX_FILE_SIZE`] bytes. No extent reaches past it.
+pub const MAX_FILE_BLOCKS: u64 = MAX_FILE_SIZE.div_ceil(BLOCK_SIZE);
+
+/// Nanoseconds in a second: a time stamp's `nsec` is below it.
+pub const NSEC_PER_SEC: u32 = 1_000_000_000;
+
+/// Permission bits a mode may carry besides the file type.
+pub const MODE_PERM_MASK: u32 = 0o7777;
+
+/// Checks a time stamp (normalized, as the VFS keeps them).
+fn check_time(t: Time) -> Result<(), Error> {
+    if t.nsec >= NSEC_PER_SEC {
+        return Err(Error::Invalid);
+    }
+    Ok(())
+}
+
 /// Checks a name for a directory entry.
 pub fn check_name(name: &[u8]) -> Result<(), Error> {
     if name.len() > NAME_MAX {
@@ -120,6 +142,27 @@ pub fn check_name(name: &[u8]) -> Result<(), Error> {
         return Err(Error::BadName);
     }
     Ok(())
+}
+
+/// The error for a directory whose link count cannot grow (it would be
+/// `EMLINK`; no closer `Error` exists, `NoSpace` maps to `ENOSPC`).
+const TOO_MANY_LINKS: Error = Error::NoSpace;
+
+/// The link count of directory `d` after losing a subdirectory's `..`:
+/// a directory with a subdirectory has at least 3 links, anything else is
+/// damage.
+fn dir_nlink_minus_one(d: &InodeData) -> Result<u32, Error> {
+    d.nlink
+        .checked_sub(1)
+        .filter(|&n| n >= 2)
+        .ok_or(Error::Corrupt(Corruption::BadInode(d.ino)))
+}
+
+/// The first file block after extent `e` of inode `ino`.
+fn extent_end(ino: u64, e: &Extent) -> Result<u64, Error> {
+    e.file_block
+        .checked_add(e.count)
+        .ok_or(Error::Corrupt(Corruption::ExtentOrder(ino)))
 }
 
 /// A metadata image: the metadata blocks of the region, mapped.
@@ -396,9 +439,18 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         }
     }
 
-    /// Writes an inode record (marking it in use).
+    /// Writes an inode record (marking it in use). Fields the next
+    /// kernel's validation would refuse (a mode outside the file type and
+    /// permission bits, a time with `nsec` of a second or more, a name
+    /// longer than `NAME_MAX`) are refused with `Invalid`.
     pub fn write_inode(&mut self, i: &InodeData) -> Result<(), Error> {
         let off = self.inode_off(i.ino)?;
+        if i.mode & !(S_IFMT | MODE_PERM_MASK) != 0 || i.name_len > NAME_MAX {
+            return Err(Error::Invalid);
+        }
+        check_time(i.atime)?;
+        check_time(i.mtime)?;
+        check_time(i.ctime)?;
         let b = self.buf.as_mut();
         let rec = b
             .get_mut(off..off + INODE_SIZE as usize)
@@ -475,7 +527,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
 
     fn next_generation(&mut self) -> Result<u64, Error> {
         let g = get_u64(self.buf.as_ref(), sb::NEXT_INO_GEN)?;
-        put_u64(self.buf.as_mut(), sb::NEXT_INO_GEN, g.wrapping_add(1))?;
+        // Every inode's generation stays below the counter (validation
+        // checks it), so the counter never wraps: 2^64 creations do not
+        // happen, only a damaged counter gets here.
+        let next = g.checked_add(1).ok_or(Error::NoInodes)?;
+        put_u64(self.buf.as_mut(), sb::NEXT_INO_GEN, next)?;
         seal_superblock(self.buf.as_mut())?;
         Ok(g)
     }
@@ -497,14 +553,26 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         now: Time,
     ) -> Result<InodeData, Error> {
         check_name(name)?;
+        check_time(now)?;
         let kind = mode & S_IFMT;
-        if kind != S_IFDIR && kind != S_IFREG {
+        if (kind != S_IFDIR && kind != S_IFREG) || mode & !(S_IFMT | MODE_PERM_MASK) != 0 {
             return Err(Error::Invalid);
         }
         match self.lookup(dir, name) {
             Ok(_) => return Err(Error::Exists),
             Err(Error::NotFound) => {}
             Err(e) => return Err(e),
+        }
+        let mut d = self.inode(dir)?;
+        if d.nlink == 0 {
+            // Removed while still open: no new entries (the VFS's
+            // dead-directory rule).
+            return Err(Error::NotFound);
+        }
+        if kind == S_IFDIR {
+            // The new `..`. Nothing is written before this check, so a
+            // directory at the link limit stays as it was.
+            d.nlink = d.nlink.checked_add(1).ok_or(TOO_MANY_LINKS)?;
         }
         let mut free = None;
         for ino in 2..=self.geo.inode_count {
@@ -523,10 +591,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
             i.nlink = 2;
         }
         self.write_inode(&i)?;
-        let mut d = self.inode(dir)?;
-        if kind == S_IFDIR {
-            d.nlink += 1;
-        }
         d.mtime = now;
         d.ctime = now;
         self.write_inode(&d)?;
@@ -536,6 +600,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
     /// Removes the entry `name` from `dir`. A directory must be empty.
     /// The inode is kept (nlink 0, no parent) until [`Meta::evict`].
     pub fn unlink(&mut self, dir: u64, name: &[u8], now: Time) -> Result<InodeData, Error> {
+        check_time(now)?;
         let ino = self.lookup(dir, name)?;
         let mut i = self.inode(ino)?;
         if i.is_dir() && self.has_children(ino)? {
@@ -543,7 +608,7 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         }
         let mut d = self.inode(dir)?;
         if i.is_dir() {
-            d.nlink = d.nlink.saturating_sub(1);
+            d.nlink = dir_nlink_minus_one(&d)?;
         }
         d.mtime = now;
         d.ctime = now;
@@ -592,15 +657,21 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         now: Time,
     ) -> Result<Option<InodeData>, Error> {
         check_name(new)?;
+        check_time(now)?;
         let ino = self.lookup(old_dir, old)?;
         let src = self.inode(ino)?;
-        if !self.inode(new_dir)?.is_dir() {
+        let nd = self.inode(new_dir)?;
+        if !nd.is_dir() {
             return Err(Error::NotDir);
+        }
+        if nd.nlink == 0 {
+            // Removed while still open: no new entries.
+            return Err(Error::NotFound);
         }
         if src.is_dir() && self.is_ancestor(ino, new_dir)? {
             return Err(Error::Invalid);
         }
-        let mut replaced = None;
+        let mut target_is_dir = None;
         match self.lookup(new_dir, new) {
             Ok(target) if target == ino => return Ok(None),
             Ok(_) if noreplace => return Err(Error::Exists),
@@ -614,18 +685,33 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
                 if t.is_dir() && self.has_children(target)? {
                     return Err(Error::NotEmpty);
                 }
-                replaced = Some(self.unlink(new_dir, new, now)?);
+                target_is_dir = Some(t.is_dir());
             }
             Err(Error::NotFound) => {}
             Err(e) => return Err(e),
         }
+        // A directory moving to another parent takes its `..` along. Check
+        // both link counts before the first write, so that a refused
+        // rename changes nothing. A replaced directory gives its `..` in
+        // the new parent back first.
+        let moves_dir = src.is_dir() && old_dir != new_dir;
+        if moves_dir {
+            dir_nlink_minus_one(&self.inode(old_dir)?)?;
+            if target_is_dir != Some(true) {
+                nd.nlink.checked_add(1).ok_or(TOO_MANY_LINKS)?;
+            }
+        }
+        let replaced = match target_is_dir {
+            Some(_) => Some(self.unlink(new_dir, new, now)?),
+            None => None,
+        };
         let mut src = self.inode(ino)?;
-        if src.is_dir() && old_dir != new_dir {
+        if moves_dir {
             let mut od = self.inode(old_dir)?;
-            od.nlink = od.nlink.saturating_sub(1);
+            od.nlink = dir_nlink_minus_one(&od)?;
             self.write_inode(&od)?;
             let mut nd = self.inode(new_dir)?;
-            nd.nlink += 1;
+            nd.nlink = nd.nlink.checked_add(1).ok_or(TOO_MANY_LINKS)?;
             self.write_inode(&nd)?;
         }
         for d in [old_dir, new_dir] {
@@ -668,14 +754,19 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         mut prepare: impl FnMut(u64, u64) -> Result<(), Error>,
     ) -> Result<(), Error> {
         let end = file_block.checked_add(count).ok_or(Error::TooBig)?;
-        if end > u64::MAX / BLOCK_SIZE {
+        if end > MAX_FILE_BLOCKS {
             return Err(Error::TooBig);
         }
-        let before = self.inode(ino)?.blocks;
+        let i = self.inode(ino)?;
+        if !i.is_reg() {
+            // Directories have no blocks (validation refuses any).
+            return Err(Error::IsDir);
+        }
+        let before = i.blocks;
         let mut fb = file_block;
         while fb < end {
             match self.map(ino, fb)? {
-                Some(e) => fb = e.file_block + e.count,
+                Some(e) => fb = extent_end(ino, &e)?,
                 None => {
                     // The hole runs to the next extent or to `end`.
                     let mut hole_end = end;
@@ -724,9 +815,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
                 Some(e) if e.file_block >= start => {
                     self.remove_extent(ino, e.id)?;
                     blocks.mark_free(e.phys_block, e.count)?;
-                    fb = e.file_block + e.count;
+                    fb = extent_end(ino, &e)?;
                 }
-                Some(e) => fb = e.file_block + e.count,
+                Some(e) => fb = extent_end(ino, &e)?,
                 None => fb += 1,
             }
         }
@@ -753,17 +844,20 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
             prev = Some(e);
             id = e.next;
         }
+        let bad_counts = Error::Corrupt(Corruption::BadCounts(ino));
+        let blocks = i.blocks.checked_add(count).ok_or(bad_counts)?;
         if let Some(mut p) = prev {
-            if p.file_block + p.count == file_block
-                && p.phys_block + p.count == phys
-                && p.count + count <= u64::from(u32::MAX)
+            if p.file_block.checked_add(p.count) == Some(file_block)
+                && p.phys_block.checked_add(p.count) == Some(phys)
+                && p.count.saturating_add(count) <= u64::from(u32::MAX)
             {
                 p.count += count;
                 self.write_extent(&p)?;
-                i.blocks += count;
+                i.blocks = blocks;
                 return self.write_inode(&i);
             }
         }
+        let nr_extents = i.nr_extents.checked_add(1).ok_or(bad_counts)?;
         let new_id = self.free_extent_slot()?;
         let e = Extent {
             id: new_id,
@@ -780,14 +874,17 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
             }
             None => i.first_extent = new_id,
         }
-        i.nr_extents += 1;
-        i.blocks += count;
+        i.nr_extents = nr_extents;
+        i.blocks = blocks;
         self.write_inode(&i)
     }
 
     fn remove_extent(&mut self, ino: u64, id: u64) -> Result<(), Error> {
         let mut i = self.inode(ino)?;
         let target = self.extent(id)?.ok_or(Error::Invalid)?;
+        let bad_counts = Error::Corrupt(Corruption::BadCounts(ino));
+        let nr_extents = i.nr_extents.checked_sub(1).ok_or(bad_counts)?;
+        let blocks = i.blocks.checked_sub(target.count).ok_or(bad_counts)?;
         if i.first_extent == id {
             i.first_extent = target.next;
         } else {
@@ -808,8 +905,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
             }
         }
         self.free_extent_record(id)?;
-        i.nr_extents -= 1;
-        i.blocks -= target.count;
+        i.nr_extents = nr_extents;
+        i.blocks = blocks;
         self.write_inode(&i)
     }
 
@@ -822,25 +919,30 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
     ) -> Result<(), Error> {
         loop {
             // Find the last extent that reaches beyond `keep`.
-            let mut last: Option<Extent> = None;
+            let mut last: Option<(Extent, u64)> = None;
             self.for_each_extent(ino, |e| {
-                if e.file_block + e.count > keep {
-                    last = Some(*e);
+                let end = extent_end(ino, e)?;
+                if end > keep {
+                    last = Some((*e, end));
                 }
                 Ok(())
             })?;
-            let Some(mut e) = last else {
+            let Some((mut e, end)) = last else {
                 return Ok(());
             };
             if e.file_block >= keep {
                 self.remove_extent(ino, e.id)?;
                 blocks.mark_free(e.phys_block, e.count)?;
             } else {
-                let drop = e.file_block + e.count - keep;
+                // `file_block < keep < end`: 0 < drop < count.
+                let drop = end - keep;
+                let mut i = self.inode(ino)?;
+                i.blocks = i
+                    .blocks
+                    .checked_sub(drop)
+                    .ok_or(Error::Corrupt(Corruption::BadCounts(ino)))?;
                 e.count -= drop;
                 self.write_extent(&e)?;
-                let mut i = self.inode(ino)?;
-                i.blocks -= drop;
                 self.write_inode(&i)?;
                 blocks.mark_free(e.phys_block + e.count, drop)?;
             }
@@ -857,11 +959,12 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         now: Time,
         blocks: &mut BlockBitmap<'_>,
     ) -> Result<(), Error> {
+        check_time(now)?;
         let i = self.inode(ino)?;
         if !i.is_reg() {
             return Err(Error::IsDir);
         }
-        if size > u64::MAX - BLOCK_SIZE {
+        if size > MAX_FILE_SIZE {
             return Err(Error::TooBig);
         }
         if size < i.size {
@@ -1018,5 +1121,161 @@ mod tests {
         assert_eq!(m.inode(f.ino).unwrap().blocks, 0);
         m.allocate(f.ino, 0, free, &mut bm).unwrap();
         assert_eq!(bm.free(), 0);
+    }
+
+    fn set_nlink(m: &mut Meta<&mut [u8]>, ino: u64, nlink: u32) {
+        let mut i = m.inode(ino).unwrap();
+        i.nlink = nlink;
+        m.write_inode(&i).unwrap();
+    }
+
+    #[test]
+    fn link_limit_refuses_without_change() {
+        let (mut buf, geo) = image(16);
+        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let full = m
+            .create(ROOT_INO, b"full", S_IFDIR | 0o755, 0, 0, T)
+            .unwrap();
+        let d = m.create(ROOT_INO, b"d", S_IFDIR | 0o755, 0, 0, T).unwrap();
+        let sub = m.create(d.ino, b"sub", S_IFDIR | 0o755, 0, 0, T).unwrap();
+        let empty = m
+            .create(full.ino, b"empty", S_IFDIR | 0o755, 0, 0, T)
+            .unwrap();
+        set_nlink(&mut m, full.ino, u32::MAX);
+        let before = m.bytes().to_vec();
+        // mkdir: an error, no panic, nothing written.
+        assert_eq!(
+            m.create(full.ino, b"x", S_IFDIR | 0o755, 0, 0, T),
+            Err(Error::NoSpace)
+        );
+        // A directory moving in: the same.
+        assert_eq!(
+            m.rename(d.ino, b"sub", full.ino, b"x", false, T),
+            Err(Error::NoSpace)
+        );
+        assert_eq!(m.bytes(), &before[..]);
+        // A file still can; so can a directory replacing an empty one
+        // (the count does not change).
+        m.create(full.ino, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        let replaced = m.rename(d.ino, b"sub", full.ino, b"empty", false, T);
+        assert_eq!(replaced.unwrap().unwrap().ino, empty.ino);
+        assert_eq!(m.inode(full.ino).unwrap().nlink, u32::MAX);
+        assert_eq!(m.lookup(full.ino, b"empty").unwrap(), sub.ino);
+        assert_eq!(m.inode(d.ino).unwrap().nlink, 2);
+    }
+
+    #[test]
+    fn damaged_link_counts_are_errors() {
+        let (mut buf, geo) = image(16);
+        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let d = m.create(ROOT_INO, b"d", S_IFDIR | 0o755, 0, 0, T).unwrap();
+        m.create(d.ino, b"e", S_IFDIR | 0o755, 0, 0, T).unwrap();
+        for bad in [0, 1, 2] {
+            set_nlink(&mut m, d.ino, bad);
+            let before = m.bytes().to_vec();
+            let err = Err(Error::Corrupt(Corruption::BadInode(d.ino)));
+            assert_eq!(m.unlink(d.ino, b"e", T).map(|_| ()), err);
+            assert_eq!(
+                m.rename(d.ino, b"e", ROOT_INO, b"e", false, T).map(|_| ()),
+                err
+            );
+            assert_eq!(m.bytes(), &before[..]);
+        }
+    }
+
+    #[test]
+    fn removed_directories_take_no_entries() {
+        let (mut buf, geo) = image(16);
+        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let d = m.create(ROOT_INO, b"d", S_IFDIR | 0o755, 0, 0, T).unwrap();
+        m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        m.unlink(ROOT_INO, b"d", T).unwrap();
+        assert_eq!(
+            m.create(d.ino, b"x", S_IFREG | 0o644, 0, 0, T),
+            Err(Error::NotFound)
+        );
+        assert_eq!(
+            m.rename(ROOT_INO, b"f", d.ino, b"x", false, T),
+            Err(Error::NotFound)
+        );
+        // Nor does a free record.
+        assert_eq!(
+            m.create(9, b"x", S_IFREG | 0o644, 0, 0, T),
+            Err(Error::NotFound)
+        );
+        assert!(validate::check(m.bytes(), geo.region_size).is_ok());
+    }
+
+    #[test]
+    fn sizes_and_blocks_stay_within_the_largest_file() {
+        let (mut buf, geo) = image(16);
+        let mut w = std::vec![0u64; 1];
+        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
+        bm.mark_used(0, geo.meta_blocks).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        let max = i64::MAX as u64;
+        assert_eq!(m.set_size(f.ino, max + 1, T, &mut bm), Err(Error::TooBig));
+        assert_eq!(m.set_size(f.ino, u64::MAX, T, &mut bm), Err(Error::TooBig));
+        m.set_size(f.ino, max, T, &mut bm).unwrap();
+        let last = MAX_FILE_BLOCKS - 1;
+        m.allocate(f.ino, last, 1, &mut bm).unwrap();
+        assert_eq!(m.allocate(f.ino, last, 2, &mut bm), Err(Error::TooBig));
+        assert_eq!(
+            m.allocate(ROOT_INO, 0, 1, &mut bm),
+            Err(Error::IsDir),
+            "a directory has no blocks"
+        );
+        assert_eq!(validate::check(m.bytes(), geo.region_size), Ok(2));
+    }
+
+    #[test]
+    fn generation_counter_does_not_wrap() {
+        let (mut buf, geo) = image(16);
+        put_u64(&mut buf, sb::NEXT_INO_GEN, u64::MAX).unwrap();
+        seal_superblock(&mut buf).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let before = m.bytes().to_vec();
+        assert_eq!(
+            m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T),
+            Err(Error::NoInodes)
+        );
+        assert_eq!(m.bytes(), &before[..]);
+    }
+
+    #[test]
+    fn unnormalized_times_and_modes_are_not_written() {
+        let (mut buf, geo) = image(16);
+        let mut w = std::vec![0u64; 1];
+        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
+        bm.mark_used(0, geo.meta_blocks).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        let bad = Time {
+            sec: 1,
+            nsec: 1_000_000_000,
+        };
+        let before = m.bytes().to_vec();
+        let mut i = f;
+        i.mtime = bad;
+        assert_eq!(m.write_inode(&i), Err(Error::Invalid));
+        i.mtime = T;
+        i.mode = S_IFREG | 0o644 | 0x10000;
+        assert_eq!(m.write_inode(&i), Err(Error::Invalid));
+        assert_eq!(
+            m.create(ROOT_INO, b"g", S_IFREG | 0x10000, 0, 0, T),
+            Err(Error::Invalid)
+        );
+        assert_eq!(
+            m.create(ROOT_INO, b"g", S_IFREG, 0, 0, bad),
+            Err(Error::Invalid)
+        );
+        assert_eq!(m.unlink(ROOT_INO, b"f", bad), Err(Error::Invalid));
+        assert_eq!(
+            m.rename(ROOT_INO, b"f", ROOT_INO, b"g", false, bad),
+            Err(Error::Invalid)
+        );
+        assert_eq!(m.set_size(f.ino, 1, bad, &mut bm), Err(Error::Invalid));
+        assert_eq!(m.bytes(), &before[..]);
     }
 }

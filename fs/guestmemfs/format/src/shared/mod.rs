@@ -11,6 +11,7 @@
 #![allow(clippy::manual_is_multiple_of)]
 
 pub mod bitmap;
+pub mod fault;
 pub mod layout;
 pub mod locator;
 pub mod meta;
@@ -95,6 +96,16 @@ pub enum Corruption {
     LeakedExtent(u64),
     /// Counters of this inode disagree with its extents.
     BadCounts(u64),
+    /// Flags or reserved bytes that must be zero are not.
+    NonZeroReserved,
+    /// The locator and the superblock name different generations: the
+    /// metadata is not the one the previous kernel published.
+    GenerationMismatch {
+        /// Generation in the handed-over locator.
+        locator: u64,
+        /// Generation in the superblock.
+        superblock: u64,
+    },
 }
 
 impl core::fmt::Display for Corruption {
@@ -116,6 +127,14 @@ impl core::fmt::Display for Corruption {
             Corruption::OverlappingBlocks(b) => write!(f, "block {b} is used twice"),
             Corruption::LeakedExtent(e) => write!(f, "extent {e} belongs to no inode"),
             Corruption::BadCounts(i) => write!(f, "block counts of inode {i} are wrong"),
+            Corruption::NonZeroReserved => write!(f, "flags or reserved bytes are not zero"),
+            Corruption::GenerationMismatch {
+                locator,
+                superblock,
+            } => write!(
+                f,
+                "generation mismatch: locator names {locator}, superblock holds {superblock}"
+            ),
         }
     }
 }

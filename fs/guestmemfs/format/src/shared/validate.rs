@@ -3,14 +3,20 @@
 //!
 //! Nothing from the handover is trusted: the superblock is checked first
 //! (magic, version, checksum, geometry against the reserved region), then
-//! every inode and extent. The walk is linear in the table sizes whatever
-//! the input (no unbounded loops: cycles are detected with marks), and it
-//! rebuilds the block bitmap as it goes, so a filesystem that passes is
-//! ready to use. Scratch memory comes from the caller.
+//! every inode and extent, structure (parents, extent lists, blocks) and
+//! meaning alike: flags, modes, names, sizes within `LLONG_MAX`, normalized
+//! times, generations below the superblock's counter, link counts (a file
+//! 1, or 0 as an orphan; a directory 2 + its subdirectories), so that
+//! neither the operations of [`super::meta`] nor the VFS meet a value they
+//! could not produce themselves. The walk is linear in the table sizes
+//! whatever the input (no unbounded loops: cycles are detected with
+//! marks), and it rebuilds the block bitmap as it goes, so a filesystem
+//! that passes is ready to use. Scratch memory comes from the caller.
 
 use super::bitmap::BlockBitmap;
 use super::layout::*;
-use super::meta::{check_name, Meta};
+use super::meta::{check_name, InodeData, Meta, MAX_FILE_BLOCKS, MAX_FILE_SIZE};
+use super::meta::{MODE_PERM_MASK, NSEC_PER_SEC};
 use super::{corrupt, Corruption, Error};
 
 /// Checks the superblock of `buf` (the mapped metadata blocks, or at
@@ -98,6 +104,66 @@ fn name_key(parent: u64, name: &[u8]) -> u64 {
     h
 }
 
+/// The raw bytes of a record of `size` bytes at `index` of a table at
+/// `table`.
+fn record(buf: &[u8], table: u64, index: u64, size: u64) -> Result<&[u8], Error> {
+    let start = index
+        .checked_mul(size)
+        .and_then(|o| o.checked_add(table))
+        .and_then(|o| usize::try_from(o).ok())
+        .ok_or(Error::Truncated)?;
+    let end = start
+        .checked_add(usize::try_from(size).map_err(|_| Error::Truncated)?)
+        .ok_or(Error::Truncated)?;
+    buf.get(start..end).ok_or(Error::Truncated)
+}
+
+/// Checks the fields of in-use inode `i` that need nothing but the record
+/// itself (`rec`, its raw bytes) and the superblock's generation counter.
+fn check_inode_fields(i: &InodeData, rec: &[u8], next_gen: u64) -> Result<(), Error> {
+    let bad = corrupt(Corruption::BadInode(i.ino));
+    // Only the in-use flag is defined.
+    if get_u32(rec, ino::FLAGS)? != FLAG_IN_USE {
+        return bad;
+    }
+    let kind = i.mode & S_IFMT;
+    if (kind != S_IFDIR && kind != S_IFREG) || i.mode & !(S_IFMT | MODE_PERM_MASK) != 0 {
+        return bad;
+    }
+    // The name: at most NAME_MAX bytes, the rest of the field zero (as
+    // `write_inode` leaves it), none for the root.
+    if i.name_len > NAME_MAX || (i.ino == ROOT_INO && i.name_len != 0) {
+        return bad;
+    }
+    let pad = ino::NAME.checked_add(i.name_len).ok_or(Error::Truncated)?;
+    let name_end = ino::NAME.checked_add(NAME_MAX).ok_or(Error::Truncated)?;
+    let padding = rec.get(pad..name_end).ok_or(Error::Truncated)?;
+    if padding.iter().any(|&b| b != 0) {
+        return bad;
+    }
+    if [i.atime, i.mtime, i.ctime]
+        .iter()
+        .any(|t| t.nsec >= NSEC_PER_SEC)
+    {
+        return bad;
+    }
+    // Generations come from the superblock's counter, which only grows.
+    if i.generation >= next_gen {
+        return bad;
+    }
+    // Directories have no size (`format` and `create` write 0 and
+    // `set_size` refuses them); files stay within `s_maxbytes`.
+    if (i.is_dir() && i.size != 0) || i.size > MAX_FILE_SIZE {
+        return bad;
+    }
+    // A file has one link while it has a name, none as an orphan. A
+    // directory's count depends on its subdirectories (checked last).
+    if i.is_reg() && i.nlink > 1 {
+        return bad;
+    }
+    Ok(())
+}
+
 /// Checks every inode and extent of a metadata image whose superblock
 /// passed [`superblock`], and fills `scratch.blocks` with the blocks in
 /// use (metadata included). Returns the number of inodes in use.
@@ -123,6 +189,7 @@ pub fn contents(buf: &[u8], geo: &Geometry, scratch: &mut Scratch<'_>) -> Result
     }
 
     // Pass 1: each inode on its own, and its extents.
+    let next_gen = get_u64(buf, sb::NEXT_INO_GEN)?;
     let mut used = 0u64;
     let mut keys = 0usize;
     for ino in 1..=geo.inode_count {
@@ -131,10 +198,11 @@ pub fn contents(buf: &[u8], geo: &Geometry, scratch: &mut Scratch<'_>) -> Result
         }
         used += 1;
         let i = meta.inode(ino)?;
-        let kind = i.mode & S_IFMT;
-        if (kind != S_IFDIR && kind != S_IFREG) || i.name_len > NAME_MAX {
-            return corrupt(Corruption::BadInode(ino));
-        }
+        check_inode_fields(
+            &i,
+            record(buf, INODE_OFFSET, ino - 1, INODE_SIZE)?,
+            next_gen,
+        )?;
         if ino != ROOT_INO && i.nlink > 0 {
             if check_name(i.name()).is_err() {
                 return corrupt(Corruption::BadInode(ino));
@@ -194,7 +262,7 @@ pub fn contents(buf: &[u8], geo: &Geometry, scratch: &mut Scratch<'_>) -> Result
     }
 
     // Pass 3: no two entries of a directory share a name.
-    let keys = &mut scratch.name_keys[..keys];
+    let keys = scratch.name_keys.get_mut(..keys).ok_or(Error::Invalid)?;
     heapsort(keys);
     for pair in keys.windows(2) {
         if pair[0][0] == pair[1][0] {
@@ -203,6 +271,50 @@ pub fn contents(buf: &[u8], geo: &Geometry, scratch: &mut Scratch<'_>) -> Result
             if a.parent == b.parent && a.name() == b.name() {
                 return corrupt(Corruption::DuplicateName(b.ino));
             }
+        }
+    }
+
+    // Pass 4: a directory's link count is 2 (its entry in the parent and
+    // its own `.`) plus one `..` per subdirectory; the root counts its
+    // own entry though its parent is itself; an orphan directory (removed
+    // while open) has none. The name keys are done with: they now count
+    // the subdirectories of each inode.
+    let counts = scratch
+        .name_keys
+        .get_mut(..sizes.name_keys)
+        .ok_or(Error::Invalid)?;
+    counts.iter_mut().for_each(|c| *c = [0, 0]);
+    for ino in 2..=geo.inode_count {
+        if !meta.inode_in_use(ino)? {
+            continue;
+        }
+        let i = meta.inode(ino)?;
+        if i.is_dir() && i.nlink > 0 {
+            // Pass 1 checked the parent: a linked directory in the table.
+            let parent = i
+                .parent
+                .checked_sub(1)
+                .and_then(|p| usize::try_from(p).ok());
+            let c = parent
+                .and_then(|p| counts.get_mut(p))
+                .ok_or(Error::Corrupt(Corruption::BadParent(ino)))?;
+            c[0] += 1;
+        }
+    }
+    for ino in 1..=geo.inode_count {
+        if !meta.inode_in_use(ino)? {
+            continue;
+        }
+        let i = meta.inode(ino)?;
+        if !i.is_dir() || (i.nlink == 0 && ino != ROOT_INO) {
+            continue;
+        }
+        let subdirs = usize::try_from(ino - 1)
+            .ok()
+            .and_then(|p| counts.get(p))
+            .map_or(0, |c| c[0]);
+        if Some(u64::from(i.nlink)) != subdirs.checked_add(2) {
+            return corrupt(Corruption::BadInode(ino));
         }
     }
     Ok(used)
@@ -232,6 +344,11 @@ fn check_extents(
         let e = meta
             .extent(id)?
             .ok_or(Error::Corrupt(Corruption::BadExtent(id)))?;
+        // Only the in-use flag is defined.
+        let rec = record(meta.bytes(), geo.extent_offset(), id - 1, EXTENT_SIZE)?;
+        if get_u32(rec, ext::FLAGS)? != FLAG_IN_USE {
+            return corrupt(Corruption::BadExtent(id));
+        }
         let end = e.phys_block.checked_add(e.count);
         if e.count == 0
             || e.phys_block < geo.meta_blocks
@@ -245,7 +362,7 @@ fn check_extents(
         next_free_fb = e
             .file_block
             .checked_add(e.count)
-            .filter(|&x| x <= u64::MAX / BLOCK_SIZE)
+            .filter(|&x| x <= MAX_FILE_BLOCKS)
             .ok_or(Error::Corrupt(Corruption::ExtentOrder(ino)))?;
         if let Err(Error::Overlap(b)) = scratch.blocks.mark_used(e.phys_block, e.count) {
             return corrupt(Corruption::OverlappingBlocks(b));
@@ -467,5 +584,155 @@ mod tests {
             check(&buf, geo.region_size),
             Err(Error::Corrupt(Corruption::BadParent(2)))
         );
+    }
+
+    fn refused(buf: &[u8], geo: &Geometry) -> Corruption {
+        match check(buf, geo.region_size) {
+            Err(Error::Corrupt(c)) => c,
+            other => panic!("accepted or wrong error: {other:?}"),
+        }
+    }
+
+    fn with_u32(buf0: &[u8], ino: u64, field: usize, v: u32) -> Vec<u8> {
+        let mut buf = buf0.to_vec();
+        put_u32(&mut buf, inode_field_off(ino, field), v).unwrap();
+        buf
+    }
+
+    fn with_u64(buf0: &[u8], ino: u64, field: usize, v: u64) -> Vec<u8> {
+        let mut buf = buf0.to_vec();
+        put_u64(&mut buf, inode_field_off(ino, field), v).unwrap();
+        buf
+    }
+
+    fn inode_field_off(ino: u64, field: usize) -> usize {
+        (INODE_OFFSET + (ino - 1) * INODE_SIZE) as usize + field
+    }
+
+    #[test]
+    fn directory_link_counts() {
+        // Root (1) has d (2); d has f (3), a file.
+        let (buf, geo) = sample();
+        assert_eq!(get_u32(&buf, inode_field_off(1, ino::NLINK)).unwrap(), 3);
+        assert_eq!(get_u32(&buf, inode_field_off(2, ino::NLINK)).unwrap(), 2);
+        for (ino, bad) in [(2, u32::MAX), (2, 3), (2, 1), (1, u32::MAX), (1, 2), (1, 4)] {
+            let b = with_u32(&buf, ino, ino::NLINK, bad);
+            assert_eq!(refused(&b, &geo), Corruption::BadInode(ino), "{ino}: {bad}");
+        }
+        // A subdirectory more, counted in its parent.
+        let mut b = buf.clone();
+        {
+            let mut m = Meta::new(&mut b[..], geo).unwrap();
+            m.create(2, b"e", S_IFDIR | 0o755, 0, 0, T).unwrap();
+        }
+        assert_eq!(check(&b, geo.region_size), Ok(4));
+        let b = with_u32(&b, 2, ino::NLINK, 2);
+        assert_eq!(refused(&b, &geo), Corruption::BadInode(2));
+        // A directory removed while open has no links and no parent.
+        let mut b = buf.clone();
+        {
+            let mut m = Meta::new(&mut b[..], geo).unwrap();
+            let e = m.create(ROOT_INO, b"e", S_IFDIR | 0o755, 0, 0, T).unwrap();
+            assert_eq!(m.unlink(ROOT_INO, b"e", T).unwrap().ino, e.ino);
+        }
+        assert_eq!(check(&b, geo.region_size), Ok(4));
+        let b = with_u32(&b, 4, ino::NLINK, 2);
+        assert_eq!(refused(&b, &geo), Corruption::BadParent(4));
+    }
+
+    #[test]
+    fn file_link_counts() {
+        let (buf, geo) = sample();
+        for bad in [2, 3, u32::MAX] {
+            let b = with_u32(&buf, 3, ino::NLINK, bad);
+            assert_eq!(refused(&b, &geo), Corruption::BadInode(3));
+        }
+        // An orphan: no links, no parent, blocks until reclaimed.
+        let b = with_u32(&buf, 3, ino::NLINK, 0);
+        assert_eq!(refused(&b, &geo), Corruption::BadParent(3));
+        let b = with_u64(&b, 3, ino::PARENT, 0);
+        assert_eq!(check(&b, geo.region_size), Ok(3));
+    }
+
+    #[test]
+    fn sizes() {
+        let (buf, geo) = sample();
+        let max = i64::MAX as u64;
+        assert_eq!(
+            check(&with_u64(&buf, 3, ino::SIZE, max), geo.region_size),
+            Ok(3)
+        );
+        for bad in [max + 1, u64::MAX] {
+            let b = with_u64(&buf, 3, ino::SIZE, bad);
+            assert_eq!(refused(&b, &geo), Corruption::BadInode(3));
+        }
+        for dir in [1, 2] {
+            let b = with_u64(&buf, dir, ino::SIZE, 4096);
+            assert_eq!(refused(&b, &geo), Corruption::BadInode(dir));
+        }
+        // No extent reaches past the largest file's last block.
+        let last = max.div_ceil(BLOCK_SIZE);
+        let mut b = buf.clone();
+        put_u64(&mut b, extent_field(&geo, 2, ext::FILE_BLOCK), last - 2).unwrap();
+        assert_eq!(check(&b, geo.region_size), Ok(3));
+        put_u64(&mut b, extent_field(&geo, 2, ext::FILE_BLOCK), last - 1).unwrap();
+        assert_eq!(refused(&b, &geo), Corruption::ExtentOrder(3));
+    }
+
+    #[test]
+    fn times_modes_names_flags() {
+        let (buf, geo) = sample();
+        for field in [ino::ATIME, ino::MTIME, ino::CTIME] {
+            let ok = with_u32(&buf, 3, field + 8, 999_999_999);
+            assert_eq!(check(&ok, geo.region_size), Ok(3));
+            let b = with_u32(&buf, 3, field + 8, 1_000_000_000);
+            assert_eq!(refused(&b, &geo), Corruption::BadInode(3));
+            // Any second, negative included.
+            let ok = with_u64(&buf, 3, field, i64::MIN as u64);
+            assert_eq!(check(&ok, geo.region_size), Ok(3));
+        }
+        // Bits beyond the type and the permissions.
+        let b = with_u32(&buf, 3, ino::MODE, S_IFREG | 0o644 | 0x10000);
+        assert_eq!(refused(&b, &geo), Corruption::BadInode(3));
+        let ok = with_u32(&buf, 3, ino::MODE, S_IFREG | 0o7777);
+        assert_eq!(check(&ok, geo.region_size), Ok(3));
+        // A shorter name_len leaves name bytes behind.
+        let b = with_u32(&buf, 2, ino::NAME_LEN, 0);
+        assert_eq!(refused(&b, &geo), Corruption::BadInode(2));
+        let b = with_u32(&buf, 2, ino::NAME_LEN, 256);
+        assert_eq!(refused(&b, &geo), Corruption::BadInode(2));
+        let mut b = buf.clone();
+        b[inode_field_off(2, ino::NAME) + 1] = b'x';
+        assert_eq!(refused(&b, &geo), Corruption::BadInode(2));
+        // The root has no name.
+        let mut b = with_u32(&buf, 1, ino::NAME_LEN, 1);
+        b[inode_field_off(1, ino::NAME)] = b'r';
+        assert_eq!(refused(&b, &geo), Corruption::BadInode(1));
+        // Undefined flag bits, in an inode and in an extent.
+        let b = with_u32(&buf, 3, ino::FLAGS, FLAG_IN_USE | 2);
+        assert_eq!(refused(&b, &geo), Corruption::BadInode(3));
+        let mut b = buf.clone();
+        put_u32(&mut b, extent_field(&geo, 1, ext::FLAGS), FLAG_IN_USE | 4).unwrap();
+        assert_eq!(refused(&b, &geo), Corruption::BadExtent(1));
+    }
+
+    #[test]
+    fn generations() {
+        // format() starts the counter at 1 (the root has 0); d and f took
+        // 1 and 2.
+        let (buf, geo) = sample();
+        assert_eq!(get_u64(&buf, sb::NEXT_INO_GEN).unwrap(), 3);
+        let b = with_u64(&buf, 3, ino::GENERATION, 3);
+        assert_eq!(refused(&b, &geo), Corruption::BadInode(3));
+        let b = with_u64(&buf, 2, ino::GENERATION, u64::MAX);
+        assert_eq!(refused(&b, &geo), Corruption::BadInode(2));
+        // A counter that went back.
+        let mut b = buf.clone();
+        put_u64(&mut b, sb::NEXT_INO_GEN, 2).unwrap();
+        super::super::meta::seal_superblock(&mut b).unwrap();
+        assert_eq!(refused(&b, &geo), Corruption::BadInode(3));
+        put_u64(&mut b, sb::NEXT_INO_GEN, 0).unwrap();
+        super::super::meta::seal_superblock(&mut b).unwrap();
+        assert_eq!(refused(&b, &geo), Corruption::BadInode(1));
     }
 }
