@@ -53,14 +53,21 @@ struct gmfs_dirent {
 };
 static_assert(sizeof(struct gmfs_dirent) == 280);
 
-/* The extent that backs a faulting block. */
-struct gmfs_map {
-	u64 phys;		/* physical address of file_block */
-	u64 file_block;		/* first file block of the extent */
-	u64 phys_start;		/* physical address of that first block */
-	u64 count;		/* blocks in the extent */
+/* Entry sizes a fault asks for, and what the fault handler does. */
+#define GMFS_ENTRY_PTE		0
+#define GMFS_ENTRY_PMD		1
+#define GMFS_ENTRY_PUD		2
+#define GMFS_FAULT_MAP		0	/* install the entry: addr -> phys */
+#define GMFS_FAULT_FALLBACK	1	/* VM_FAULT_FALLBACK */
+#define GMFS_FAULT_SIGBUS	2	/* VM_FAULT_SIGBUS */
+
+struct gmfs_fault {
+	u64 addr;		/* entry's virtual address (aligned) */
+	u64 phys;		/* physical address mapped at addr */
+	u32 action;		/* GMFS_FAULT_* */
+	u32 pad;
 };
-static_assert(sizeof(struct gmfs_map) == 32);
+static_assert(sizeof(struct gmfs_fault) == 24);
 
 /* Which fields of gmfs_setattr to apply. */
 #define GMFS_SET_MODE	(1U << 0)
@@ -101,7 +108,8 @@ int gmfs_rs_readdir(u64 dir, u64 pos, struct gmfs_dirent *out);
 int gmfs_rs_setattr(u64 ino, const struct gmfs_setattr *attr);
 int gmfs_rs_set_size(u64 ino, u64 size, s64 sec, u32 nsec);
 int gmfs_rs_fallocate(u64 ino, u64 offset, u64 len);
-int gmfs_rs_fault(u64 ino, u64 file_block, struct gmfs_map *out);
+int gmfs_rs_fault(u64 ino, u64 vm_start, u64 vm_end, u64 vm_offset, u64 addr,
+		  u32 entry, struct gmfs_fault *out);
 int gmfs_rs_evict(u64 ino);
 void gmfs_rs_freeze(void);
 
@@ -110,9 +118,11 @@ void gmfs_rs_freeze(void);
 #define GMFS_CORRUPT_CYCLE	1	/* a file's extent list loops */
 #define GMFS_CORRUPT_OVERLAP	2	/* two extents share blocks */
 #define GMFS_CORRUPT_LOCATOR	3	/* the KHO locator's checksum */
+#define GMFS_CORRUPT_GENERATION	4	/* locator names another generation */
 int gmfs_rs_test_corrupt(u32 kind);
 int gmfs_rs_test_freeze(void);
 int gmfs_rs_test_corrupt_locator(void);
+int gmfs_rs_test_skew_generation(void);
 /* crc32c of the 4 MiB after the metadata of a default-format region. */
 int gmfs_rs_test_data_crc(u32 *crc);
 
@@ -122,8 +132,8 @@ void *guestmemfs_region_map(u64 offset, u64 len);
 void guestmemfs_region_unmap(void *addr);
 int guestmemfs_zero(u64 offset, u64 len);
 void guestmemfs_now(s64 *sec, u32 *nsec);
-/* Validates a handed-over locator: 0 with *base and *size set, or -errno. */
+/* Validates a handed-over locator: 0 with the out fields set, or -errno. */
 int guestmemfs_locator_decode(const u8 *buf, size_t len, u64 *base,
-			      u64 *size);
+			      u64 *size, u64 *generation);
 
 #endif /* _GUESTMEMFS_ABI_H */

@@ -9,7 +9,7 @@
 //! its allocator and validator are the `format` module, the same source
 //! the host tests build (`format/`).
 
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use kernel::{c_str, kho, prelude::*};
 
 #[path = "format/src/shared/mod.rs"]
@@ -31,8 +31,8 @@ module! {
 struct Region {
     base: u64,
     size: u64,
+    generation: u64,
     handed_over: bool,
-    quarantined: bool,
 }
 
 extern "C" {
@@ -41,18 +41,20 @@ extern "C" {
 }
 
 /// Validates the locator handed over by the previous kernel; called by
-/// `region.c` from `setup_arch()`, before the region is reserved.
+/// `region.c` from `setup_arch()`, before the region is reserved. A
+/// refused locator yields nothing: no memory is taken on its word.
 ///
 /// # Safety
 ///
-/// `buf` must point to `len` readable bytes; `base` and `size` must be
-/// valid for writes.
+/// `buf` must point to `len` readable bytes; `base`, `size` and
+/// `generation` must be valid for writes.
 #[no_mangle]
 pub unsafe extern "C" fn guestmemfs_locator_decode(
     buf: *const u8,
     len: usize,
     base: *mut u64,
     size: *mut u64,
+    generation: *mut u64,
 ) -> kernel::ffi::c_int {
     // SAFETY: the caller maps `len` bytes at `buf`.
     let bytes = unsafe { core::slice::from_raw_parts(buf, len) };
@@ -62,42 +64,74 @@ pub unsafe extern "C" fn guestmemfs_locator_decode(
             unsafe {
                 *base = loc.base;
                 *size = loc.size;
+                *generation = loc.generation;
             }
             0
         }
         Err(e) => {
             pr_err!("handed-over locator refused: {}\n", format_args!("{e}"));
-            match format::locator::peek_damaged(bytes) {
-                Some((b, sz)) => {
-                    // SAFETY: the caller passes valid out pointers.
-                    unsafe {
-                        *base = b;
-                        *size = sz;
-                    }
-                    EBADMSG.to_errno()
-                }
-                None => EINVAL.to_errno(),
-            }
+            EINVAL.to_errno()
         }
     }
 }
 
 /// The published locator's bytes (owned by `GuestMemFs::_locator`, which
-/// lives as long as the kernel), for the test hook.
+/// lives as long as the kernel): rewritten at freeze time.
 static PUBLISHED_LOCATOR: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 
-/// Test kernels: damages the published locator's generation, so only its
-/// checksum is wrong; the next kernel must quarantine the region.
+/// Test kernels: the locator written at freeze names the next generation,
+/// which the superblock does not hold.
+static SKEW_GENERATION: AtomicBool = AtomicBool::new(false);
+/// Test kernels: the locator written at freeze fails its checksum.
+static DAMAGE_LOCATOR: AtomicBool = AtomicBool::new(false);
+
+/// Rewrites the published locator with the metadata's generation at the
+/// time of the kexec freeze (a mount with `-o reformat` changes it after
+/// the locator was first published). Called with the volume locked.
+pub(crate) fn republish_locator(base: u64, size: u64, generation: u64) {
+    let p = PUBLISHED_LOCATOR.load(Ordering::Acquire);
+    if p.is_null() {
+        return;
+    }
+    let skew = u64::from(SKEW_GENERATION.load(Ordering::Relaxed));
+    let loc = Locator {
+        base,
+        size,
+        generation: generation.wrapping_add(skew),
+    };
+    // SAFETY: `p` points to the LOCATOR_SIZE-byte preserved buffer, which
+    // is never freed; the volume lock serialises writers.
+    let buf = unsafe { core::slice::from_raw_parts_mut(p, LOCATOR_SIZE) };
+    if loc.encode(buf).is_err() {
+        pr_err!("cannot rewrite the locator for the next kernel\n");
+    }
+    if DAMAGE_LOCATOR.load(Ordering::Relaxed) {
+        buf[32] ^= 0xff;
+    }
+}
+
+/// Test kernels: the locator written at freeze has a damaged generation
+/// byte, so only its checksum is wrong; the next kernel must take no
+/// memory.
 #[cfg(CONFIG_GUESTMEMFS_TEST)]
 #[no_mangle]
 pub extern "C" fn gmfs_rs_test_corrupt_locator() -> kernel::ffi::c_int {
-    let p = PUBLISHED_LOCATOR.load(Ordering::Acquire);
-    if p.is_null() {
+    if PUBLISHED_LOCATOR.load(Ordering::Acquire).is_null() {
         return ENOENT.to_errno();
     }
-    // SAFETY: `p` points to the 64-byte preserved locator, which is never
-    // freed; byte 32 is inside it.
-    unsafe { *p.add(32) ^= 0xff };
+    DAMAGE_LOCATOR.store(true, Ordering::Relaxed);
+    0
+}
+
+/// Test kernels: the locator the next kernel gets has a valid checksum
+/// but names a generation the superblock does not hold.
+#[cfg(CONFIG_GUESTMEMFS_TEST)]
+#[no_mangle]
+pub extern "C" fn gmfs_rs_test_skew_generation() -> kernel::ffi::c_int {
+    if PUBLISHED_LOCATOR.load(Ordering::Acquire).is_null() {
+        return ENOENT.to_errno();
+    }
+    SKEW_GENERATION.store(true, Ordering::Relaxed);
     0
 }
 
@@ -129,13 +163,12 @@ impl kernel::Module for GuestMemFs {
         // SAFETY: returns NULL or a pointer to a `__ro_after_init` struct
         // that lives for the kernel's lifetime.
         let region = unsafe { guestmemfs_region_get().as_ref() };
-        let vol = volume::Volume::install(
-            region.map(|r| (r.base, r.size, r.handed_over, r.quarantined)),
-        )?;
+        let vol = volume::Volume::install(region.map(|r| volume::RegionInfo {
+            base: r.base,
+            size: r.size,
+            generation: r.handed_over.then_some(r.generation),
+        }))?;
         let locator = match region {
-            // A quarantined region is not handed on: its location came
-            // from a damaged locator.
-            Some(r) if r.quarantined => None,
             Some(_) if kho::is_enabled() => match publish_locator(&vol) {
                 Ok(mut s) => {
                     PUBLISHED_LOCATOR.store(s.as_mut_slice().as_mut_ptr(), Ordering::Release);

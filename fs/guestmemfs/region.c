@@ -80,9 +80,9 @@ static void __init guestmemfs_carve(u64 base, u64 size, bool handed_over)
 
 static void __init guestmemfs_reserve_handed_over(void)
 {
+	u64 base, size, generation;
 	phys_addr_t phys;
 	size_t len;
-	u64 base, size;
 	void *loc;
 	int err;
 
@@ -92,15 +92,28 @@ static void __init guestmemfs_reserve_handed_over(void)
 			pr_err("kexec handover without a guestmemfs region: not reserving a new one (needs a cold boot)\n");
 		return;
 	}
-	loc = early_memremap(phys, len);
+	/* Freed at the claim initcall whatever becomes of it. */
+	guestmemfs_locator_phys = phys;
+	/* Map what the ABI defines, never what the subtree claims. */
+	if (len != GUESTMEMFS_LOCATOR_SIZE) {
+		pr_err("handed-over locator has %zu bytes, not %d: not taking any memory on its word\n",
+		       len, GUESTMEMFS_LOCATOR_SIZE);
+		return;
+	}
+	loc = early_memremap(phys, GUESTMEMFS_LOCATOR_SIZE);
 	if (!loc) {
 		pr_err("cannot map the handed-over locator, region not reserved\n");
 		return;
 	}
-	err = guestmemfs_locator_decode(loc, len, &base, &size);
-	early_memunmap(loc, len);
-	if (err && err != -EBADMSG) {
-		pr_err("handed-over locator is invalid (%d), region not reserved\n",
+	err = guestmemfs_locator_decode(loc, GUESTMEMFS_LOCATOR_SIZE, &base,
+					&size, &generation);
+	early_memunmap(loc, GUESTMEMFS_LOCATOR_SIZE);
+	if (err) {
+		/*
+		 * Nothing vouches for a damaged locator's base and size: they
+		 * could name memory other subsystems preserved. Take nothing.
+		 */
+		pr_err("not taking any memory on a damaged locator's word (%d); no guestmemfs region this boot\n",
 		       err);
 		return;
 	}
@@ -115,14 +128,8 @@ static void __init guestmemfs_reserve_handed_over(void)
 	if (guestmemfs_requested && guestmemfs_requested != size)
 		pr_warn("guestmemfs=%lluM ignored: keeping the handed-over %lluM region\n",
 			guestmemfs_requested >> 20, size >> 20);
-	guestmemfs_locator_phys = phys;
+	guestmemfs_region.generation = generation;
 	guestmemfs_carve(base, size, true);
-	/* Only the checksum was wrong: keep the memory, never use it. */
-	if (err == -EBADMSG) {
-		guestmemfs_region.quarantined = true;
-		pr_err("locator checksum mismatch: region [mem %#018llx-%#018llx] quarantined\n",
-		       base, base + size - 1);
-	}
 }
 
 /**

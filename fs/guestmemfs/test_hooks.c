@@ -22,6 +22,7 @@ static const char *const gmfs_corruptions[] = {
 	[GMFS_CORRUPT_CYCLE]	= "cycle",
 	[GMFS_CORRUPT_OVERLAP]	= "overlap",
 	[GMFS_CORRUPT_LOCATOR]	= "locator",
+	[GMFS_CORRUPT_GENERATION] = "generation",
 };
 
 static ssize_t gmfs_corrupt_write(struct file *file, const char __user *buf,
@@ -39,8 +40,12 @@ static ssize_t gmfs_corrupt_write(struct file *file, const char __user *buf,
 	i = match_string(gmfs_corruptions, ARRAY_SIZE(gmfs_corruptions), kind);
 	if (i < 0)
 		return -EINVAL;
-	err = i == GMFS_CORRUPT_LOCATOR ? gmfs_rs_test_corrupt_locator() :
-					  gmfs_rs_test_corrupt(i);
+	if (i == GMFS_CORRUPT_LOCATOR)
+		err = gmfs_rs_test_corrupt_locator();
+	else if (i == GMFS_CORRUPT_GENERATION)
+		err = gmfs_rs_test_skew_generation();
+	else
+		err = gmfs_rs_test_corrupt(i);
 	if (err)
 		return err;
 	pr_warn("test hook: corrupted the metadata (%s) on request\n", kind);

@@ -197,9 +197,15 @@ static int gmfs_rename(struct mnt_idmap *idmap, struct inode *old_dir,
 			     &replaced);
 	if (err)
 		return err;
+	/*
+	 * Both directories and a replaced target are locked by the VFS; a
+	 * moved directory is not, so only its ctime is touched, not the
+	 * attributes a racing setattr may be changing.
+	 */
 	gmfs_refresh(old_dir);
-	gmfs_refresh(new_dir);
-	gmfs_refresh(d_inode(old_dentry));
+	if (new_dir != old_dir)
+		gmfs_refresh(new_dir);
+	inode_set_ctime_to_ts(d_inode(old_dentry), now);
 	if (replaced && d_really_is_positive(new_dentry))
 		gmfs_refresh(d_inode(new_dentry));
 	return 0;
@@ -220,12 +226,15 @@ static int gmfs_setattr(struct mnt_idmap *idmap, struct dentry *dentry,
 
 		if (S_ISDIR(inode->i_mode))
 			return -EISDIR;
-		/* No mapping may keep a block that is about to be freed. */
+		/*
+		 * No mapping may keep a block that is about to be freed, nor
+		 * show a page past the new EOF page: a huge entry over the
+		 * new EOF is split and refaults with PTEs.
+		 */
 		filemap_invalidate_lock(inode->i_mapping);
 		if (attr->ia_size < i_size_read(inode))
 			unmap_mapping_range(inode->i_mapping,
-					    round_up(attr->ia_size, GMFS_BLOCK_SIZE),
-					    0, 1);
+					    PAGE_ALIGN(attr->ia_size), 0, 1);
 		err = gmfs_rs_set_size(inode->i_ino, attr->ia_size,
 				       now.tv_sec, now.tv_nsec);
 		filemap_invalidate_unlock(inode->i_mapping);
@@ -255,10 +264,17 @@ static int gmfs_getattr(struct mnt_idmap *idmap, const struct path *path,
 			unsigned int query_flags)
 {
 	struct inode *inode = d_inode(path->dentry);
+	struct gmfs_attr a;
 
-	gmfs_refresh(inode);
+	/*
+	 * The VFS inode is authoritative (changed under i_rwsem): never
+	 * write it here. Only the block count, which faults change without
+	 * the inode lock, comes from the Rust core, into the kstat.
+	 */
 	generic_fillattr(idmap, request_mask, inode, stat);
 	stat->blksize = GMFS_BLOCK_SIZE;
+	if (!gmfs_rs_getattr(inode->i_ino, &a))
+		stat->blocks = a.blocks << (GMFS_BLOCK_SHIFT - 9);
 	return 0;
 }
 
@@ -315,64 +331,45 @@ static long gmfs_fallocate(struct file *file, int mode, loff_t offset,
 }
 
 /*
- * Faults map whole blocks: a PUD when the 1 GiB-aligned file range is one
- * physically contiguous, aligned extent, a PMD for a 2 MiB block, else a
- * PTE. Holes inside i_size are filled by the Rust core (1 GiB at a time
- * when the file covers the unit); beyond i_size the access gets SIGBUS.
+ * The Rust core decides what a fault installs (fault.rs in the format
+ * crate, property-tested against a model): a PUD or PMD when the aligned
+ * range around the fault is inside the VMA, equally aligned in the file,
+ * inside i_size and physically contiguous; else a fallback to the next
+ * smaller size; SIGBUS at or past the page holding EOF or when a hole
+ * cannot be filled. This handler only applies the answer. Holding the
+ * invalidate lock shared keeps truncate from freeing the blocks between
+ * the decision and the insert.
  */
 static vm_fault_t gmfs_huge_fault(struct vm_fault *vmf, unsigned int order)
 {
 	struct vm_area_struct *vma = vmf->vma;
 	struct inode *inode = file_inode(vma->vm_file);
 	bool write = vmf->flags & FAULT_FLAG_WRITE;
-	unsigned long addr = vmf->address;
-	struct gmfs_map map;
-	u64 off = (u64)vmf->pgoff << PAGE_SHIFT;
-	u64 block = off >> GMFS_BLOCK_SHIFT;
+	struct gmfs_fault f;
 	vm_fault_t ret;
-	int err;
+	u32 entry;
 
-	if (order != 0 && order != PMD_ORDER && order != PUD_ORDER)
+	if (order == PUD_ORDER)
+		entry = GMFS_ENTRY_PUD;
+	else if (order == PMD_ORDER)
+		entry = GMFS_ENTRY_PMD;
+	else if (order == 0)
+		entry = GMFS_ENTRY_PTE;
+	else
 		return VM_FAULT_FALLBACK;
 	filemap_invalidate_lock_shared(inode->i_mapping);
-	if (off >= i_size_read(inode)) {
+	if (gmfs_rs_fault(inode->i_ino, vma->vm_start, vma->vm_end,
+			  (u64)vma->vm_pgoff << PAGE_SHIFT, vmf->address, entry,
+			  &f) || f.action == GMFS_FAULT_SIGBUS)
 		ret = VM_FAULT_SIGBUS;
-		goto out;
-	}
-	err = gmfs_rs_fault(inode->i_ino, block, &map);
-	if (err) {
-		ret = err == -ENOSPC ? VM_FAULT_OOM : VM_FAULT_SIGBUS;
-		goto out;
-	}
-	if (order == PUD_ORDER) {
-		u64 unit = block & ~(u64)((PUD_SIZE >> GMFS_BLOCK_SHIFT) - 1);
-		u64 units = PUD_SIZE >> GMFS_BLOCK_SHIFT;
-		u64 phys = map.phys_start +
-			   ((unit - map.file_block) << GMFS_BLOCK_SHIFT);
-
-		if (!IS_ALIGNED(addr, PUD_SIZE) ||
-		    addr + PUD_SIZE > vma->vm_end || unit < map.file_block ||
-		    unit + units > map.file_block + map.count ||
-		    !IS_ALIGNED(phys, PUD_SIZE) ||
-		    (unit + units) << GMFS_BLOCK_SHIFT > i_size_read(inode)) {
-			ret = VM_FAULT_FALLBACK;
-			goto out;
-		}
-		ret = vmf_insert_pfn_pud(vmf, PHYS_PFN(phys), write);
-	} else if (order == PMD_ORDER) {
-		addr &= PMD_MASK;
-		if (addr < vma->vm_start || addr + PMD_SIZE > vma->vm_end ||
-		    (off & ~PMD_MASK) != (vmf->address & ~PMD_MASK)) {
-			ret = VM_FAULT_FALLBACK;
-			goto out;
-		}
-		ret = vmf_insert_pfn_pmd(vmf, PHYS_PFN(map.phys), write);
-	} else {
-		ret = vmf_insert_pfn(vma, vmf->address & PAGE_MASK,
-				     PHYS_PFN(map.phys +
-					      (off & (GMFS_BLOCK_SIZE - 1))));
-	}
-out:
+	else if (f.action == GMFS_FAULT_FALLBACK)
+		ret = VM_FAULT_FALLBACK;
+	else if (entry == GMFS_ENTRY_PUD)
+		ret = vmf_insert_pfn_pud(vmf, PHYS_PFN(f.phys), write);
+	else if (entry == GMFS_ENTRY_PMD)
+		ret = vmf_insert_pfn_pmd(vmf, PHYS_PFN(f.phys), write);
+	else
+		ret = vmf_insert_pfn(vma, f.addr, PHYS_PFN(f.phys));
 	filemap_invalidate_unlock_shared(inode->i_mapping);
 	return ret;
 }

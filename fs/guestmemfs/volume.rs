@@ -7,13 +7,15 @@
 
 use crate::format::{
     self,
-    layout::{Geometry, Time, BLOCK_SHIFT, BLOCK_SIZE, HUGE_BLOCKS, NAME_MAX, S_IFDIR, S_IFMT},
+    fault::{self, Entry, Plan, Vma},
+    layout::{Geometry, Time, BLOCK_SHIFT, BLOCK_SIZE, HUGE_BLOCKS, NAME_MAX, S_IFMT},
     meta::InodeData,
     validate::{self, Scratch, ScratchSizes},
-    BlockBitmap, Error as FmtError, Meta,
+    BlockBitmap, Corruption, Error as FmtError, Meta,
 };
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::{
+    alloc::KVVec,
     ffi::{c_int, c_void},
     new_mutex,
     prelude::*,
@@ -56,8 +58,13 @@ struct Inner {
     meta: *mut u8,
     meta_len: usize,
     geo: Option<Geometry>,
-    /// One bit per block; rebuilt from the extents after a kexec.
-    bitmap: KVec<u64>,
+    /// One bit per block; rebuilt from the extents after a kexec. kvmalloc:
+    /// a TiB region needs more than kmalloc gives.
+    bitmap: KVVec<u64>,
+    /// Generation the previous kernel's locator named (0 on a cold
+    /// boot): handed on again while the filesystem is refused, so the
+    /// next kernel re-checks the same metadata for the same reason.
+    handed_generation: u64,
 }
 
 // SAFETY: `meta` is a kernel mapping only accessed under the mutex.
@@ -152,7 +159,7 @@ impl Inner {
         // SAFETY: just mapped, `meta_len` bytes, exclusive under the lock.
         let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
         format::meta::format(bytes, &geo, now(), generation).map_err(errno)?;
-        self.bitmap = KVec::from_elem(
+        self.bitmap = KVVec::from_elem(
             0u64,
             ScratchSizes::for_geometry(&geo).block_words,
             GFP_KERNEL,
@@ -170,13 +177,21 @@ impl Inner {
         Ok(())
     }
 
-    /// Validates the metadata the previous kernel left in the region.
-    fn adopt(&mut self, size: u64) -> core::result::Result<(), FmtError> {
+    /// Validates the metadata the previous kernel left in the region;
+    /// `locator_generation` is what its locator said the superblock holds.
+    fn adopt(&mut self, size: u64, locator_generation: u64) -> core::result::Result<(), FmtError> {
         // The superblock alone first: it says how much to map.
         self.map(BLOCK_SIZE).map_err(|_| FmtError::Truncated)?;
         // SAFETY: `meta_len` bytes mapped, exclusive under the lock.
         let first = unsafe { core::slice::from_raw_parts(self.meta, self.meta_len) };
         let geo = validate::superblock(first, size)?;
+        let superblock = format::layout::superblock_generation(first)?;
+        if superblock != locator_generation {
+            return Err(FmtError::Corrupt(Corruption::GenerationMismatch {
+                locator: locator_generation,
+                superblock,
+            }));
+        }
         self.map(geo.meta_bytes())
             .map_err(|_| FmtError::Truncated)?;
         let sizes = ScratchSizes::for_geometry(&geo);
@@ -184,10 +199,10 @@ impl Inner {
             pr_err!("out of memory validating the handover ({:?})\n", e);
             FmtError::Truncated
         };
-        let mut marks = KVec::from_elem(0u8, sizes.inode_marks, GFP_KERNEL).map_err(alloc)?;
-        let mut seen = KVec::from_elem(0u64, sizes.extent_seen, GFP_KERNEL).map_err(alloc)?;
-        let mut keys = KVec::from_elem([0u64; 2], sizes.name_keys, GFP_KERNEL).map_err(alloc)?;
-        let mut words = KVec::from_elem(0u64, sizes.block_words, GFP_KERNEL).map_err(alloc)?;
+        let mut marks = KVVec::from_elem(0u8, sizes.inode_marks, GFP_KERNEL).map_err(alloc)?;
+        let mut seen = KVVec::from_elem(0u64, sizes.extent_seen, GFP_KERNEL).map_err(alloc)?;
+        let mut keys = KVVec::from_elem([0u64; 2], sizes.name_keys, GFP_KERNEL).map_err(alloc)?;
+        let mut words = KVVec::from_elem(0u64, sizes.block_words, GFP_KERNEL).map_err(alloc)?;
         // The scratch borrows `words`, which becomes the allocator's bitmap.
         let (inodes, used) = {
             let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?;
@@ -221,23 +236,48 @@ impl Inner {
     }
 }
 
+/// The region `region.c` reserved at boot.
+pub(crate) struct RegionInfo {
+    /// Physical base.
+    pub(crate) base: u64,
+    /// Bytes.
+    pub(crate) size: u64,
+    /// `Some(generation the previous kernel's locator names)` when the
+    /// region holds a filesystem handed over through KHO.
+    pub(crate) generation: Option<u64>,
+}
+
+impl Inner {
+    /// The generation to hand on: the superblock's while the metadata is
+    /// in use, else the one this kernel was handed.
+    fn current_generation(&self) -> u64 {
+        match (self.state, self.geo) {
+            (State::Ready, Some(_)) if !self.meta.is_null() => {
+                // SAFETY: `meta` maps at least the superblock while Ready;
+                // the caller holds the lock.
+                let sb = unsafe { core::slice::from_raw_parts(self.meta, self.meta_len) };
+                format::layout::superblock_generation(sb).unwrap_or(0)
+            }
+            _ => self.handed_generation,
+        }
+    }
+}
+
 impl Volume {
     /// Creates the volume for the boot-time region and installs it for
-    /// the C glue. `handed_over` says the region holds a filesystem from
-    /// the previous kernel.
-    /// `quarantined`: the region's location came from a damaged locator;
-    /// it is kept but not read or written unless a mount asks to
-    /// reformat it.
-    pub(crate) fn install(region: Option<(u64, u64, bool, bool)>) -> Result<Pin<KBox<Volume>>> {
+    /// the C glue: adopts (validates) a handed-over filesystem, or formats
+    /// a fresh region.
+    pub(crate) fn install(region: Option<RegionInfo>) -> Result<Pin<KBox<Volume>>> {
         let inner = Inner {
             state: State::NoRegion,
             frozen: false,
             meta: core::ptr::null_mut(),
             meta_len: 0,
             geo: None,
-            bitmap: KVec::new(),
+            bitmap: KVVec::new(),
+            handed_generation: 0,
         };
-        let (base, size) = region.map_or((0, 0), |r| (r.0, r.1));
+        let (base, size) = region.as_ref().map_or((0, 0), |r| (r.base, r.size));
         let vol = KBox::pin_init(
             pin_init!(Volume {
                 base,
@@ -246,37 +286,29 @@ impl Volume {
             }),
             GFP_KERNEL,
         )?;
-        if let Some((_, _, handed_over, quarantined)) = region {
+        if let Some(r) = region {
             let mut g = vol.inner.lock();
-            if quarantined {
-                pr_err!("region quarantined: its handed-over locator was damaged; mount refused, -o reformat claims it\n");
-                g.state = State::Refused(FmtError::Corrupt(format::Corruption::BadChecksum));
-            } else if handed_over {
-                if let Err(e) = g.adopt(size) {
-                    pr_err!(
-                        "refusing the filesystem handed over by the previous kernel: {}; the region stays reserved and untouched, mount with -o reformat to start over\n",
-                        format_args!("{e}")
-                    );
-                    g.state = State::Refused(e);
+            match r.generation {
+                Some(generation) => {
+                    g.handed_generation = generation;
+                    if let Err(e) = g.adopt(size, generation) {
+                        pr_err!(
+                            "refusing the filesystem handed over by the previous kernel: {}; the region stays reserved and untouched, mount with -o reformat to start over\n",
+                            format_args!("{e}")
+                        );
+                        g.state = State::Refused(e);
+                    }
                 }
-            } else {
-                g.format(size, 1)?;
+                None => g.format(size, 1)?,
             }
         }
         VOLUME.store(core::ptr::from_ref(&*vol).cast_mut(), Ordering::Release);
         Ok(vol)
     }
 
-    /// Base and size of the region, and the superblock generation.
+    /// Base and size of the region, and the generation to hand on.
     pub(crate) fn locator_fields(&self) -> (u64, u64, u64) {
-        let generation = self
-            .inner
-            .lock()
-            .meta()
-            .ok()
-            .and_then(|(m, _)| m.generation().ok())
-            .unwrap_or(0);
-        (self.base, self.size, generation)
+        (self.base, self.size, self.inner.lock().current_generation())
     }
 }
 
@@ -370,16 +402,6 @@ pub(crate) struct Dirent {
 }
 const _: () = assert!(core::mem::size_of::<Dirent>() == 280);
 
-/// `struct gmfs_map`.
-#[repr(C)]
-pub(crate) struct Map {
-    phys: u64,
-    file_block: u64,
-    phys_start: u64,
-    count: u64,
-}
-const _: () = assert!(core::mem::size_of::<Map>() == 32);
-
 /// `struct gmfs_setattr`.
 #[repr(C)]
 pub(crate) struct SetAttr {
@@ -419,12 +441,10 @@ pub(crate) extern "C" fn gmfs_rs_mount(reformat: bool) -> c_int {
             Err(ENODEV)
         }
         _ if reformat => {
-            let generation = g
-                .meta()
-                .ok()
-                .and_then(|(m, _)| m.generation().ok())
-                .unwrap_or(0)
-                .wrapping_add(1);
+            if g.frozen {
+                return EBUSY.to_errno();
+            }
+            let generation = g.current_generation().wrapping_add(1);
             pr_warn!("reformatting the region as asked by the reformat mount option\n");
             g.format(vol.size, generation)
         }
@@ -631,9 +651,28 @@ pub(crate) unsafe extern "C" fn gmfs_rs_setattr(ino: u64, attr: *const SetAttr) 
     }))
 }
 
+/// Sets a regular file's size. The rest of the block that holds the
+/// smaller of the old and new sizes is zeroed first ([`fault::tail_to_zero`]):
+/// shrinking to a size inside a block and growing again shows zeros, as
+/// POSIX wants. The caller has unmapped everything past the new EOF page.
 #[no_mangle]
 pub(crate) extern "C" fn gmfs_rs_set_size(ino: u64, size: u64, sec: i64, nsec: u32) -> c_int {
     ret(with_meta(|m, bm| {
+        let i = m.inode(ino).map_err(errno)?;
+        if !i.is_reg() {
+            return Err(EISDIR);
+        }
+        if let Some((start, end)) = fault::tail_to_zero(i.size, size) {
+            let block = start / BLOCK_SIZE;
+            if let Some(e) = m.map(ino, block).map_err(errno)? {
+                let offset =
+                    ((e.phys_block + (block - e.file_block)) << BLOCK_SHIFT) + start % BLOCK_SIZE;
+                // SAFETY: zeroes part of a block this file owns.
+                if unsafe { guestmemfs_zero(offset, end - start) } != 0 {
+                    return Err(ENOMEM);
+                }
+            }
+        }
         m.set_size(ino, size, Time { sec, nsec }, bm).map_err(errno)
     }))
 }
@@ -649,58 +688,129 @@ pub(crate) extern "C" fn gmfs_rs_fallocate(ino: u64, offset: u64, len: u64) -> c
     }))
 }
 
-/// Finds (allocating it if it is a hole inside the file) the extent that
-/// backs `file_block`. A hole is filled with a whole aligned 1 GiB unit
-/// when the file covers one, so the fault can map it with one PUD.
+/// `struct gmfs_fault` of gmfs_abi.h: what the fault handler installs.
+#[repr(C)]
+pub(crate) struct FaultOut {
+    addr: u64,
+    phys: u64,
+    action: u32,
+    pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FaultOut>() == 24);
+
+const FAULT_MAP: u32 = 0;
+const FAULT_FALLBACK: u32 = 1;
+const FAULT_SIGBUS: u32 = 2;
+
+/// Fills the hole at `file_block` if there is one: with the whole aligned
+/// 1 GiB unit around it when the file covers the unit and all of it is a
+/// hole (so it can be mapped with one PUD), else with the block alone
+/// unless `unit_only`. `Err` only for metadata errors; running out of
+/// space leaves the hole.
+fn fill_hole(
+    m: &mut Meta<&mut [u8]>,
+    bm: &mut BlockBitmap<'_>,
+    i: &InodeData,
+    file_block: u64,
+    unit_only: bool,
+) -> core::result::Result<(), FmtError> {
+    if m.map(i.ino, file_block)?.is_some() {
+        return Ok(());
+    }
+    let unit = file_block & !(HUGE_BLOCKS - 1);
+    let covers_unit = (unit + HUGE_BLOCKS)
+        .checked_mul(BLOCK_SIZE)
+        .is_some_and(|end| end <= i.size);
+    let mut unit_is_hole = covers_unit;
+    if covers_unit {
+        for e in m.extents(i.ino)? {
+            let e = e?;
+            if e.file_block < unit + HUGE_BLOCKS && unit < e.file_block + e.count {
+                unit_is_hole = false;
+                break;
+            }
+        }
+    }
+    if unit_is_hole && m.allocate_with(i.ino, unit, HUGE_BLOCKS, bm, zero_blocks).is_ok() {
+        return Ok(());
+    }
+    if unit_only {
+        return Ok(());
+    }
+    match m.allocate_with(i.ino, file_block, 1, bm, zero_blocks) {
+        Ok(()) | Err(FmtError::NoSpace | FmtError::NoExtents) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Decides a fault at `addr` of a VMA `[vm_start, vm_end)` that maps file
+/// offset `vm_offset` at `vm_start`, for an entry of `entry` (0 PTE,
+/// 1 PMD, 2 PUD); fills a hole inside the file first. The decision is
+/// [`fault::target`] and [`fault::resolve`]; this only looks up and
+/// allocates. Holes that cannot be filled (no space) and a frozen or
+/// refused filesystem give SIGBUS, never a retry.
 ///
 /// # Safety
 /// `out` must be valid for writes.
 #[no_mangle]
-pub(crate) unsafe extern "C" fn gmfs_rs_fault(ino: u64, file_block: u64, out: *mut Map) -> c_int {
-    let base = match volume() {
-        Ok(vol) => vol.base,
-        Err(e) => return e.to_errno(),
+pub(crate) unsafe extern "C" fn gmfs_rs_fault(
+    ino: u64,
+    vm_start: u64,
+    vm_end: u64,
+    vm_offset: u64,
+    addr: u64,
+    entry: u32,
+    out: *mut FaultOut,
+) -> c_int {
+    let entry = match entry {
+        0 => Entry::Pte,
+        1 => Entry::Pmd,
+        2 => Entry::Pud,
+        _ => return EINVAL.to_errno(),
     };
-    ret(with_meta(|m, bm| {
-        let i = m.inode(ino).map_err(errno)?;
-        if i.mode & S_IFMT == S_IFDIR || file_block >= i.size.div_ceil(BLOCK_SIZE) {
-            return Err(EFAULT);
-        }
-        if m.map(ino, file_block).map_err(errno)?.is_none() {
-            let unit = file_block & !(HUGE_BLOCKS - 1);
-            let whole_unit_in_file = unit + HUGE_BLOCKS <= i.size / BLOCK_SIZE;
-            let unit_is_hole = whole_unit_in_file && {
-                let mut hole = true;
-                m.for_each_extent(ino, |e| {
-                    if e.file_block < unit + HUGE_BLOCKS && unit < e.file_block + e.count {
-                        hole = false;
-                    }
-                    Ok(())
-                })
-                .map_err(errno)?;
-                hole
-            };
-            let res = if unit_is_hole {
-                m.allocate_with(ino, unit, HUGE_BLOCKS, bm, zero_blocks)
-            } else {
-                Err(FmtError::NoSpace)
-            };
-            if res.is_err() {
-                m.allocate_with(ino, file_block, 1, bm, zero_blocks)
-                    .map_err(errno)?;
+    let vma = Vma {
+        start: vm_start,
+        end: vm_end,
+        file_offset: vm_offset,
+    };
+    let plan = volume().and_then(|vol| {
+        with_meta(|m, bm| {
+            let i = m.inode(ino).map_err(errno)?;
+            if !i.is_reg() {
+                return Ok(Plan::SigBus);
             }
-        }
-        let e = m.map(ino, file_block).map_err(errno)?.ok_or(EIO)?;
-        let map = Map {
-            phys: base + ((e.phys_block + (file_block - e.file_block)) << BLOCK_SHIFT),
-            file_block: e.file_block,
-            phys_start: base + (e.phys_block << BLOCK_SHIFT),
-            count: e.count,
-        };
-        // SAFETY: the caller passes a valid pointer.
-        unsafe { out.write(map) };
-        Ok(())
-    }))
+            let t = match fault::target(&vma, addr, entry, i.size) {
+                Ok(t) => t,
+                Err(plan) => return Ok(plan),
+            };
+            fill_hole(m, bm, &i, t.file_block(), entry == Entry::Pud).map_err(errno)?;
+            let e = m.map(ino, t.file_block()).map_err(errno)?;
+            Ok(fault::resolve(&t, e.as_ref(), vol.base))
+        })
+    });
+    let out_val = match plan {
+        Ok(Plan::Map { addr, phys, .. }) => FaultOut {
+            addr,
+            phys,
+            action: FAULT_MAP,
+            pad: 0,
+        },
+        Ok(Plan::Fallback) => FaultOut {
+            addr: 0,
+            phys: 0,
+            action: FAULT_FALLBACK,
+            pad: 0,
+        },
+        Ok(Plan::SigBus) | Err(_) => FaultOut {
+            addr: 0,
+            phys: 0,
+            action: FAULT_SIGBUS,
+            pad: 0,
+        },
+    };
+    // SAFETY: the caller passes a valid pointer.
+    unsafe { out.write(out_val) };
+    0
 }
 
 /// Freezes the metadata for a kexec: waits for the operation in flight,
@@ -712,7 +822,9 @@ pub(crate) extern "C" fn gmfs_rs_freeze() {
         let mut g = vol.inner.lock();
         if !g.frozen {
             g.frozen = true;
-            pr_info!("metadata frozen for kexec\n");
+            let generation = g.current_generation();
+            crate::republish_locator(vol.base, vol.size, generation);
+            pr_info!("metadata frozen for kexec at generation {}\n", generation);
         }
     }
 }

@@ -8,15 +8,15 @@
  * struct guestmemfs_region - the physical memory behind guestmemfs
  * @base: physical base address
  * @size: size in bytes
+ * @generation: superblock generation the previous kernel's locator names
+ *	(0 unless @handed_over); the metadata must carry the same one
  * @handed_over: the region came from the previous kernel through KHO
- * @quarantined: the handed-over locator was damaged: the region is kept
- *	reserved but never used unless a mount asks to reformat it
  */
 struct guestmemfs_region {
 	u64 base;
 	u64 size;
+	u64 generation;
 	bool handed_over;
-	bool quarantined;
 };
 
 #ifdef CONFIG_GUESTMEMFS

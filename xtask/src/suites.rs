@@ -25,6 +25,8 @@ pub struct Suite {
     pub add: &'static [&'static str],
     /// Kernel parameters removed from BASE_CMDLINE.
     pub remove: &'static [&'static str],
+    /// Guest memory (QEMU size syntax); `None`: the VM default (4G).
+    pub memory: Option<&'static str>,
     pub expect: Expect,
 }
 
@@ -35,6 +37,7 @@ pub const SUITES: &[Suite] = &[
         tests: &["iommu_present", "guestmemfs_registered", "luo_memfd_kexec"],
         add: &[],
         remove: &[],
+        memory: None,
         expect: Expect::Pass,
     },
     Suite {
@@ -44,6 +47,7 @@ pub const SUITES: &[Suite] = &[
         // The *_hugepage and *_huge fixtures map MAP_HUGETLB buffers.
         add: &["hugepages=256"],
         remove: &[],
+        memory: None,
         expect: Expect::Pass,
     },
     Suite {
@@ -57,6 +61,7 @@ pub const SUITES: &[Suite] = &[
         ],
         add: &["guestmemfs=2G"],
         remove: &[],
+        memory: None,
         expect: Expect::Pass,
     },
     Suite {
@@ -73,6 +78,7 @@ pub const SUITES: &[Suite] = &[
         ],
         add: &["guestmemfs=2G"],
         remove: &[],
+        memory: None,
         expect: Expect::Pass,
     },
     Suite {
@@ -81,6 +87,7 @@ pub const SUITES: &[Suite] = &[
         tests: &["guestmemfs_corrupt_magic"],
         add: &["guestmemfs=2G"],
         remove: &[],
+        memory: None,
         expect: Expect::Pass,
     },
     Suite {
@@ -89,6 +96,7 @@ pub const SUITES: &[Suite] = &[
         tests: &["guestmemfs_corrupt_cycle"],
         add: &["guestmemfs=2G"],
         remove: &[],
+        memory: None,
         expect: Expect::Pass,
     },
     Suite {
@@ -97,14 +105,56 @@ pub const SUITES: &[Suite] = &[
         tests: &["guestmemfs_corrupt_overlap"],
         add: &["guestmemfs=2G"],
         remove: &[],
+        memory: None,
         expect: Expect::Pass,
     },
     Suite {
         name: "guestmemfs_corrupt_locator",
-        about: "damaged KHO locator: region quarantined, data untouched",
+        about: "damaged KHO locator checksum: nothing reserved, mount ENODEV",
         tests: &["guestmemfs_corrupt_locator"],
         add: &["guestmemfs=2G"],
         remove: &[],
+        memory: None,
+        expect: Expect::Pass,
+    },
+    Suite {
+        name: "guestmemfs_locator_generation",
+        about: "locator and superblock generations disagree: region kept, mount refused",
+        tests: &["guestmemfs_locator_generation"],
+        add: &["guestmemfs=2G"],
+        remove: &[],
+        memory: None,
+        expect: Expect::Pass,
+    },
+    Suite {
+        name: "guestmemfs_hardening",
+        about: "guestmemfs=4G in 8G: huge mappings at any offset/first touch, EOF, full-fs SIGBUS, races, GUP",
+        // The mapping tests need two whole free GiBs, so they run first,
+        // and filling the region last; every test cleans up after itself.
+        tests: &[
+            "guestmemfs_map_any_offset",
+            "guestmemfs_fault_order",
+            "guestmemfs_size_tail",
+            "guestmemfs_gup_efault",
+            "guestmemfs_attr_race",
+            "guestmemfs_rename_race",
+            "guestmemfs_truncate_fault_race",
+            "guestmemfs_full_fault_sigbus",
+        ],
+        // 8G: q35 puts 2G below 4 GiB and the rest above, so a 4G region
+        // needs 6G above 4 GiB.
+        add: &["guestmemfs=4G"],
+        remove: &[],
+        memory: Some("8G"),
+        expect: Expect::Pass,
+    },
+    Suite {
+        name: "guestmemfs_large",
+        about: "guestmemfs=512G in 520G of lazily backed RAM: kept across kexec",
+        tests: &["guestmemfs_large_region_kexec"],
+        add: &["guestmemfs=512G"],
+        remove: &[],
+        memory: Some("520G"),
         expect: Expect::Pass,
     },
     Suite {
@@ -113,6 +163,7 @@ pub const SUITES: &[Suite] = &[
         tests: &["iommu_present"],
         add: &[],
         remove: &["intel_iommu=on"],
+        memory: None,
         expect: Expect::Fail,
     },
     Suite {
@@ -121,6 +172,7 @@ pub const SUITES: &[Suite] = &[
         tests: &["luo_memfd_kexec"],
         add: &["gtest.kexec_extra=liveupdate=off"],
         remove: &[],
+        memory: None,
         expect: Expect::Fail,
     },
     Suite {
@@ -129,6 +181,7 @@ pub const SUITES: &[Suite] = &[
         tests: &["harness_hang"],
         add: &[],
         remove: &[],
+        memory: None,
         expect: Expect::Timeout,
     },
 ];
@@ -148,6 +201,7 @@ pub const DEMO: Suite = Suite {
     ],
     add: &["guestmemfs=2G"],
     remove: &[],
+    memory: None,
     expect: Expect::Pass,
 };
 
@@ -170,6 +224,7 @@ fn memmap_pages(
         tests: &["memmap_report"],
         add,
         remove: &[],
+        memory: None,
         expect: Expect::Pass,
     };
     let mut tally = Tally::default();
@@ -212,14 +267,20 @@ pub fn memmap_cost(p: &Paths, echo: Echo, tally: &mut Tally) -> Result<()> {
     Ok(())
 }
 
-/// A suite made of one guest test, for `cargo xtask test <guest test>`.
+/// A suite made of one guest test, for `cargo xtask test <guest test>`,
+/// with the kernel parameters and memory of the first passing suite that
+/// lists it (a guestmemfs test needs its region).
 pub fn single(name: &'static str) -> Suite {
+    let home = SUITES
+        .iter()
+        .find(|s| s.expect == Expect::Pass && s.tests.contains(&name));
     Suite {
         name,
         about: "single guest test",
         tests: std::slice::from_ref(&CATALOG.iter().find(|t| t.name == name).unwrap().name),
-        add: &[],
-        remove: &[],
+        add: home.map(|s| s.add).unwrap_or(&[]),
+        remove: home.map(|s| s.remove).unwrap_or(&[]),
+        memory: home.and_then(|s| s.memory),
         expect: Expect::Pass,
     }
 }
@@ -269,6 +330,7 @@ fn run_suite_vm(p: &Paths, suite: &Suite, echo: Echo) -> Result<vm::VmOutcome> {
             .collect(),
         cmdline,
         echo,
+        memory: suite.memory,
     };
     if echo != Echo::Human {
         println!("xtask: VM {}: {}", suite.name, suite.about);
@@ -370,5 +432,18 @@ mod tests {
                 assert!(BASE_CMDLINE.contains(r), "{r}");
             }
         }
+    }
+
+    #[test]
+    fn single_test_borrows_its_suite_setup() {
+        let t = single("guestmemfs_large_region_kexec");
+        assert_eq!(t.add, ["guestmemfs=512G"]);
+        assert_eq!(t.memory, Some("520G"));
+        assert_eq!(t.expect, Expect::Pass);
+        // Only listed by a suite that must fail: run as is.
+        let t = single("harness_hang");
+        assert!(t.add.is_empty() && t.memory.is_none());
+        // In no suite at all.
+        assert!(single("memmap_report").add.is_empty());
     }
 }

@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 const BOOT_BUDGET: Duration = Duration::from_secs(120);
 /// Time allowed after `# gtest: done` for the power-off.
 const POWEROFF_BUDGET: Duration = Duration::from_secs(30);
-/// Guest memory. Later tests carve guestmemfs regions out of it.
-const MEMORY: &str = "4G";
+/// Guest memory of a suite that does not set its own; guestmemfs regions
+/// are carved out of it.
+const DEFAULT_MEMORY: &str = "4G";
 
 /// Kernel parameters every test boot gets.
 pub const BASE_CMDLINE: &[&str] = &[
@@ -48,6 +49,8 @@ pub struct VmRun {
     pub tests: Vec<(String, u64)>,
     pub cmdline: Vec<String>,
     pub echo: Echo,
+    /// Guest memory in QEMU's size syntax; `None`: [`DEFAULT_MEMORY`].
+    pub memory: Option<&'static str>,
 }
 
 pub struct VmOutcome {
@@ -97,6 +100,23 @@ impl NetBackend {
     }
 }
 
+/// QEMU's memory options. An explicit size gets a RAM backend with
+/// `reserve=off` (MAP_NORESERVE): the host only pays for the memory the
+/// guest touches, so a 520G guest boots on a 24 GiB host.
+fn memory_args(memory: Option<&str>) -> Vec<String> {
+    match memory {
+        None => vec!["-m".into(), DEFAULT_MEMORY.into()],
+        Some(size) => vec![
+            "-object".into(),
+            format!("memory-backend-ram,id=m0,size={size},reserve=off"),
+            "-machine".into(),
+            "memory-backend=m0".into(),
+            "-m".into(),
+            size.into(),
+        ],
+    }
+}
+
 fn qemu_command(p: &Paths, run: &VmRun, net: &NetBackend) -> Result<Command> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
@@ -109,7 +129,7 @@ fn qemu_command(p: &Paths, run: &VmRun, net: &NetBackend) -> Result<Command> {
         "-smp",
         "2",
     ])
-    .args(["-m", MEMORY])
+    .args(memory_args(run.memory))
     .args([
         "-nodefaults",
         "-display",
@@ -274,4 +294,25 @@ pub fn tail(path: &PathBuf, n: usize) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_options() {
+        assert_eq!(memory_args(None), ["-m", DEFAULT_MEMORY]);
+        assert_eq!(
+            memory_args(Some("520G")),
+            [
+                "-object",
+                "memory-backend-ram,id=m0,size=520G,reserve=off",
+                "-machine",
+                "memory-backend=m0",
+                "-m",
+                "520G"
+            ]
+        );
+    }
 }

@@ -22,10 +22,18 @@
  *   60      crc32c      u32   over bytes 0..59
  *
  * All integers are little endian. A change of layout or meaning requires
- * a new version; a kernel refuses any version it does not know. The
+ * a new version; a kernel refuses any version it does not know. A
+ * locator is refused as a whole (no memory is taken on its word) unless
+ * the subtree is exactly 64 bytes, magic, version, length and checksum
+ * match, flags and reserved bytes are zero and the region is aligned;
+ * the superblock in the region must then carry the same generation, or
+ * the filesystem is refused (region kept, mount fails until reformat).
+ * The outgoing kernel rewrites the generation when it freezes the
+ * metadata at kexec. The
  * encoder and validator are fs/guestmemfs/format/src/shared/locator.rs.
  */
 
 #define GUESTMEMFS_KHO_NODE	"guestmemfs"
+#define GUESTMEMFS_LOCATOR_SIZE	64
 
 #endif /* _LINUX_KHO_ABI_GUESTMEMFS_H */

@@ -4,9 +4,10 @@
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 fn cstr(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in string"))
@@ -70,6 +71,173 @@ pub fn memfd_create(name: &str) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd as i32) })
 }
 
+/// mmap(2); returns the mapping's address.
+///
+/// # Safety
+///
+/// With `MAP_FIXED`, `addr..addr + len` must be address space the caller
+/// owns (e.g. its own `PROT_NONE` reservation): whatever is there is
+/// replaced.
+pub unsafe fn mmap(
+    addr: usize,
+    len: usize,
+    prot: i32,
+    flags: i32,
+    fd: RawFd,
+    offset: u64,
+) -> io::Result<*mut u8> {
+    // SAFETY: the caller owns the range for MAP_FIXED; otherwise `addr` is
+    // only a hint.
+    let ptr = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            len,
+            prot,
+            flags,
+            fd,
+            offset as libc::off_t,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ptr.cast())
+    }
+}
+
+/// munmap(2).
+///
+/// # Safety
+///
+/// Nothing may use the range afterwards.
+pub unsafe fn munmap(addr: *mut u8, len: usize) -> io::Result<()> {
+    // SAFETY: per the caller's contract.
+    check(unsafe { libc::munmap(addr.cast(), len) } as libc::c_long).map(|_| ())
+}
+
+/// mremap(2) with `MREMAP_MAYMOVE | MREMAP_FIXED`: moves the `len` bytes
+/// mapped at `old` to exactly `new`; returns the new address.
+///
+/// # Safety
+///
+/// As [`munmap`] for the old range and as a `MAP_FIXED` [`mmap`] for the
+/// new one.
+pub unsafe fn mremap_fixed(old: *mut u8, len: usize, new: usize) -> io::Result<*mut u8> {
+    // SAFETY: per the caller's contract.
+    let ptr = unsafe {
+        libc::mremap(
+            old.cast(),
+            len,
+            len,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            new as *mut libc::c_void,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ptr.cast())
+    }
+}
+
+/// process_vm_readv(2) (`write` false) or process_vm_writev(2) (`write`
+/// true) between our `local` buffers and the `remote` ranges of `pid`;
+/// returns the bytes copied.
+///
+/// # Safety
+///
+/// The `local` ranges must be valid for writes (readv) or reads (writev).
+pub unsafe fn process_vm_rw(
+    write: bool,
+    pid: libc::pid_t,
+    local: &[libc::iovec],
+    remote: &[libc::iovec],
+) -> io::Result<usize> {
+    let nr = if write {
+        libc::SYS_process_vm_writev
+    } else {
+        libc::SYS_process_vm_readv
+    };
+    // SAFETY: the iovec arrays are valid for their lengths; the local
+    // ranges per the caller's contract. The remote ranges are checked by
+    // the kernel.
+    check(unsafe {
+        libc::syscall(
+            nr,
+            pid,
+            local.as_ptr(),
+            local.len() as libc::c_ulong,
+            remote.as_ptr(),
+            remote.len() as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })
+    .map(|n| n as usize)
+}
+
+/// How a child process of [`in_child`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildEnd {
+    Exited(i32),
+    Signaled(i32),
+    /// Still running at the time limit: killed with SIGKILL.
+    Killed,
+}
+
+/// Runs `f` in a forked child, which exits with the code `f` returns
+/// (101 if it panics) without running destructors. Waits at most
+/// `limit`, then kills the child.
+///
+/// # Safety
+///
+/// The child is a copy of the calling thread only: when the process has
+/// other threads, `f` must not allocate or take locks they may have held
+/// at the fork. Touching memory and making system calls are fine.
+pub unsafe fn in_child(limit: Duration, f: impl FnOnce() -> i32) -> io::Result<ChildEnd> {
+    // SAFETY: per the caller's contract; the child never returns here.
+    let pid = check(unsafe { libc::fork() } as libc::c_long)? as libc::pid_t;
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(101);
+        // SAFETY: leave without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_micros(50);
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if rc == pid {
+            break;
+        }
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if Instant::now() >= deadline {
+            // SAFETY: killing and reaping our own child.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+            return Ok(ChildEnd::Killed);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(10));
+    }
+    Ok(if libc::WIFSIGNALED(status) {
+        ChildEnd::Signaled(libc::WTERMSIG(status))
+    } else {
+        ChildEnd::Exited(libc::WEXITSTATUS(status))
+    })
+}
+
+/// Drops the kernel's clean caches (`/proc/sys/vm/drop_caches`): 2 frees
+/// unused dentries and inodes, so the next lookup reads them again from
+/// the filesystem.
+pub fn drop_caches(what: u32) -> io::Result<()> {
+    fs::write("/proc/sys/vm/drop_caches", what.to_string())
+}
+
 /// Records of the kernel log buffer (`/dev/kmsg`), text only.
 pub fn kernel_log() -> io::Result<Vec<String>> {
     let mut file = fs::OpenOptions::new()
@@ -94,6 +262,15 @@ pub fn kernel_log() -> io::Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// Kernel log lines that mean trouble: warnings, BUGs, oopses.
+pub fn kernel_trouble() -> io::Result<Vec<String>> {
+    const MARKS: &[&str] = &["WARNING:", "BUG:", "Oops", "cut here", "Call Trace"];
+    Ok(kernel_log()?
+        .into_iter()
+        .filter(|l| MARKS.iter().any(|m| l.contains(m)))
+        .collect())
 }
 
 /// A PCI function found in sysfs.

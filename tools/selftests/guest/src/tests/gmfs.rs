@@ -11,11 +11,11 @@ use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
-const MNT: &str = "/mnt/gmfs";
-const MIB: u64 = 1 << 20;
-const GIB: u64 = 1 << 30;
+pub(super) const MNT: &str = "/mnt/gmfs";
+pub(super) const MIB: u64 = 1 << 20;
+pub(super) const GIB: u64 = 1 << 30;
 
-fn mount() -> Result<(), String> {
+pub(super) fn mount() -> Result<(), String> {
     fs::create_dir_all(MNT).map_err(|e| e.to_string())?;
     match sys::mount("guestmemfs", MNT, "guestmemfs", 0, "") {
         Ok(()) => Ok(()),
@@ -24,7 +24,7 @@ fn mount() -> Result<(), String> {
     }
 }
 
-fn p(rel: &str) -> String {
+pub(super) fn p(rel: &str) -> String {
     format!("{MNT}/{rel}")
 }
 
@@ -39,15 +39,15 @@ fn expect_errno<T>(what: &str, r: io::Result<T>, want: i32) -> Result<(), String
     }
 }
 
-struct StatFs {
-    blocks: u64,
-    bfree: u64,
-    files: u64,
-    ffree: u64,
-    bsize: u64,
+pub(super) struct StatFs {
+    pub(super) blocks: u64,
+    pub(super) bfree: u64,
+    pub(super) files: u64,
+    pub(super) ffree: u64,
+    pub(super) bsize: u64,
 }
 
-fn statfs(path: &str) -> Result<StatFs, String> {
+pub(super) fn statfs(path: &str) -> Result<StatFs, String> {
     let c = CString::new(path).unwrap();
     // SAFETY: zeroed is a valid statfs; the call fills it.
     let mut s: libc::statfs = unsafe { std::mem::zeroed() };
@@ -65,13 +65,13 @@ fn statfs(path: &str) -> Result<StatFs, String> {
 }
 
 /// A shared mapping of a whole file range.
-struct Mapping {
-    ptr: *mut u8,
-    len: usize,
+pub(super) struct Mapping {
+    pub(super) ptr: *mut u8,
+    pub(super) len: usize,
 }
 
 impl Mapping {
-    fn new(file: &File, len: u64, offset: u64, flags: i32) -> io::Result<Mapping> {
+    pub(super) fn new(file: &File, len: u64, offset: u64, flags: i32) -> io::Result<Mapping> {
         // SAFETY: a fresh mapping chosen by the kernel.
         let ptr = unsafe {
             libc::mmap(
@@ -92,7 +92,7 @@ impl Mapping {
         })
     }
 
-    fn bytes(&mut self) -> &mut [u8] {
+    pub(super) fn bytes(&mut self) -> &mut [u8] {
         // SAFETY: the mapping is `len` bytes, readable and writable.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
     }
@@ -105,7 +105,7 @@ impl Drop for Mapping {
     }
 }
 
-fn minor_faults() -> u64 {
+pub(super) fn minor_faults() -> u64 {
     // SAFETY: zeroed rusage is valid; getrusage fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: valid out pointer.
@@ -129,7 +129,7 @@ fn touch_every_page(m: &mut Mapping) -> u64 {
 
 /// Touches byte `offset` of the mapping in a child process; true if the
 /// child died of SIGBUS.
-fn sigbus_on_touch(m: &mut Mapping, offset: usize) -> bool {
+pub(super) fn sigbus_on_touch(m: &mut Mapping, offset: usize) -> bool {
     // SAFETY: fork in a single-threaded process; the child only touches
     // memory and exits.
     let pid = unsafe { libc::fork() };
@@ -144,7 +144,7 @@ fn sigbus_on_touch(m: &mut Mapping, offset: usize) -> bool {
     libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGBUS
 }
 
-fn create_sized(path: &str, size: u64) -> Result<File, String> {
+pub(super) fn create_sized(path: &str, size: u64) -> Result<File, String> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -326,7 +326,7 @@ pub fn operations(_ctx: &mut Ctx) -> TestResult {
     Ok(Outcome::Pass)
 }
 
-fn fallocate(f: &File, offset: u64, len: u64) -> Result<(), String> {
+pub(super) fn fallocate(f: &File, offset: u64, len: u64) -> Result<(), String> {
     // SAFETY: plain system call on our fd.
     let rc = unsafe { libc::fallocate(f.as_raw_fd(), 0, offset as i64, len as i64) };
     if rc != 0 {
@@ -484,10 +484,28 @@ fn data_crc() -> Result<String, String> {
         .map_err(|e| format!("data_crc hook (CONFIG_GUESTMEMFS_TEST): {e}"))
 }
 
-/// A damaged handover is refused with a logged reason, the region stays
-/// reserved and its data blocks untouched; `-o reformat` then starts an
-/// empty filesystem whose new blocks read as zeros.
-fn corruption(ctx: &mut Ctx, kind: &str, log_needle: &str) -> TestResult {
+/// What the kernel after the kexec must do with a damaged handover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// The metadata is refused: the region stays reserved at the same
+    /// address with its data blocks untouched, and the mount fails with
+    /// `EUCLEAN` until `-o reformat`.
+    Kept,
+    /// The locator itself is not trusted (its base and size may be
+    /// garbage): nothing is reserved and the mount fails with `ENODEV`.
+    Dropped,
+}
+
+/// Stage 1 damages the handover with the test hook's `kind`; stage 2
+/// finds every one of `log_needles` in the kernel log and checks the
+/// `verdict`. For `Kept`, `-o reformat` then starts an empty filesystem
+/// whose new blocks read as zeros.
+pub(super) fn corruption(
+    ctx: &mut Ctx,
+    kind: &str,
+    verdict: Verdict,
+    log_needles: &[&str],
+) -> TestResult {
     const SIZE: u64 = 4 * MIB;
     let seed = seed(kind);
     if ctx.stage == 1 {
@@ -503,31 +521,66 @@ fn corruption(ctx: &mut Ctx, kind: &str, log_needle: &str) -> TestResult {
         let _ = create_sized(&p("gap"), 0).and_then(|h| fallocate(&h, 0, 2 * MIB));
         fallocate(&g, 2 * MIB, 2 * MIB)?;
         let crc = data_crc()?;
+        let r = super::region::region()?;
         fs::write("/sys/kernel/debug/guestmemfs/corrupt", kind)
             .map_err(|e| format!("test hook (CONFIG_GUESTMEMFS_TEST): {e}"))?;
         diag(&format!(
-            "stage 1: wrote {SIZE} bytes (data crc {crc}), then damaged the metadata ({kind})"
+            "stage 1: wrote {SIZE} bytes (data crc {crc}) in region {:#x}-{:#x}, then damaged the handover ({kind})",
+            r.start, r.end
         ));
-        ctx.note_out = Some(crc);
+        // One command-line token: crc@region.
+        ctx.note_out = Some(format!("{crc}@{:#x}-{:#x}", r.start, r.end));
         return Ok(Outcome::Kexec);
     }
+    let note = ctx.note_in.clone().ok_or("no note from stage 1")?;
+    let (want_crc, want_region) = note
+        .split_once('@')
+        .ok_or_else(|| format!("malformed note from stage 1: {note:?}"))?;
     let log = sys::kernel_log().map_err(|e| e.to_string())?;
-    let refusal = log
-        .iter()
-        .find(|l| l.contains(log_needle))
-        .ok_or_else(|| format!("no \"{log_needle}\" line in the kernel log"))?;
-    diag(&format!("kernel log: {refusal}"));
-    super::region::region().map_err(|e| format!("region not reserved after refusal: {e}"))?;
+    for needle in log_needles {
+        let line = log
+            .iter()
+            .find(|l| l.contains(needle))
+            .ok_or_else(|| format!("no \"{needle}\" line in the kernel log"))?;
+        diag(&format!("kernel log: {line}"));
+    }
+    fs::create_dir_all(MNT).map_err(|e| e.to_string())?;
+    let mounted = sys::mount("guestmemfs", MNT, "guestmemfs", 0, "");
+    if verdict == Verdict::Dropped {
+        if let Ok(r) = super::region::region() {
+            return Err(format!(
+                "region {:#x}-{:#x} reserved although its locator was refused (was {want_region})",
+                r.start, r.end
+            ));
+        }
+        return match mounted {
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => {
+                diag(&format!(
+                    "nothing reserved where the refused locator pointed (was {want_region}); mount: ENODEV"
+                ));
+                Ok(Outcome::Pass)
+            }
+            other => Err(format!(
+                "mount after a refused locator: {other:?}, expected ENODEV"
+            )),
+        };
+    }
+    let r =
+        super::region::region().map_err(|e| format!("region not reserved after refusal: {e}"))?;
+    let got_region = format!("{:#x}-{:#x}", r.start, r.end);
+    if got_region != want_region {
+        return Err(format!(
+            "region moved over the kexec: was {want_region}, now {got_region}"
+        ));
+    }
     let crc = data_crc()?;
-    let want = ctx.note_in.clone().ok_or("no crc from stage 1")?;
-    if crc != want {
-        return Err(format!("data blocks changed: crc {crc}, was {want}"));
+    if crc != want_crc {
+        return Err(format!("data blocks changed: crc {crc}, was {want_crc}"));
     }
     diag(&format!(
-        "data blocks untouched: crc {crc} as before the kexec"
+        "region {got_region} kept, data blocks untouched: crc {crc} as before the kexec"
     ));
-    fs::create_dir_all(MNT).map_err(|e| e.to_string())?;
-    match sys::mount("guestmemfs", MNT, "guestmemfs", 0, "") {
+    match mounted {
         Err(e) if e.raw_os_error() == Some(libc::EUCLEAN) => {}
         other => {
             return Err(format!(
@@ -551,23 +604,41 @@ const REFUSED: &str =
     "refusing the filesystem handed over by the previous kernel: corrupt metadata: ";
 
 pub fn corrupt_magic(ctx: &mut Ctx) -> TestResult {
-    corruption(ctx, "magic", &format!("{REFUSED}bad superblock magic"))
+    corruption(
+        ctx,
+        "magic",
+        Verdict::Kept,
+        &[&format!("{REFUSED}bad superblock magic")],
+    )
 }
 
 pub fn corrupt_cycle(ctx: &mut Ctx) -> TestResult {
     corruption(
         ctx,
         "cycle",
-        &format!("{REFUSED}extent list of inode 2 loops"),
+        Verdict::Kept,
+        &[&format!("{REFUSED}extent list of inode 2 loops")],
     )
 }
 
 pub fn corrupt_overlap(ctx: &mut Ctx) -> TestResult {
-    corruption(ctx, "overlap", &format!("{REFUSED}block 1 is used twice"))
+    corruption(
+        ctx,
+        "overlap",
+        Verdict::Kept,
+        &[&format!("{REFUSED}block 1 is used twice")],
+    )
 }
 
+/// A locator whose checksum fails is not trusted for anything, not even
+/// its base and size: nothing is reserved and the mount fails with ENODEV.
 pub fn corrupt_locator(ctx: &mut Ctx) -> TestResult {
-    corruption(ctx, "locator", "locator checksum mismatch: region [mem")
+    corruption(
+        ctx,
+        "locator",
+        Verdict::Dropped,
+        &["handed-over locator refused", "checksum mismatch"],
+    )
 }
 
 /// Runs `f` in a child process with the given uid and gid; returns its

@@ -10,6 +10,7 @@ use std::os::fd::OwnedFd;
 
 mod demo;
 mod gmfs;
+mod gmfs_hardening;
 mod harness;
 mod kselftest;
 mod luo;
@@ -165,9 +166,74 @@ pub const CATALOG: &[Test] = &[
     },
     Test {
         name: "guestmemfs_corrupt_locator",
-        summary: "damaged KHO locator checksum: region quarantined, mount refused, data untouched",
+        summary: "damaged KHO locator checksum: nothing reserved, mount ENODEV",
         timeout_s: 200,
         run: gmfs::corrupt_locator,
+    },
+    Test {
+        name: "guestmemfs_locator_generation",
+        summary: "locator generation != superblock's: region kept, mount EUCLEAN, reformat works",
+        timeout_s: 200,
+        run: gmfs_hardening::locator_generation,
+    },
+    // Zeroing and touching GiBs under TCG: a 2 GiB stamp pass, 5 checked
+    // placements and 3 mremap checks of about 1 GiB each (two with 4 KiB
+    // faults only).
+    Test {
+        name: "guestmemfs_map_any_offset",
+        summary: "every page right through mappings at any file offset/alignment and mremap",
+        timeout_s: 900,
+        run: gmfs_hardening::map_any_offset,
+    },
+    Test {
+        name: "guestmemfs_fault_order",
+        summary:
+            "random first touch: <= 1 fault per GiB (1 GiB-aligned), per 2 MiB (2 MiB-aligned)",
+        timeout_s: 600,
+        run: gmfs_hardening::fault_order,
+    },
+    Test {
+        name: "guestmemfs_size_tail",
+        summary: "any size: EOF page readable, zeros past EOF, SIGBUS beyond, zeros after regrow",
+        timeout_s: 180,
+        run: gmfs_hardening::size_tail,
+    },
+    Test {
+        name: "guestmemfs_full_fault_sigbus",
+        summary: "a fault needing a block on a full filesystem gets SIGBUS, not endless refaults",
+        timeout_s: 300,
+        run: gmfs_hardening::full_fault_sigbus,
+    },
+    Test {
+        name: "guestmemfs_attr_race",
+        summary: "chmod/chown racing stat: every change sticks, also after inode cache drops",
+        timeout_s: 180,
+        run: gmfs_hardening::attr_race,
+    },
+    Test {
+        name: "guestmemfs_truncate_fault_race",
+        summary: "ftruncate racing faults: exit or SIGBUS only, no kernel warnings, no leaks",
+        timeout_s: 180,
+        run: gmfs_hardening::truncate_fault_race,
+    },
+    Test {
+        name: "guestmemfs_rename_race",
+        summary: "rename racing lookup/readdir: ENOENT only, one name, same inode and data",
+        timeout_s: 180,
+        run: gmfs_hardening::rename_race,
+    },
+    Test {
+        name: "guestmemfs_gup_efault",
+        summary:
+            "process_vm_readv/writev of guestmemfs: EFAULT remote, works local; pipe I/O works",
+        timeout_s: 60,
+        run: gmfs_hardening::gup_efault,
+    },
+    Test {
+        name: "guestmemfs_large_region_kexec",
+        summary: "512 GiB region with sparse files kept across kexec: statfs and data identical",
+        timeout_s: 900,
+        run: gmfs_hardening::large_region_kexec,
     },
     Test {
         name: "memmap_report",
