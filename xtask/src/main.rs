@@ -36,7 +36,9 @@ commands:
 
 environment:
   GMFS_CACHE       kernel source, build tree and ccache (~/.cache/guestmemfs)
-  GMFS_VERBOSE=1   echo the whole serial console while VMs run";
+  GMFS_VERBOSE=1   echo the whole serial console while VMs run
+  GMFS_KERNEL      boot this bzImage instead of building one (e.g. an
+                   older build, to see new tests fail on it)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -99,7 +101,11 @@ fn list() {
 /// Kernel, kselftests, guest binaries, initramfs.
 fn build_all() -> Result<Paths> {
     let p = Paths::new()?;
-    kernel::build(&p)?;
+    if std::env::var_os("GMFS_KERNEL").is_some() {
+        say(&format!("GMFS_KERNEL: booting {} (no kernel build)", p.bzimage().display()));
+    } else {
+        kernel::build(&p)?;
+    }
     kernel::build_kselftests(&p)?;
     let init = image::build_guest(&p)?;
     image::build_initramfs(&p, &init)?;

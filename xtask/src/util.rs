@@ -51,8 +51,13 @@ impl Paths {
     pub fn build(&self) -> PathBuf {
         self.cache.join("build")
     }
+    /// The kernel the VMs boot: the build's, or `$GMFS_KERNEL` (a saved
+    /// bzImage, to show that new tests fail on an older kernel).
     pub fn bzimage(&self) -> PathBuf {
-        self.build().join("arch/x86/boot/bzImage")
+        match std::env::var_os("GMFS_KERNEL") {
+            Some(k) => PathBuf::from(k),
+            None => self.build().join("arch/x86/boot/bzImage"),
+        }
     }
     pub fn kselftests(&self) -> PathBuf {
         self.cache.join("kselftests")
