@@ -132,6 +132,7 @@ void *guestmemfs_region_map(u64 offset, u64 len);
 void guestmemfs_region_unmap(void *addr);
 int guestmemfs_zero(u64 offset, u64 len);
 void guestmemfs_now(s64 *sec, u32 *nsec);
+u64 guestmemfs_clock_ns(void);	/* monotonic, for the logs' durations */
 /* Validates a handed-over locator: 0 with the out fields set, or -errno. */
 int guestmemfs_locator_decode(const u8 *buf, size_t len, u64 *base,
 			      u64 *size, u64 *generation);

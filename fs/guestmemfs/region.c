@@ -213,6 +213,11 @@ void guestmemfs_region_unmap(void *addr)
 	memunmap(addr);
 }
 
+u64 guestmemfs_clock_ns(void)
+{
+	return ktime_get_ns();
+}
+
 void guestmemfs_now(s64 *sec, u32 *nsec)
 {
 	struct timespec64 ts;

@@ -26,6 +26,7 @@ extern "C" {
     fn guestmemfs_region_map(offset: u64, len: u64) -> *mut c_void;
     fn guestmemfs_region_unmap(addr: *mut c_void);
     fn guestmemfs_now(sec: *mut i64, nsec: *mut u32);
+    fn guestmemfs_clock_ns() -> u64;
     fn guestmemfs_zero(offset: u64, len: u64) -> c_int;
 }
 
@@ -179,7 +180,13 @@ impl Inner {
 
     /// Validates the metadata the previous kernel left in the region;
     /// `locator_generation` is what its locator said the superblock holds.
-    fn adopt(&mut self, size: u64, locator_generation: u64) -> core::result::Result<(), FmtError> {
+    /// `start` is when the boot began adopting (for the log).
+    fn adopt(
+        &mut self,
+        size: u64,
+        locator_generation: u64,
+        start: u64,
+    ) -> core::result::Result<(), FmtError> {
         // The superblock alone first: it says how much to map.
         self.map(BLOCK_SIZE).map_err(|_| FmtError::Truncated)?;
         // SAFETY: `meta_len` bytes mapped, exclusive under the lock.
@@ -224,13 +231,16 @@ impl Inner {
         let orphans = meta.reclaim_orphans(&mut bm)?;
         let generation = meta.generation()?.wrapping_add(1);
         meta.set_generation(generation)?;
+        // SAFETY: reads the monotonic clock.
+        let took = unsafe { guestmemfs_clock_ns() }.saturating_sub(start);
         pr_info!(
-            "kept the filesystem from the previous kernel: {} inodes, {} of {} blocks used, {} orphans freed, generation {}\n",
+            "kept the filesystem from the previous kernel: {} inodes, {} of {} blocks used, {} orphans freed, generation {}, validated in {} us\n",
             inodes,
             used,
             geo.nr_blocks,
             orphans,
-            generation
+            generation,
+            took / 1000
         );
         Ok(())
     }
@@ -291,7 +301,9 @@ impl Volume {
             match r.generation {
                 Some(generation) => {
                     g.handed_generation = generation;
-                    if let Err(e) = g.adopt(size, generation) {
+                    // SAFETY: reads the monotonic clock.
+                    let start = unsafe { guestmemfs_clock_ns() };
+                    if let Err(e) = g.adopt(size, generation, start) {
                         pr_err!(
                             "refusing the filesystem handed over by the previous kernel: {}; the region stays reserved and untouched, mount with -o reformat to start over\n",
                             format_args!("{e}")
