@@ -743,7 +743,10 @@ fn fill_hole(
             }
         }
     }
-    if unit_is_hole && m.allocate_with(i.ino, unit, HUGE_BLOCKS, bm, zero_blocks).is_ok() {
+    if unit_is_hole
+        && m.allocate_with(i.ino, unit, HUGE_BLOCKS, bm, zero_blocks)
+            .is_ok()
+    {
         return Ok(());
     }
     if unit_only {
