@@ -3,6 +3,7 @@
 //!
 //! `cargo xtask help` lists the commands; docs/testing.md explains them.
 
+mod bench;
 mod image;
 mod kernel;
 mod ktap;
@@ -29,6 +30,9 @@ commands:
                    with NAMEs, only those suites, guest tests, or `host`
   demo             boot the VM and show the IOMMU, guestmemfs and a memfd
                    surviving a kexec through LUO
+  bench            guestmemfs benchmark: one VM per file count and region
+                   size; prints a markdown table (also target/xtask/bench.md)
+                   for docs/benchmarks.md
   export           write the whole change as a git format-patch series
                    against the pristine 7.3 source (target/xtask/export)
   list             list the VM suites and guest tests
@@ -52,6 +56,9 @@ fn main() -> ExitCode {
         "build" if rest.is_empty() => setup::setup().and_then(|_| build_all()).map(|_| true),
         "test" => test(rest),
         "demo" if rest.is_empty() => demo(),
+        "bench" if rest.is_empty() => setup::setup()
+            .and_then(|_| build_all())
+            .and_then(|p| bench::run(&p, echo_mode())),
         "export" if rest.is_empty() => Paths::new().and_then(|p| kernel::export(&p)).map(|out| {
             say(&format!("patch series written to {}", out.display()));
             true
@@ -91,6 +98,10 @@ fn list() {
         "  {:<22} struct pages with and without guestmemfs=2G (two boots, compared on the host)",
         suites::MEMMAP_COST
     );
+    println!("\nbenchmark VMs (cargo xtask bench runs them all, one after the other):");
+    for c in bench::CASES {
+        println!("  {:<22} {}", c.suite.name, c.suite.about);
+    }
     println!("\nguest tests (cargo xtask test <test> runs one alone):");
     for t in CATALOG {
         println!("  {:<28} {:>5}s  {}", t.name, t.timeout_s, t.summary);
@@ -102,7 +113,10 @@ fn list() {
 fn build_all() -> Result<Paths> {
     let p = Paths::new()?;
     if std::env::var_os("GMFS_KERNEL").is_some() {
-        say(&format!("GMFS_KERNEL: booting {} (no kernel build)", p.bzimage().display()));
+        say(&format!(
+            "GMFS_KERNEL: booting {} (no kernel build)",
+            p.bzimage().display()
+        ));
     } else {
         kernel::build(&p)?;
     }

@@ -269,11 +269,18 @@ pub fn memmap_cost(p: &Paths, echo: Echo, tally: &mut Tally) -> Result<()> {
 
 /// A suite made of one guest test, for `cargo xtask test <guest test>`,
 /// with the kernel parameters and memory of the first passing suite that
-/// lists it (a guestmemfs test needs its region).
+/// lists it (a guestmemfs test needs its region); the benchmark test gets
+/// its configuration with the default memory.
 pub fn single(name: &'static str) -> Suite {
     let home = SUITES
         .iter()
-        .find(|s| s.expect == Expect::Pass && s.tests.contains(&name));
+        .find(|s| s.expect == Expect::Pass && s.tests.contains(&name))
+        .or_else(|| {
+            crate::bench::CASES
+                .iter()
+                .map(|c| &c.suite)
+                .find(|s| s.tests.contains(&name) && s.memory.is_none())
+        });
     Suite {
         name,
         about: "single guest test",
@@ -313,7 +320,7 @@ fn timeout(name: &str) -> u64 {
 }
 
 /// Boots the VM for `suite` and returns what the guest reported.
-fn run_suite_vm(p: &Paths, suite: &Suite, echo: Echo) -> Result<vm::VmOutcome> {
+pub fn run_suite_vm(p: &Paths, suite: &Suite, echo: Echo) -> Result<vm::VmOutcome> {
     let mut cmdline: Vec<String> = BASE_CMDLINE
         .iter()
         .filter(|a| !suite.remove.contains(a))
@@ -353,7 +360,7 @@ pub fn run(p: &Paths, suite: &Suite, echo: Echo, tally: &mut Tally) -> Result<()
 }
 
 /// Adds a VM's results to `tally` and prints the details of failures.
-fn report(suite: &Suite, outcome: &vm::VmOutcome, echo: Echo, tally: &mut Tally) {
+pub fn report(suite: &Suite, outcome: &vm::VmOutcome, echo: Echo, tally: &mut Tally) {
     let mut failed_here = false;
     for (index, name) in suite.tests.iter().enumerate() {
         let label = format!("{}/{name}", suite.name);
@@ -445,5 +452,9 @@ mod tests {
         assert!(t.add.is_empty() && t.memory.is_none());
         // In no suite at all.
         assert!(single("memmap_report").add.is_empty());
+        // The benchmark alone: its small configuration.
+        let t = single("guestmemfs_bench");
+        assert_eq!(t.add, ["guestmemfs=2G", "gtest.bench_files=10"]);
+        assert!(t.memory.is_none());
     }
 }

@@ -100,13 +100,28 @@ impl NetBackend {
     }
 }
 
-/// QEMU's memory options. An explicit size gets a RAM backend with
-/// `reserve=off` (MAP_NORESERVE): the host only pays for the memory the
-/// guest touches, so a 520G guest boots on a 24 GiB host.
+/// QEMU's CPU and memory options. An explicit size gets a RAM backend
+/// with `reserve=off` (MAP_NORESERVE): the host only pays for the memory
+/// the guest touches, so a 520G guest boots on a 24 GiB host.
+///
+/// It also gets a CPU with 46 physical address bits. Under TCG, `-cpu max`
+/// has 40 (1 TiB of guest-physical space) and an AMD vendor, and q35 then
+/// starts the RAM above 4 GiB at 1 TiB whenever it would reach the
+/// HyperTransport hole below 1 TiB; a 1040G guest thus ends above 2 TiB
+/// and QEMU 10.0 refuses to start it ("Address space limit 0xffffffffff <
+/// 0x20b7fffffff phys-bits too low (40)"). 46 bits (64 TiB, as on current
+/// server CPUs) fits any size we use; smaller guests keep their layout.
 fn memory_args(memory: Option<&str>) -> Vec<String> {
     match memory {
-        None => vec!["-m".into(), DEFAULT_MEMORY.into()],
+        None => vec![
+            "-cpu".into(),
+            "max".into(),
+            "-m".into(),
+            DEFAULT_MEMORY.into(),
+        ],
         Some(size) => vec![
+            "-cpu".into(),
+            "max,phys-bits=46".into(),
             "-object".into(),
             format!("memory-backend-ram,id=m0,size={size},reserve=off"),
             "-machine".into(),
@@ -124,8 +139,6 @@ fn qemu_command(p: &Paths, run: &VmRun, net: &NetBackend) -> Result<Command> {
         "tcg",
         "-M",
         "q35,kernel-irqchip=split",
-        "-cpu",
-        "max",
         "-smp",
         "2",
     ])
@@ -302,10 +315,12 @@ mod tests {
 
     #[test]
     fn memory_options() {
-        assert_eq!(memory_args(None), ["-m", DEFAULT_MEMORY]);
+        assert_eq!(memory_args(None), ["-cpu", "max", "-m", DEFAULT_MEMORY]);
         assert_eq!(
             memory_args(Some("520G")),
             [
+                "-cpu",
+                "max,phys-bits=46",
                 "-object",
                 "memory-backend-ram,id=m0,size=520G,reserve=off",
                 "-machine",

@@ -7,7 +7,9 @@
 //! - `gtest.kexec_extra=p1,p2`: parameters added to the command line of
 //!   every kexec'd kernel (used to break a stage on purpose);
 //! - `gtest.note=V`: what the previous stage expects the next one to find
-//!   (e.g. a physical address), for checking; never the handed-over state.
+//!   (e.g. a physical address), for checking; never the handed-over state;
+//! - `gtest.bench_files=N`: files the benchmark test creates (N >= 1; set by
+//!   `cargo xtask bench`).
 
 /// What a test boot was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +19,8 @@ pub struct TestBoot {
     pub stage: u32,
     pub kexec_extra: Vec<String>,
     pub note: Option<String>,
+    /// `gtest.bench_files=N` of the benchmark (`tests/bench.rs`).
+    pub bench_files: Option<usize>,
     tokens: Vec<String>,
 }
 
@@ -31,6 +35,7 @@ impl TestBoot {
             stage: 1,
             kexec_extra: Vec::new(),
             note: None,
+            bench_files: None,
             tokens: Vec::new(),
         };
         for token in &tokens {
@@ -53,6 +58,15 @@ impl TestBoot {
                 }
                 "gtest.kexec_extra" => boot.kexec_extra = split_list(value),
                 "gtest.note" => boot.note = Some(value.to_owned()),
+                "gtest.bench_files" => {
+                    boot.bench_files = Some(
+                        value
+                            .parse()
+                            .ok()
+                            .filter(|n| *n >= 1)
+                            .ok_or_else(|| format!("bad gtest.bench_files value {value:?}"))?,
+                    )
+                }
                 _ => {}
             }
         }
@@ -117,6 +131,21 @@ mod tests {
     fn rejects_bad_numbers() {
         assert!(TestBoot::parse("gtest.next=x").is_err());
         assert!(TestBoot::parse("gtest.stage=0").is_err());
+        for bad in ["x", "0", "-1", "", "10k", "1e3"] {
+            assert!(
+                TestBoot::parse(&format!("gtest.bench_files={bad}")).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bench_files_is_optional_and_kept_over_kexec() {
+        assert_eq!(TestBoot::parse("quiet").unwrap().bench_files, None);
+        let b = TestBoot::parse("gtest.run=t gtest.bench_files=100000").unwrap();
+        assert_eq!(b.bench_files, Some(100_000));
+        let next = TestBoot::parse(&b.next_cmdline(0, 2, None)).unwrap();
+        assert_eq!(next.bench_files, Some(100_000));
     }
 
     #[test]

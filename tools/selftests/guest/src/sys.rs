@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! Thin wrappers over the system calls PID 1 and the tests need.
 
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -236,6 +236,42 @@ pub unsafe fn in_child(limit: Duration, f: impl FnOnce() -> i32) -> io::Result<C
 /// the filesystem.
 pub fn drop_caches(what: u32) -> io::Result<()> {
     fs::write("/proc/sys/vm/drop_caches", what.to_string())
+}
+
+/// fstatat(2) of `name` in the directory open as `dir`, not following a
+/// symlink: the lookup of one name, without walking a path to it.
+pub fn stat_at(dir: &File, name: &CStr) -> io::Result<libc::stat> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: a valid fd, a NUL-terminated name and an out pointer to a
+    // whole `struct stat`.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    } as libc::c_long)?;
+    // SAFETY: fstatat succeeded, so it filled the buffer.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// Creates the empty regular file `name` in the directory open as `dir`
+/// (openat(2) with `O_CREAT | O_EXCL`) and closes it.
+pub fn create_at(dir: &File, name: &CStr, mode: u32) -> io::Result<()> {
+    // SAFETY: a valid fd and a NUL-terminated name; the mode is the
+    // variadic argument O_CREAT needs.
+    let fd = check(unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    } as libc::c_long)?;
+    // SAFETY: openat returned a new fd that we own; dropping closes it.
+    drop(unsafe { File::from_raw_fd(fd as RawFd) });
+    Ok(())
 }
 
 /// Records of the kernel log buffer (`/dev/kmsg`), text only.

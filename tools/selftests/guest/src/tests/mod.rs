@@ -8,13 +8,14 @@
 
 use std::os::fd::OwnedFd;
 
+pub mod bench;
 mod demo;
 mod gmfs;
 mod gmfs_hardening;
 mod harness;
 mod kselftest;
 mod luo;
-mod region;
+pub mod region;
 mod smoke;
 
 /// State a test gets from the runner.
@@ -234,6 +235,15 @@ pub const CATALOG: &[Test] = &[
         summary: "512 GiB region with sparse files kept across kexec: statfs and data identical",
         timeout_s: 900,
         run: gmfs_hardening::large_region_kexec,
+    },
+    // Run by `cargo xtask bench` only (no suite of `cargo xtask test`):
+    // one VM per configuration. The old table-scanning kernel needs most
+    // of this for 100,000 files; a run past it is reported as a timeout.
+    Test {
+        name: "guestmemfs_bench",
+        summary: "benchmark: create/lookup/readdir/statfs of gtest.bench_files=N files, mount and adoption after kexec",
+        timeout_s: 1800,
+        run: bench::bench,
     },
     Test {
         name: "memmap_report",
