@@ -201,24 +201,41 @@ proptest! {
     }
 
     #[test]
-    fn size_changes_leave_no_stale_bytes(old in 0u64..(8 * BLOCK_SIZE), new in 0u64..(8 * BLOCK_SIZE)) {
-        // Model: bytes [0, old) hold data, and so may the rest of the
-        // page holding `old` (written through a mapping); after the
-        // change every byte in [min, new) must read zero. Blocks the
-        // shrink freed come back zeroed, so only the kept block matters.
-        let dirty_end = mappable_end(old).min(old - old % BLOCK_SIZE + BLOCK_SIZE);
-        let z = old.min(new);
-        let zeroed = tail_to_zero(old, new);
-        for off in [z, z + 1, dirty_end.saturating_sub(1), (z + dirty_end) / 2] {
-            let stale = off >= z && off < dirty_end && off < new && off / BLOCK_SIZE == z / BLOCK_SIZE;
-            if stale {
-                let (s, e) = zeroed.expect("stale bytes left unzeroed");
-                prop_assert!(s <= off && off < e);
+    fn shrink_then_grow_shows_zeros(
+        old in 0u64..(8 * BLOCK_SIZE),
+        mid in 0u64..(8 * BLOCK_SIZE),
+        new in 0u64..(8 * BLOCK_SIZE),
+        probes in prop::collection::vec(0u64..(8 * BLOCK_SIZE), 16),
+    ) {
+        // A byte model of one file through old -> mid -> new: every
+        // byte a mapping could have written holds data (bytes below the
+        // size, and the rest of the page holding EOF); a change zeroes
+        // what `tail_to_zero` names; blocks freed by a shrink come back
+        // zeroed (allocation zeroes). After the changes every byte in
+        // [min(old, mid, ...), new) that was not written since must read 0.
+        let block_of = |x: u64| x / BLOCK_SIZE;
+        let dirty = |x: u64, size: u64| x < mappable_end(size);
+        for &x in &probes {
+            let mut data = dirty(x, old);
+            for (from, to) in [(old, mid), (mid, new)] {
+                if let Some((s, e)) = tail_to_zero(from, to) {
+                    prop_assert_eq!(block_of(s), block_of(e - 1), "zeroing crosses a block");
+                    if s <= x && x < e {
+                        data = false;
+                    }
+                }
+                // A shrink frees the blocks after the one holding `to`.
+                if to < from && block_of(x) > block_of(to.saturating_sub(1)) && x >= to {
+                    data = false;
+                }
+                if to < from && to == 0 {
+                    data = false;
+                }
             }
-        }
-        if let Some((s, e)) = zeroed {
-            prop_assert_eq!(s, z);
-            prop_assert_eq!(s / BLOCK_SIZE, (e - 1) / BLOCK_SIZE, "zeroing crosses a block");
+            let written_before = x < old.min(mid).min(new);
+            if x < new && !written_before {
+                prop_assert!(!data, "byte {:#x} past an earlier EOF shows stale data ({} -> {} -> {})", x, old, mid, new);
+            }
         }
     }
 }

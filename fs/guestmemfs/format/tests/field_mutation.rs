@@ -12,10 +12,13 @@
 // Test inputs are small integers widened for the API.
 #![allow(clippy::cast_lossless)]
 
+mod common;
+
+use common::{inodes_in_use, Store};
 use guestmemfs_format::bitmap::words_for;
 use guestmemfs_format::layout::*;
 use guestmemfs_format::meta::format;
-use guestmemfs_format::validate::{self, Scratch, ScratchSizes};
+use guestmemfs_format::validate;
 use guestmemfs_format::{BlockBitmap, Error, Meta};
 use proptest::prelude::*;
 use std::sync::OnceLock;
@@ -44,6 +47,10 @@ const SB_FIELDS: &[(usize, W)] = &[
     (72, W::U64),   // extent_offset
     (80, W::U64),   // generation
     (88, W::U64),   // next_ino_generation
+    (96, W::U64),   // inode_hwm
+    (104, W::U64),  // extent_hwm
+    (112, W::U64),  // reserved (zero)
+    (4084, W::U64), // reserved (zero)
     (4092, W::U32), // crc32c
 ];
 
@@ -93,11 +100,12 @@ fn base() -> &'static (Vec<u8>, u64) {
     IMAGE.get_or_init(|| {
         let geo = geometry();
         let mut buf = vec![0u8; geo.meta_bytes() as usize];
-        format(&mut buf, &geo, T, 1).unwrap();
-        let mut words = vec![0u64; ScratchSizes::for_geometry(&geo).block_words];
+        let mut st = Store::new(&geo);
+        format(&mut buf, &geo, T, 1, &mut st.index()).unwrap();
+        let mut words = vec![0u64; words_for(geo.nr_blocks)];
         let mut bm = BlockBitmap::new(&mut words, geo.nr_blocks).unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let d = m
             .create(ROOT_INO, &name(0), S_IFDIR | 0o755, 0, 0, T)
             .unwrap();
@@ -123,34 +131,24 @@ fn base() -> &'static (Vec<u8>, u64) {
 /// Validates; on success returns the rebuilt used-block count.
 fn validate_image(buf: &[u8], region_size: u64) -> Result<u64, Error> {
     let mut words = vec![0u64; words_for(region_size / BLOCK_SIZE)];
-    validate_into(buf, region_size, &mut words)
+    validate_into(buf, region_size, &mut words).map(|(used, _)| used)
 }
 
 /// Validates as the kernel's adoption does, leaving the rebuilt block
-/// bitmap in `words`; on success returns its used-block count.
-fn validate_into(buf: &[u8], region_size: u64, words: &mut [u64]) -> Result<u64, Error> {
+/// bitmap in `words`; on success returns its used-block count and the
+/// index built.
+fn validate_into(buf: &[u8], region_size: u64, words: &mut [u64]) -> Result<(u64, Store), Error> {
     let geo = validate::superblock(buf, region_size)?;
     contents_into(buf, &geo, words)
 }
 
 /// The second step of validation alone (the first one's checksum is slow
 /// in a debug build, and operations only change the superblock's inode
-/// generation counter, checked once at the end).
-fn contents_into(buf: &[u8], geo: &Geometry, words: &mut [u64]) -> Result<u64, Error> {
-    let geo = *geo;
-    let s = ScratchSizes::for_geometry(&geo);
-    let mut marks = vec![0u8; s.inode_marks];
-    let mut seen = vec![0u64; s.extent_seen];
-    let mut keys = vec![[0u64; 2]; s.name_keys];
-    let blocks = BlockBitmap::new(words, geo.nr_blocks)?;
-    let mut scratch = Scratch {
-        inode_marks: &mut marks,
-        extent_seen: &mut seen,
-        name_keys: &mut keys,
-        blocks,
-    };
-    validate::contents(buf, &geo, &mut scratch)?;
-    Ok(scratch.blocks.used())
+/// generation counter and high-water marks, checked once at the end).
+fn contents_into(buf: &[u8], geo: &Geometry, words: &mut [u64]) -> Result<(u64, Store), Error> {
+    let (store, rebuilt, _) = common::contents(buf, geo)?;
+    words.copy_from_slice(&rebuilt[..words.len()]);
+    Ok((common::used_blocks(&rebuilt), store))
 }
 
 /// Operations on an image: building the valid one, and using the mutated
@@ -249,7 +247,7 @@ fn name(n: u8) -> [u8; 2] {
 
 /// An inode number: mostly one in use, else any record of the table, 0 or
 /// one past the end.
-fn ino_of(m: &Meta<&mut [u8]>, x: u8) -> u64 {
+fn ino_of(m: &Meta<'_, &mut [u8]>, x: u8) -> u64 {
     let count = m.geometry().inode_count;
     if x < 192 {
         let used: Vec<u64> = (1..=count)
@@ -265,7 +263,7 @@ fn ino_of(m: &Meta<&mut [u8]>, x: u8) -> u64 {
 /// Applies `op`. Ordinary errors are fine; an error saying the metadata is
 /// damaged (or a block accounting error) is not, for an image that passed
 /// validation.
-fn apply(m: &mut Meta<&mut [u8]>, bm: &mut BlockBitmap<'_>, op: &Op) -> Result<(), String> {
+fn apply(m: &mut Meta<'_, &mut [u8]>, bm: &mut BlockBitmap<'_>, op: &Op) -> Result<(), String> {
     let res: Result<(), Error> = match *op {
         Op::Create {
             dir,
@@ -340,8 +338,8 @@ fn apply(m: &mut Meta<&mut [u8]>, bm: &mut BlockBitmap<'_>, op: &Op) -> Result<(
 /// The rules of docs/guestmemfs-format.md and of the kernel's VFS, checked
 /// independently of the validator on an image it accepted: whatever the
 /// validator lets through must satisfy them.
-fn check_semantics(buf: &[u8], geo: &Geometry) -> Result<(), String> {
-    let m = Meta::new(buf, *geo).unwrap();
+fn check_semantics(buf: &[u8], geo: &Geometry, st: &mut Store) -> Result<(), String> {
+    let m = Meta::new(buf, *geo, st.index()).unwrap();
     let next_gen = u64::from_le_bytes(buf[88..96].try_into().unwrap());
     let mut inodes = Vec::new();
     for ino in 1..=geo.inode_count {
@@ -515,23 +513,13 @@ fn new_value(geo: &Geometry, old: u64, v: &Value) -> u64 {
 fn mutate(buf: &mut [u8], geo: &Geometry, t: &Target, v: &Value) -> bool {
     let inode_off = |ino: u64| (INODE_OFFSET + (ino - 1) * INODE_SIZE) as usize;
     let extent_off = |id: u64| (geo.extent_offset() + (id - 1) * EXTENT_SIZE) as usize;
+    // In use by the format's definition (at or below the high-water
+    // marks, flag set); free records include those above the marks.
     let (used_inodes, free_inodes, used_extents, free_extents) = {
-        let m = Meta::new(&buf[..], *geo).unwrap();
-        let (mut ui, mut fi, mut ue, mut fe) = (vec![], vec![], vec![], vec![]);
-        for ino in 1..=geo.inode_count {
-            if m.inode_in_use(ino).unwrap() {
-                ui.push(ino)
-            } else {
-                fi.push(ino)
-            }
-        }
-        for id in 1..=geo.extent_count {
-            if m.extent(id).unwrap().is_some() {
-                ue.push(id)
-            } else {
-                fe.push(id)
-            }
-        }
+        let ui = inodes_in_use(buf, geo);
+        let ue = common::extents_in_use(buf, geo);
+        let fi: Vec<u64> = (1..=geo.inode_count).filter(|i| !ui.contains(i)).collect();
+        let fe: Vec<u64> = (1..=geo.extent_count).filter(|e| !ue.contains(e)).collect();
         (ui, fi, ue, fe)
     };
     let pick = |list: &[u64], n: u8| list.get(n as usize % list.len().max(1)).copied();
@@ -584,15 +572,16 @@ fn build(ops: &[Op]) -> Result<Vec<u8>, TestCaseError> {
     let (image, used) = base();
     let mut buf = image.clone();
     let mut words = vec![0u64; words_for(geo.nr_blocks)];
-    prop_assert_eq!(contents_into(&buf, &geo, &mut words), Ok(*used));
+    let (rebuilt, mut st) = contents_into(&buf, &geo, &mut words).unwrap();
+    prop_assert_eq!(rebuilt, *used);
     let mut bm = BlockBitmap::attach(&mut words, geo.nr_blocks).unwrap();
-    let mut m = Meta::new(&mut buf[..], geo).unwrap();
+    let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
     for op in ops {
         apply(&mut m, &mut bm, op).map_err(TestCaseError::fail)?;
     }
     let used = bm.used();
-    check_semantics(&buf, &geo).map_err(TestCaseError::fail)?;
-    let rebuilt = contents_into(&buf, &geo, &mut vec![0u64; words_for(geo.nr_blocks)])
+    check_semantics(&buf, &geo, &mut st).map_err(TestCaseError::fail)?;
+    let (rebuilt, _) = contents_into(&buf, &geo, &mut vec![0u64; words_for(geo.nr_blocks)])
         .map_err(|e| TestCaseError::fail(format!("built image invalid: {e}")))?;
     prop_assert_eq!(rebuilt, used);
     Ok(buf)
@@ -615,10 +604,10 @@ proptest! {
         }
         // (a) Validation returns, whatever the field says.
         let mut words = vec![0u64; words_for(geo.nr_blocks)];
-        if validate_into(&buf, geo.region_size, &mut words).is_err() {
+        let Ok((_, mut st)) = validate_into(&buf, geo.region_size, &mut words) else {
             return Ok(());
-        }
-        check_semantics(&buf, &geo).map_err(TestCaseError::fail)?;
+        };
+        check_semantics(&buf, &geo, &mut st).map_err(TestCaseError::fail)?;
         // (b) An accepted image is usable: the kernel's adoption (the
         // rebuilt bitmap, orphans reclaimed), then ordinary operations,
         // each leaving a valid image the allocator agrees with, and
@@ -626,14 +615,19 @@ proptest! {
         let mut bm = BlockBitmap::attach(&mut words, geo.nr_blocks).unwrap();
         let adopt = [Op::Reclaim];
         for op in adopt.iter().chain(&after) {
-            let mut m = Meta::new(&mut buf[..], geo).unwrap();
+            let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
             apply(&mut m, &mut bm, op).map_err(TestCaseError::fail)?;
             let mut words = vec![0u64; words_for(geo.nr_blocks)];
-            let rebuilt = contents_into(&buf, &geo, &mut words).map_err(|e| {
+            let (rebuilt, fresh) = contents_into(&buf, &geo, &mut words).map_err(|e| {
                 TestCaseError::fail(format!("invalid after {op:?}: {e}"))
             })?;
             prop_assert_eq!(rebuilt, bm.used(), "allocator disagrees after {:?}", op);
-            check_semantics(&buf, &geo).map_err(TestCaseError::fail)?;
+            // The index kept by the operations counts what a fresh
+            // validation finds.
+            prop_assert_eq!(fresh.counters.inodes_used(), st.counters.inodes_used());
+            prop_assert_eq!(fresh.counters.extents_used(), st.counters.extents_used());
+            prop_assert_eq!(fresh.counters.names(), st.counters.names());
+            check_semantics(&buf, &geo, &mut st).map_err(TestCaseError::fail)?;
         }
         let rebuilt = validate_image(&buf, geo.region_size)
             .map_err(|e| TestCaseError::fail(format!("invalid at the end: {e}")))?;

@@ -1,37 +1,29 @@
 // SPDX-License-Identifier: GPL-2.0-only
 //! Property tests: random operation sequences keep the image valid and
 //! leak-free; random corruption never panics the validator; the block
-//! allocator never hands out a block twice.
+//! allocator never hands out a block twice and chooses as the bitwise
+//! reference does; the in-memory index agrees with a scan of the records.
 
 // Test inputs are small integers widened for the API.
 #![allow(clippy::cast_lossless)]
 
+mod common;
+
+use common::*;
 use guestmemfs_format::layout::*;
 use guestmemfs_format::meta::format;
-use guestmemfs_format::validate::{self, Scratch, ScratchSizes};
+use guestmemfs_format::validate;
 use guestmemfs_format::{BlockBitmap, Error, Meta};
 use proptest::prelude::*;
 use std::collections::HashSet;
 
 const T: Time = Time { sec: 42, nsec: 0 };
 
-/// Runs both validation steps; returns the rebuilt used-block count.
+/// Runs both validation steps; returns the inodes in use and the rebuilt
+/// used-block count.
 fn validate_image(buf: &[u8], region_size: u64) -> Result<(u64, u64), Error> {
-    let geo = validate::superblock(buf, region_size)?;
-    let s = ScratchSizes::for_geometry(&geo);
-    let mut marks = vec![0u8; s.inode_marks];
-    let mut seen = vec![0u64; s.extent_seen];
-    let mut keys = vec![[0u64; 2]; s.name_keys];
-    let mut words = vec![0u64; s.block_words];
-    let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?;
-    let mut scratch = Scratch {
-        inode_marks: &mut marks,
-        extent_seen: &mut seen,
-        name_keys: &mut keys,
-        blocks,
-    };
-    let inodes = validate::contents(buf, &geo, &mut scratch)?;
-    Ok((inodes, scratch.blocks.used()))
+    let (_, words, inodes) = adopt(buf, region_size)?;
+    Ok((inodes, used_blocks(&words)))
 }
 
 #[derive(Debug, Clone)]
@@ -96,7 +88,7 @@ fn name(n: u8) -> [u8; 2] {
 }
 
 /// Inodes currently in use (linked), by kind.
-fn linked(m: &Meta<&mut [u8]>, want_dir: bool) -> Vec<u64> {
+fn linked(m: &Meta<'_, &mut [u8]>, want_dir: bool) -> Vec<u64> {
     (1..=m.geometry().inode_count)
         .filter(|&i| match m.inode(i) {
             Ok(d) => d.nlink > 0 && d.is_dir() == want_dir,
@@ -120,12 +112,13 @@ proptest! {
     fn random_operations_keep_the_image_valid(ops in prop::collection::vec(op(), 1..60)) {
         let geo = Geometry::new(96 * BLOCK_SIZE, 32).unwrap();
         let mut buf = vec![0u8; geo.meta_bytes() as usize];
-        format(&mut buf, &geo, T, 1).unwrap();
+        let mut st = Store::new(&geo);
+        format(&mut buf, &geo, T, 1, &mut st.index()).unwrap();
         let mut words = vec![0u64; 2];
         let mut bm = BlockBitmap::new(&mut words, geo.nr_blocks).unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
         for op in ops {
-            let mut m = Meta::new(&mut buf[..], geo).unwrap();
+            let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
             let dirs = linked(&m, true);
             let files = linked(&m, false);
             match op {
@@ -176,12 +169,13 @@ proptest! {
     ) {
         let geo = Geometry::new(64 * BLOCK_SIZE, 64).unwrap();
         let mut buf = vec![0u8; geo.meta_bytes() as usize];
-        format(&mut buf, &geo, T, 1).unwrap();
+        let mut st = Store::new(&geo);
+        format(&mut buf, &geo, T, 1, &mut st.index()).unwrap();
         let mut words = vec![0u64; 1];
         let mut bm = BlockBitmap::new(&mut words, geo.nr_blocks).unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
         {
-            let mut m = Meta::new(&mut buf[..], geo).unwrap();
+            let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
             let d = m.create(ROOT_INO, b"d", S_IFDIR | 0o755, 0, 0, T).unwrap();
             for n in 0..5u8 {
                 let f = m.create(d.ino, &name(n), S_IFREG | 0o600, 0, 0, T).unwrap();
@@ -194,8 +188,8 @@ proptest! {
         }
         // Whatever the bytes, validation returns; when it accepts the
         // image, reading every inode and extent map also works.
-        if validate_image(&buf, geo.region_size).is_ok() {
-            let m = Meta::new(&buf[..], geo).unwrap();
+        if let Ok((mut st, _, _)) = adopt(&buf, geo.region_size) {
+            let m = Meta::new(&buf[..], geo, st.index()).unwrap();
             for ino in 1..=geo.inode_count {
                 if m.inode_in_use(ino).unwrap() {
                     for fb in 0..10 {
@@ -214,7 +208,7 @@ proptest! {
     ) {
         let geo = Geometry::new(200 * BLOCK_SIZE, 128).unwrap();
         let mut buf = vec![0u8; geo.meta_bytes() as usize];
-        format(&mut buf, &geo, T, 1).unwrap();
+        format(&mut buf, &geo, T, 1, &mut Store::new(&geo).index()).unwrap();
         let other = size_blocks * BLOCK_SIZE;
         let res = validate::superblock(&buf, other);
         prop_assert_eq!(res.is_ok(), other == geo.region_size);

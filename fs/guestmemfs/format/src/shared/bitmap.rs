@@ -4,7 +4,10 @@
 //! The bitmap is not part of the handed-over format: after a kexec it is
 //! rebuilt from the validated extents, so it can never disagree with them.
 //! Storage is provided by the caller (the kernel allocates it with
-//! `KVec`), so this code needs no allocator.
+//! `KVVec`), so this code needs no allocator. Every search and range
+//! operation works a 64-bit word at a time (full or empty words are
+//! skipped whole), and [`BlockBitmap::resume`] rebuilds the allocator per
+//! call in O(1) from the count the caller kept.
 
 use super::layout::HUGE_BLOCKS;
 use super::Error;
@@ -19,6 +22,12 @@ pub struct BlockBitmap<'a> {
     words: &'a mut [u64],
     nr_blocks: u64,
     used: u64,
+}
+
+/// Bits `[lo, hi)` of a word, `0 <= lo < hi <= 64`.
+fn bits(lo: u64, hi: u64) -> u64 {
+    let upper = if hi >= 64 { !0 } else { (1u64 << hi) - 1 };
+    upper & (!0u64 << (lo % 64))
 }
 
 impl<'a> BlockBitmap<'a> {
@@ -39,10 +48,25 @@ impl<'a> BlockBitmap<'a> {
     /// A bitmap over `words` that already hold the state of `nr_blocks`
     /// blocks (bits past `nr_blocks` must be clear).
     pub fn attach(words: &'a mut [u64], nr_blocks: u64) -> Result<Self, Error> {
-        let n = nr_blocks.div_ceil(64) as usize;
+        let n = usize::try_from(nr_blocks.div_ceil(64)).map_err(|_| Error::Invalid)?;
         let used_words = words.get(..n).ok_or(Error::Invalid)?;
         let used = used_words.iter().map(|w| u64::from(w.count_ones())).sum();
         if used > nr_blocks {
+            return Err(Error::Invalid);
+        }
+        Ok(BlockBitmap {
+            words,
+            nr_blocks,
+            used,
+        })
+    }
+
+    /// A bitmap over `words` holding the state of `nr_blocks` blocks, of
+    /// which `used` are in use: what [`BlockBitmap::used`] said when the
+    /// caller last had it. O(1), for the kernel's per-call construction
+    /// ([`BlockBitmap::attach`] counts the bits, O(blocks / 64)).
+    pub fn resume(words: &'a mut [u64], nr_blocks: u64, used: u64) -> Result<Self, Error> {
+        if (words.len() as u64) < nr_blocks.div_ceil(64) || used > nr_blocks {
             return Err(Error::Invalid);
         }
         Ok(BlockBitmap {
@@ -64,7 +88,17 @@ impl<'a> BlockBitmap<'a> {
 
     /// Blocks free.
     pub fn free(&self) -> u64 {
-        self.nr_blocks - self.used
+        self.nr_blocks.saturating_sub(self.used)
+    }
+
+    /// Word `w`; a word the storage lacks (never, by construction) reads
+    /// as all used, so it is never handed out.
+    fn word(&self, w: u64) -> u64 {
+        usize::try_from(w)
+            .ok()
+            .and_then(|w| self.words.get(w))
+            .copied()
+            .unwrap_or(!0)
     }
 
     /// True if block `b` is in use (out-of-range blocks count as used).
@@ -72,7 +106,71 @@ impl<'a> BlockBitmap<'a> {
         if b >= self.nr_blocks {
             return true;
         }
-        self.words[(b / 64) as usize] & (1 << (b % 64)) != 0
+        self.word(b / 64) & (1 << (b % 64)) != 0
+    }
+
+    /// The lowest block of `[start, end)` whose bit is `used`, a word at a
+    /// time.
+    fn first_in(&self, start: u64, end: u64, used: bool) -> Option<u64> {
+        if start >= end {
+            return None;
+        }
+        let last = (end - 1) / 64;
+        let mut w = start / 64;
+        let mut lo = start % 64;
+        loop {
+            let hi = if w == last { (end - 1) % 64 + 1 } else { 64 };
+            let word = if used { self.word(w) } else { !self.word(w) };
+            let hits = word & bits(lo, hi);
+            if hits != 0 {
+                return Some(w * 64 + u64::from(hits.trailing_zeros()));
+            }
+            if w == last {
+                return None;
+            }
+            w += 1;
+            lo = 0;
+        }
+    }
+
+    /// The highest used block of `[start, end)`, a word at a time.
+    fn last_used_in(&self, start: u64, end: u64) -> Option<u64> {
+        if start >= end {
+            return None;
+        }
+        let first = start / 64;
+        let mut w = (end - 1) / 64;
+        let mut hi = (end - 1) % 64 + 1;
+        loop {
+            let lo = if w == first { start % 64 } else { 0 };
+            let hits = self.word(w) & bits(lo, hi);
+            if hits != 0 {
+                return Some(w * 64 + 63 - u64::from(hits.leading_zeros()));
+            }
+            if w == first {
+                return None;
+            }
+            w -= 1;
+            hi = 64;
+        }
+    }
+
+    /// Sets or clears the bits of `[start, end)`, a word at a time.
+    fn fill(&mut self, start: u64, end: u64, used: bool) {
+        let mut b = start;
+        while b < end {
+            let w = b / 64;
+            let hi = (end - w * 64).min(64);
+            let m = bits(b % 64, hi);
+            if let Some(word) = usize::try_from(w).ok().and_then(|w| self.words.get_mut(w)) {
+                if used {
+                    *word |= m;
+                } else {
+                    *word &= !m;
+                }
+            }
+            b = (w + 1) * 64;
+        }
     }
 
     fn range_ok(&self, start: u64, count: u64) -> Result<u64, Error> {
@@ -84,54 +182,66 @@ impl<'a> BlockBitmap<'a> {
     }
 
     /// Marks `[start, start + count)` used; fails without changing
-    /// anything if any block is already used (an overlap).
+    /// anything if any block is already used (an overlap, the lowest one
+    /// reported).
     pub fn mark_used(&mut self, start: u64, count: u64) -> Result<(), Error> {
         let end = self.range_ok(start, count)?;
-        if let Some(b) = (start..end).find(|&b| self.is_used(b)) {
+        if let Some(b) = self.first_in(start, end, true) {
             return Err(Error::Overlap(b));
         }
-        for b in start..end {
-            self.words[(b / 64) as usize] |= 1 << (b % 64);
-        }
-        self.used += count;
+        self.fill(start, end, true);
+        self.used = self.used.saturating_add(count);
         Ok(())
     }
 
     /// Frees `[start, start + count)`; fails without changing anything if
-    /// any block is already free (a double free).
+    /// any block is already free (a double free, the lowest one reported).
     pub fn mark_free(&mut self, start: u64, count: u64) -> Result<(), Error> {
         let end = self.range_ok(start, count)?;
-        if let Some(b) = (start..end).find(|&b| !self.is_used(b)) {
+        if let Some(b) = self.first_in(start, end, false) {
             return Err(Error::DoubleFree(b));
         }
-        for b in start..end {
-            self.words[(b / 64) as usize] &= !(1 << (b % 64));
-        }
-        self.used -= count;
+        self.fill(start, end, false);
+        self.used = self.used.saturating_sub(count);
         Ok(())
     }
 
     /// Finds `count` free blocks starting at a multiple of `align` blocks
-    /// (first fit), without marking them.
+    /// (first fit), without marking them. Skips used words whole, then
+    /// checks each candidate window from its end, jumping past the last
+    /// used block it finds.
     pub fn find_free(&self, count: u64, align: u64) -> Option<u64> {
         if count == 0 || align == 0 || count > self.free() {
             return None;
         }
         let mut start = 0u64;
-        while start.checked_add(count)? <= self.nr_blocks {
-            match (start..start + count).rev().find(|&b| self.is_used(b)) {
+        loop {
+            // No fit can start on a used block: skip to a free one.
+            let free = self.first_in(start, self.nr_blocks, false)?;
+            start = free.div_ceil(align).checked_mul(align)?;
+            let end = start.checked_add(count)?;
+            if end > self.nr_blocks {
+                return None;
+            }
+            match self.last_used_in(start, end) {
                 None => return Some(start),
                 // Skip past the used block, to the next aligned start.
-                Some(used) => start = (used + 1).div_ceil(align) * align,
+                Some(used) => start = (used + 1).div_ceil(align).checked_mul(align)?,
             }
         }
-        None
+    }
+
+    /// True if the aligned 1 GiB unit `u` is wholly free.
+    fn unit_free(&self, u: u64) -> bool {
+        const WORDS: u64 = HUGE_BLOCKS / 64;
+        (u * WORDS..(u + 1) * WORDS).all(|w| self.word(w) == 0)
     }
 
     /// Allocates the largest run available up to `want` blocks, preferring
     /// whole 1 GiB units when `want` covers one (so the fault handler can
-    /// map PUDs), then the longest free run otherwise. Returns
-    /// `(start, count)`.
+    /// map PUDs): the most aligned free units up to `want`, first fit;
+    /// then the longest free run otherwise, first fit, capped at `want`.
+    /// Returns `(start, count)`. One pass over the bitmap words.
     pub fn alloc_run(&mut self, want: u64) -> Result<(u64, u64), Error> {
         if want == 0 {
             return Err(Error::Invalid);
@@ -140,39 +250,53 @@ impl<'a> BlockBitmap<'a> {
             return Err(Error::NoSpace);
         }
         if want >= HUGE_BLOCKS {
-            let units = want / HUGE_BLOCKS;
-            // Largest number of whole aligned 1 GiB units that fit.
-            for n in (1..=units).rev() {
-                if let Some(start) = self.find_free(n * HUGE_BLOCKS, HUGE_BLOCKS) {
-                    self.mark_used(start, n * HUGE_BLOCKS)?;
-                    return Ok((start, n * HUGE_BLOCKS));
+            let want_units = want / HUGE_BLOCKS;
+            // The first run of free units reaching the longest (capped)
+            // length: where a first-fit search for that many units lands.
+            let (mut best_start, mut best_len) = (0, 0);
+            let mut run = (0, 0);
+            for u in 0..self.nr_blocks / HUGE_BLOCKS {
+                if !self.unit_free(u) {
+                    run = (u + 1, 0);
+                    continue;
                 }
+                run.1 += 1;
+                let len = run.1.min(want_units);
+                if len > best_len {
+                    (best_start, best_len) = (run.0, len);
+                    if best_len == want_units {
+                        break;
+                    }
+                }
+            }
+            if best_len > 0 {
+                let (start, count) = (best_start * HUGE_BLOCKS, best_len * HUGE_BLOCKS);
+                self.mark_used(start, count)?;
+                return Ok((start, count));
             }
         }
         // First fit of the longest free run, capped at `want`.
         let (mut best_start, mut best_len) = (0, 0);
         let mut b = 0;
-        while b < self.nr_blocks {
-            if self.is_used(b) {
-                b += 1;
-                continue;
-            }
-            let start = b;
-            while b < self.nr_blocks && !self.is_used(b) && b - start < want {
-                b += 1;
-            }
-            if b - start > best_len {
+        while let Some(start) = self.first_in(b, self.nr_blocks, false) {
+            let cap = start.saturating_add(want).min(self.nr_blocks);
+            let end = self.first_in(start, cap, true).unwrap_or(cap);
+            if end - start > best_len {
                 best_start = start;
-                best_len = b - start;
+                best_len = end - start;
                 if best_len == want {
                     break;
                 }
             }
+            b = end;
         }
         self.mark_used(best_start, best_len)?;
         Ok((best_start, best_len))
     }
 }
+
+// Whole 1 GiB units are whole bitmap words.
+const _: () = assert!(HUGE_BLOCKS % 64 == 0);
 
 #[cfg(test)]
 mod tests {
@@ -218,6 +342,22 @@ mod tests {
         let bm = BlockBitmap::attach(&mut w, 100).unwrap();
         assert_eq!(bm.used(), 10);
         assert!(bm.is_used(65) && !bm.is_used(70));
+    }
+
+    #[test]
+    fn resume_keeps_the_count() {
+        let mut w = [0u64; 2];
+        let used = {
+            let mut bm = BlockBitmap::new(&mut w, 100).unwrap();
+            bm.mark_used(60, 10).unwrap();
+            bm.used()
+        };
+        let mut bm = BlockBitmap::resume(&mut w, 100, used).unwrap();
+        assert_eq!(bm.free(), 90);
+        bm.mark_free(60, 10).unwrap();
+        assert_eq!(bm.used(), 0);
+        assert!(BlockBitmap::resume(&mut w, 100, 101).is_err());
+        assert!(BlockBitmap::resume(&mut w, 129, 0).is_err());
     }
 
     #[test]

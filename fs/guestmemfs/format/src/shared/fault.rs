@@ -201,13 +201,6 @@ pub fn tail_to_zero(old: u64, new: u64) -> Option<(u64, u64)> {
     Some((z, z - z % BLOCK_SIZE + BLOCK_SIZE))
 }
 
-/// First file offset whose mappings a shrink to `new` must remove: the
-/// page after the one holding the new EOF (a huge entry over it is split
-/// by the unmap and refaults with PTEs).
-pub fn unmap_from(new: u64) -> u64 {
-    mappable_end(new)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,6 +272,6 @@ mod tests {
         assert_eq!(tail_to_zero(4 * MIB, size), Some((size, 4 * MIB)));
         assert_eq!(tail_to_zero(size, 4 * MIB), Some((size, 4 * MIB)));
         assert_eq!(tail_to_zero(4 * MIB, 2 * MIB), None);
-        assert_eq!(unmap_from(size), 3 * MIB + 4096);
+        assert_eq!(mappable_end(size), 3 * MIB + 4096);
     }
 }

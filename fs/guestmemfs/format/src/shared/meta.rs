@@ -3,12 +3,15 @@
 //!
 //! A directory entry is the child inode itself: each inode stores its
 //! parent and its name, so there are no hard links (`nlink` of a file is 1
-//! while it has a name). Lookups and readdir scan the inode table; the
-//! kernel caches dentries on top. An unlinked inode still open or mapped
+//! while it has a name). Lookups, readdir, free-record searches and
+//! counts go through the in-memory [`Index`] (built by validation or
+//! `format`, kept exact by every change here), never through a scan of
+//! the tables; the kernel caches dentries on top. An unlinked inode still open or mapped
 //! keeps `nlink == 0` until [`Meta::evict`] frees it; after a kexec such
 //! orphans are reclaimed at mount ([`Meta::reclaim_orphans`]).
 
 use super::bitmap::BlockBitmap;
+use super::index::{Index, IndexCounters};
 use super::layout::*;
 use super::{corrupt, Corruption, Error};
 
@@ -80,14 +83,14 @@ pub struct Extent {
 }
 
 /// Iterator over one file's extents, from [`Meta::extents`].
-pub struct ExtentWalk<'m, B> {
-    meta: &'m Meta<B>,
+pub struct ExtentWalk<'m, 'x, B> {
+    meta: &'m Meta<'x, B>,
     ino: u64,
     next: u64,
     steps: u64,
 }
 
-impl<B: AsRef<[u8]>> Iterator for ExtentWalk<'_, B> {
+impl<B: AsRef<[u8]>> Iterator for ExtentWalk<'_, '_, B> {
     type Item = Result<Extent, Error>;
 
     fn next(&mut self) -> Option<Self::Item> {
@@ -165,18 +168,32 @@ fn extent_end(ino: u64, e: &Extent) -> Result<u64, Error> {
         .ok_or(Error::Corrupt(Corruption::ExtentOrder(ino)))
 }
 
-/// A metadata image: the metadata blocks of the region, mapped.
-pub struct Meta<B> {
+/// A metadata image: the metadata blocks of the region, mapped, with its
+/// in-memory [`Index`].
+pub struct Meta<'x, B> {
     buf: B,
     geo: Geometry,
+    ix: Index<'x>,
 }
 
 /// Formats `buf` (at least `geo.meta_bytes()` long) as an empty
-/// filesystem with a root directory owned by root, mode 0755.
-pub fn format(buf: &mut [u8], geo: &Geometry, now: Time, generation: u64) -> Result<(), Error> {
+/// filesystem with a root directory owned by root, mode 0755, and builds
+/// `index` for it (storage of [`super::index::IndexSizes::initial`] or
+/// larger). Only the superblock and the root's record are written: every
+/// other record is above the high-water marks, free whatever it holds.
+pub fn format(
+    buf: &mut [u8],
+    geo: &Geometry,
+    now: Time,
+    generation: u64,
+    index: &mut Index<'_>,
+) -> Result<(), Error> {
     let meta_len = usize::try_from(geo.meta_bytes()).map_err(|_| Error::Invalid)?;
     let area = buf.get_mut(..meta_len).ok_or(Error::Truncated)?;
-    area.iter_mut().for_each(|b| *b = 0);
+    area.get_mut(..SUPERBLOCK_SIZE as usize)
+        .ok_or(Error::Truncated)?
+        .iter_mut()
+        .for_each(|b| *b = 0);
     put_u64(area, sb::MAGIC, MAGIC)?;
     put_u32(area, sb::VERSION, VERSION)?;
     put_u32(area, sb::HEADER_SIZE, SUPERBLOCK_SIZE as u32)?;
@@ -190,15 +207,24 @@ pub fn format(buf: &mut [u8], geo: &Geometry, now: Time, generation: u64) -> Res
     put_u64(area, sb::EXTENT_OFFSET, geo.extent_offset())?;
     put_u64(area, sb::GENERATION, generation)?;
     put_u64(area, sb::NEXT_INO_GEN, 1)?;
+    put_u64(area, sb::INODE_HWM, ROOT_INO)?;
+    put_u64(area, sb::EXTENT_HWM, 0)?;
     seal_superblock(area)?;
+    index.reset(geo, ROOT_INO, 0)?;
     let mut meta = Meta {
         buf: area,
         geo: *geo,
+        ix: index.reborrow(),
     };
-    let mut root = meta.empty_inode(ROOT_INO, S_IFDIR | 0o755, 0, 0, now);
+    let mut root = empty_inode(ROOT_INO, S_IFDIR | 0o755, 0, 0, now);
     root.nlink = 2;
     root.parent = ROOT_INO;
-    meta.write_inode(&root)
+    let res = meta.store_inode(&root);
+    match res {
+        Ok(()) => index.finish(ROOT_INO, 0, false),
+        Err(_) => index.poison(),
+    }
+    res
 }
 
 /// Rewrites the superblock checksum after a superblock change.
@@ -208,14 +234,93 @@ pub fn seal_superblock(buf: &mut [u8]) -> Result<(), Error> {
     put_u32(buf, sb::CHECKSUM, sum)
 }
 
-impl<B: AsRef<[u8]>> Meta<B> {
-    /// A view of metadata whose superblock was already checked by
-    /// [`super::validate::superblock`].
-    pub fn new(buf: B, geo: Geometry) -> Result<Self, Error> {
+/// Decodes the inode record `ino` of a table of `inode_count` records,
+/// whatever its flags say.
+pub(crate) fn decode_inode(buf: &[u8], inode_count: u64, ino: u64) -> Result<InodeData, Error> {
+    let b = inode_record(buf, inode_count, ino)?;
+    let name_len = get_u32(b, ino::NAME_LEN)? as usize;
+    let mut name = [0u8; NAME_MAX];
+    let n = name_len.min(NAME_MAX);
+    name[..n].copy_from_slice(b.get(ino::NAME..ino::NAME + n).ok_or(Error::Truncated)?);
+    let time = |o: usize| -> Result<Time, Error> {
+        Ok(Time {
+            sec: get_u64(b, o)? as i64,
+            nsec: get_u32(b, o + 8)?,
+        })
+    };
+    Ok(InodeData {
+        ino,
+        mode: get_u32(b, ino::MODE)?,
+        uid: get_u32(b, ino::UID)?,
+        gid: get_u32(b, ino::GID)?,
+        nlink: get_u32(b, ino::NLINK)?,
+        size: get_u64(b, ino::SIZE)?,
+        parent: get_u64(b, ino::PARENT)?,
+        first_extent: get_u64(b, ino::FIRST_EXTENT)?,
+        nr_extents: get_u64(b, ino::NR_EXTENTS)?,
+        blocks: get_u64(b, ino::BLOCKS)?,
+        atime: time(ino::ATIME)?,
+        mtime: time(ino::MTIME)?,
+        ctime: time(ino::CTIME)?,
+        generation: get_u64(b, ino::GENERATION)?,
+        name_len,
+        name,
+    })
+}
+
+/// Decodes extent record `id` of `geo`, whatever its flags say.
+pub(crate) fn decode_extent(buf: &[u8], geo: &Geometry, id: u64) -> Result<Extent, Error> {
+    let b = extent_record(buf, geo, id)?;
+    Ok(Extent {
+        id,
+        count: u64::from(get_u32(b, ext::COUNT)?),
+        next: get_u64(b, ext::NEXT)?,
+        file_block: get_u64(b, ext::FILE_BLOCK)?,
+        phys_block: get_u64(b, ext::PHYS_BLOCK)?,
+    })
+}
+
+fn empty_inode(ino: u64, mode: u32, uid: u32, gid: u32, now: Time) -> InodeData {
+    InodeData {
+        ino,
+        mode,
+        uid,
+        gid,
+        nlink: 1,
+        size: 0,
+        parent: 0,
+        first_extent: 0,
+        nr_extents: 0,
+        blocks: 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        generation: 0,
+        name_len: 0,
+        name: [0; NAME_MAX],
+    }
+}
+
+/// The entry (parent and name) of inode `i`, if it is linked.
+fn entry_of(i: &InodeData) -> Option<(u64, &[u8])> {
+    (i.ino != ROOT_INO && i.nlink > 0).then(|| (i.parent, i.name()))
+}
+
+impl<'x, B: AsRef<[u8]>> Meta<'x, B> {
+    /// A view of metadata whose superblock was checked by
+    /// [`super::validate::superblock`], with the index that
+    /// [`super::validate::contents`] or [`format`] built for it. Cheap:
+    /// nothing is scanned.
+    pub fn new(buf: B, geo: Geometry, index: Index<'x>) -> Result<Self, Error> {
         if (buf.as_ref().len() as u64) < geo.meta_bytes() {
             return Err(Error::Truncated);
         }
-        Ok(Meta { buf, geo })
+        index.check(&geo)?;
+        Ok(Meta {
+            buf,
+            geo,
+            ix: index,
+        })
     }
 
     /// The geometry.
@@ -228,117 +333,88 @@ impl<B: AsRef<[u8]>> Meta<B> {
         self.buf.as_ref()
     }
 
+    /// The index's counters (records in use, high-water marks).
+    pub fn counters(&self) -> &IndexCounters {
+        self.ix.counters()
+    }
+
     /// Superblock generation (bumped at every mount).
     pub fn generation(&self) -> Result<u64, Error> {
         get_u64(self.buf.as_ref(), sb::GENERATION)
     }
 
-    fn inode_off(&self, ino: u64) -> Result<usize, Error> {
+    fn check_ino(&self, ino: u64) -> Result<(), Error> {
         if ino == 0 || ino > self.geo.inode_count {
             return Err(Error::Invalid);
         }
-        usize::try_from(INODE_OFFSET + (ino - 1) * INODE_SIZE).map_err(|_| Error::Invalid)
-    }
-
-    fn extent_off(&self, id: u64) -> Result<usize, Error> {
-        if id == 0 || id > self.geo.extent_count {
-            return Err(Error::Invalid);
-        }
-        usize::try_from(self.geo.extent_offset() + (id - 1) * EXTENT_SIZE)
-            .map_err(|_| Error::Invalid)
+        Ok(())
     }
 
     /// True if inode record `ino` is in use.
     pub fn inode_in_use(&self, ino: u64) -> Result<bool, Error> {
-        let off = self.inode_off(ino)?;
-        Ok(get_u32(self.buf.as_ref(), off + ino::FLAGS)? & FLAG_IN_USE != 0)
+        self.check_ino(ino)?;
+        Ok(self.ix.inode_used(ino))
     }
 
     /// Decodes inode `ino`; `NotFound` when the record is free.
     pub fn inode(&self, ino: u64) -> Result<InodeData, Error> {
-        let off = self.inode_off(ino)?;
-        let b = self.buf.as_ref();
-        if get_u32(b, off + ino::FLAGS)? & FLAG_IN_USE == 0 {
+        self.check_ino(ino)?;
+        if !self.ix.inode_used(ino) {
             return Err(Error::NotFound);
         }
-        let name_len = get_u32(b, off + ino::NAME_LEN)? as usize;
-        let mut name = [0u8; NAME_MAX];
-        let n = name_len.min(NAME_MAX);
-        name[..n].copy_from_slice(
-            b.get(off + ino::NAME..off + ino::NAME + n)
-                .ok_or(Error::Truncated)?,
-        );
-        let time = |o: usize| -> Result<Time, Error> {
-            Ok(Time {
-                sec: get_u64(b, off + o)? as i64,
-                nsec: get_u32(b, off + o + 8)?,
-            })
-        };
-        Ok(InodeData {
-            ino,
-            mode: get_u32(b, off + ino::MODE)?,
-            uid: get_u32(b, off + ino::UID)?,
-            gid: get_u32(b, off + ino::GID)?,
-            nlink: get_u32(b, off + ino::NLINK)?,
-            size: get_u64(b, off + ino::SIZE)?,
-            parent: get_u64(b, off + ino::PARENT)?,
-            first_extent: get_u64(b, off + ino::FIRST_EXTENT)?,
-            nr_extents: get_u64(b, off + ino::NR_EXTENTS)?,
-            blocks: get_u64(b, off + ino::BLOCKS)?,
-            atime: time(ino::ATIME)?,
-            mtime: time(ino::MTIME)?,
-            ctime: time(ino::CTIME)?,
-            generation: get_u64(b, off + ino::GENERATION)?,
-            name_len,
-            name,
-        })
+        decode_inode(self.buf.as_ref(), self.geo.inode_count, ino)
+    }
+
+    /// The raw record of in-use inode `ino`.
+    fn record(&self, ino: u64) -> Result<&[u8], Error> {
+        self.check_ino(ino)?;
+        if !self.ix.inode_used(ino) {
+            return Err(Error::NotFound);
+        }
+        inode_record(self.buf.as_ref(), self.geo.inode_count, ino)
     }
 
     /// Decodes extent `id`; `None` when the record is free.
     pub fn extent(&self, id: u64) -> Result<Option<Extent>, Error> {
-        let off = self.extent_off(id)?;
-        let b = self.buf.as_ref();
-        if get_u32(b, off + ext::FLAGS)? & FLAG_IN_USE == 0 {
+        if id == 0 || id > self.geo.extent_count {
+            return Err(Error::Invalid);
+        }
+        if !self.ix.extent_used(id) {
             return Ok(None);
         }
-        Ok(Some(Extent {
-            id,
-            count: u64::from(get_u32(b, off + ext::COUNT)?),
-            next: get_u64(b, off + ext::NEXT)?,
-            file_block: get_u64(b, off + ext::FILE_BLOCK)?,
-            phys_block: get_u64(b, off + ext::PHYS_BLOCK)?,
-        }))
+        decode_extent(self.buf.as_ref(), &self.geo, id).map(Some)
     }
 
-    /// Finds `name` in directory `dir`.
+    /// Finds `name` in directory `dir`: one probe of the name table,
+    /// expected O(1).
     pub fn lookup(&self, dir: u64, name: &[u8]) -> Result<u64, Error> {
-        let d = self.inode(dir)?;
-        if !d.is_dir() {
+        if get_u32(self.record(dir)?, ino::MODE)? & S_IFMT != S_IFDIR {
             return Err(Error::NotDir);
         }
         check_name(name)?;
-        for ino in 1..=self.geo.inode_count {
-            if !self.inode_in_use(ino)? {
-                continue;
-            }
-            let i = self.inode(ino)?;
-            if i.parent == dir && i.ino != ROOT_INO && i.nlink > 0 && i.name() == name {
-                return Ok(ino);
-            }
-        }
-        Err(Error::NotFound)
+        self.ix
+            .find(self.buf.as_ref(), dir, name)?
+            .ok_or(Error::NotFound)
     }
 
-    /// The next entry of `dir` at or after record `pos` (a cursor starting
-    /// at 0): returns the child and the cursor for the following call.
+    /// The next entry of `dir` after inode `pos` (a cursor starting at 0),
+    /// in inode order: returns the child and the cursor for the following
+    /// call. Walks the in-use bitmap a word at a time up to the high-water
+    /// mark, so listing a directory costs O(high-water mark / 64 + inodes
+    /// in use) in all.
     pub fn readdir(&self, dir: u64, pos: u64) -> Result<Option<(InodeData, u64)>, Error> {
-        for ino in pos.saturating_add(1).max(1)..=self.geo.inode_count {
-            if !self.inode_in_use(ino)? || ino == ROOT_INO {
+        if self.ix.child_count(dir) == 0 {
+            return Ok(None);
+        }
+        let mut cur = pos;
+        while let Some(ino) = self.ix.next_inode(cur) {
+            cur = ino;
+            if ino == ROOT_INO {
                 continue;
             }
-            let i = self.inode(ino)?;
-            if i.parent == dir && i.nlink > 0 {
-                return Ok(Some((i, ino)));
+            let rec = inode_record(self.buf.as_ref(), self.geo.inode_count, ino)?;
+            if get_u64(rec, ino::PARENT)? == dir && get_u32(rec, ino::NLINK)? > 0 {
+                return Ok(Some((self.inode(ino)?, ino)));
             }
         }
         Ok(None)
@@ -346,21 +422,22 @@ impl<B: AsRef<[u8]>> Meta<B> {
 
     /// True if `dir` has entries.
     pub fn has_children(&self, dir: u64) -> Result<bool, Error> {
-        Ok(self.readdir(dir, 0)?.is_some())
+        Ok(self.ix.child_count(dir) > 0)
+    }
+
+    /// Entries whose parent is `dir` (0 for a free or unknown record).
+    pub fn child_count(&self, dir: u64) -> u32 {
+        self.ix.child_count(dir)
     }
 
     /// Inodes in use.
     pub fn inodes_used(&self) -> Result<u64, Error> {
-        let mut n = 0;
-        for ino in 1..=self.geo.inode_count {
-            n += u64::from(self.inode_in_use(ino)?);
-        }
-        Ok(n)
+        Ok(self.ix.counters().inodes_used())
     }
 
     /// Walks the extent list of `ino` in file order. The walk fails
     /// (instead of looping) on a cycle or a bad link.
-    pub fn extents(&self, ino: u64) -> Result<ExtentWalk<'_, B>, Error> {
+    pub fn extents(&self, ino: u64) -> Result<ExtentWalk<'_, 'x, B>, Error> {
         let first = self.inode(ino)?.first_extent;
         Ok(ExtentWalk {
             meta: self,
@@ -406,55 +483,116 @@ impl<B: AsRef<[u8]>> Meta<B> {
             if cur == ROOT_INO {
                 return Ok(false);
             }
-            cur = self.inode(cur)?.parent;
+            cur = get_u64(self.record(cur)?, ino::PARENT)?;
         }
         corrupt(Corruption::DirCycle(ino))
     }
 }
 
-impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
-    /// The raw metadata bytes, writable (test hooks only).
+impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
+    /// The raw metadata bytes, writable (test hooks only: the index does
+    /// not follow changes made here).
     pub fn bytes_mut(&mut self) -> &mut [u8] {
         self.buf.as_mut()
     }
 
-    fn empty_inode(&self, ino: u64, mode: u32, uid: u32, gid: u32, now: Time) -> InodeData {
-        InodeData {
-            ino,
-            mode,
-            uid,
-            gid,
-            nlink: 1,
-            size: 0,
-            parent: 0,
-            first_extent: 0,
-            nr_extents: 0,
-            blocks: 0,
-            atime: now,
-            mtime: now,
-            ctime: now,
-            generation: 0,
-            name_len: 0,
-            name: [0; NAME_MAX],
+    /// Sets superblock fields and seals it once. A pending rewrite of the
+    /// version and high-water marks (a version 1 image, or marks lowered
+    /// at adoption) goes first: every change of the image passes here or
+    /// through [`Meta::prepare_write`], so the first one upgrades it.
+    fn superblock_set(&mut self, fields: &[(usize, u64)]) -> Result<(), Error> {
+        let b = self.buf.as_mut();
+        let c = &mut *self.ix.c;
+        if c.sync_superblock {
+            put_u32(b, sb::VERSION, VERSION)?;
+            put_u64(b, sb::INODE_HWM, c.inode_hwm)?;
+            put_u64(b, sb::EXTENT_HWM, c.extent_hwm)?;
+            // Version 1 left these bytes undefined (zero in practice);
+            // version 2 reserves them as zero.
+            b.get_mut(sb::RESERVED..sb::CHECKSUM)
+                .ok_or(Error::Truncated)?
+                .iter_mut()
+                .for_each(|x| *x = 0);
         }
+        for &(off, v) in fields {
+            put_u64(b, off, v)?;
+        }
+        seal_superblock(b)?;
+        c.sync_superblock = false;
+        Ok(())
     }
 
-    /// Writes an inode record (marking it in use). Fields the next
-    /// kernel's validation would refuse (a mode outside the file type and
-    /// permission bits, a time with `nsec` of a second or more, a name
-    /// longer than `NAME_MAX`) are refused with `Invalid`.
+    /// Before any record changes: the pending superblock rewrite, if any.
+    fn prepare_write(&mut self) -> Result<(), Error> {
+        if self.ix.c.sync_superblock {
+            self.superblock_set(&[])?;
+        }
+        Ok(())
+    }
+
+    /// Writes an in-use inode record. Fields the next kernel's validation
+    /// would refuse (a mode outside the file type and permission bits, a
+    /// time with `nsec` of a second or more, a name longer than
+    /// `NAME_MAX`) are refused with `Invalid`; a free record is
+    /// `NotFound`. A change of parent, name or link count moves the entry
+    /// in the index: `Exists` if its new name is taken, `Invalid` if its
+    /// new parent is not a directory in use.
     pub fn write_inode(&mut self, i: &InodeData) -> Result<(), Error> {
-        let off = self.inode_off(i.ino)?;
+        self.check_ino(i.ino)?;
+        if !self.ix.inode_used(i.ino) {
+            return Err(Error::NotFound);
+        }
+        self.store_inode(i)
+    }
+
+    /// Writes inode record `i` (allocating it when free) and updates the
+    /// index. Everything that can fail is checked before the first write.
+    fn store_inode(&mut self, i: &InodeData) -> Result<(), Error> {
+        self.check_ino(i.ino)?;
         if i.mode & !(S_IFMT | MODE_PERM_MASK) != 0 || i.name_len > NAME_MAX {
             return Err(Error::Invalid);
         }
         check_time(i.atime)?;
         check_time(i.mtime)?;
         check_time(i.ctime)?;
-        let b = self.buf.as_mut();
-        let rec = b
-            .get_mut(off..off + INODE_SIZE as usize)
-            .ok_or(Error::Truncated)?;
+        let was_used = self.ix.inode_used(i.ino);
+        let old = if was_used {
+            Some(self.inode(i.ino)?)
+        } else {
+            None
+        };
+        let old_key = old.as_ref().and_then(entry_of);
+        let new_key = entry_of(i);
+        let moved = old_key != new_key;
+        if moved {
+            if let Some((parent, name)) = new_key {
+                let parent_rec = self.record(parent).map_err(|_| Error::Invalid)?;
+                if get_u32(parent_rec, ino::MODE)? & S_IFMT != S_IFDIR {
+                    return Err(Error::Invalid);
+                }
+                if self.ix.find(self.buf.as_ref(), parent, name)?.is_some() {
+                    return Err(Error::Exists);
+                }
+                let gaining = old_key.is_none_or(|(p, _)| p != parent);
+                if gaining && self.ix.child_count(parent) == u32::MAX {
+                    return Err(TOO_MANY_LINKS);
+                }
+                if old_key.is_none() {
+                    self.ix.reserve(self.buf.as_ref())?;
+                }
+            }
+        }
+        self.prepare_write()?;
+        if !was_used && self.ix.raise_inode_hwm(i.ino)? {
+            self.superblock_set(&[(sb::INODE_HWM, i.ino)])?;
+        }
+        if moved {
+            if let Some((parent, name)) = old_key {
+                self.ix.remove(self.buf.as_ref(), i.ino, parent, name)?;
+                self.ix.remove_child(parent)?;
+            }
+        }
+        let rec = inode_record_mut(self.buf.as_mut(), self.geo.inode_count, i.ino)?;
         rec.iter_mut().for_each(|x| *x = 0);
         put_u32(rec, ino::FLAGS, FLAG_IN_USE)?;
         put_u32(rec, ino::MODE, i.mode)?;
@@ -480,69 +618,79 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         rec.get_mut(ino::NAME..ino::NAME + n)
             .ok_or(Error::Truncated)?
             .copy_from_slice(&i.name[..n]);
+        if !was_used {
+            self.ix.set_inode(i.ino, true)?;
+            self.ix.reset_children(i.ino)?;
+        }
+        if moved {
+            if let Some((parent, name)) = new_key {
+                self.ix.insert(i.ino, parent, name)?;
+                self.ix.add_child(parent)?;
+            }
+        }
         Ok(())
     }
 
     fn free_inode_record(&mut self, ino: u64) -> Result<(), Error> {
-        let off = self.inode_off(ino)?;
-        let rec = self
-            .buf
-            .as_mut()
-            .get_mut(off..off + INODE_SIZE as usize)
-            .ok_or(Error::Truncated)?;
-        rec.iter_mut().for_each(|x| *x = 0);
-        Ok(())
+        let old = self.inode(ino)?;
+        self.prepare_write()?;
+        if let Some((parent, name)) = entry_of(&old) {
+            self.ix.remove(self.buf.as_ref(), ino, parent, name)?;
+            self.ix.remove_child(parent)?;
+        }
+        inode_record_mut(self.buf.as_mut(), self.geo.inode_count, ino)?
+            .iter_mut()
+            .for_each(|x| *x = 0);
+        self.ix.set_inode(ino, false)
     }
 
+    /// Writes an extent record (all of it), allocating it when free.
     fn write_extent(&mut self, e: &Extent) -> Result<(), Error> {
-        let off = self.extent_off(e.id)?;
+        if e.id == 0 || e.id > self.geo.extent_count {
+            return Err(Error::Invalid);
+        }
         let count = u32::try_from(e.count).map_err(|_| Error::Invalid)?;
-        let b = self.buf.as_mut();
-        put_u32(b, off + ext::FLAGS, FLAG_IN_USE)?;
-        put_u32(b, off + ext::COUNT, count)?;
-        put_u64(b, off + ext::NEXT, e.next)?;
-        put_u64(b, off + ext::FILE_BLOCK, e.file_block)?;
-        put_u64(b, off + ext::PHYS_BLOCK, e.phys_block)
+        self.prepare_write()?;
+        let was_used = self.ix.extent_used(e.id);
+        if !was_used && self.ix.raise_extent_hwm(e.id)? {
+            self.superblock_set(&[(sb::EXTENT_HWM, e.id)])?;
+        }
+        let b = extent_record_mut(self.buf.as_mut(), &self.geo, e.id)?;
+        put_u32(b, ext::FLAGS, FLAG_IN_USE)?;
+        put_u32(b, ext::COUNT, count)?;
+        put_u64(b, ext::NEXT, e.next)?;
+        put_u64(b, ext::FILE_BLOCK, e.file_block)?;
+        put_u64(b, ext::PHYS_BLOCK, e.phys_block)?;
+        if !was_used {
+            self.ix.set_extent(e.id, true)?;
+        }
+        Ok(())
     }
 
     fn free_extent_record(&mut self, id: u64) -> Result<(), Error> {
-        let off = self.extent_off(id)?;
-        let rec = self
-            .buf
-            .as_mut()
-            .get_mut(off..off + EXTENT_SIZE as usize)
-            .ok_or(Error::Truncated)?;
-        rec.iter_mut().for_each(|x| *x = 0);
-        Ok(())
-    }
-
-    fn free_extent_slot(&self) -> Result<u64, Error> {
-        for id in 1..=self.geo.extent_count {
-            if self.extent(id)?.is_none() {
-                return Ok(id);
-            }
+        if !self.ix.extent_used(id) {
+            return Err(Error::Invalid);
         }
-        Err(Error::NoExtents)
+        self.prepare_write()?;
+        extent_record_mut(self.buf.as_mut(), &self.geo, id)?
+            .iter_mut()
+            .for_each(|x| *x = 0);
+        self.ix.set_extent(id, false)
     }
 
-    fn next_generation(&mut self) -> Result<u64, Error> {
-        let g = get_u64(self.buf.as_ref(), sb::NEXT_INO_GEN)?;
-        // Every inode's generation stays below the counter (validation
-        // checks it), so the counter never wraps: 2^64 creations do not
-        // happen, only a damaged counter gets here.
-        let next = g.checked_add(1).ok_or(Error::NoInodes)?;
-        put_u64(self.buf.as_mut(), sb::NEXT_INO_GEN, next)?;
-        seal_superblock(self.buf.as_mut())?;
-        Ok(g)
+    /// The lowest free extent record: a word-level search of the extent
+    /// bitmap from a hint, else the one above the high-water mark.
+    fn free_extent_slot(&self) -> Result<u64, Error> {
+        self.ix.lowest_free_extent().ok_or(Error::NoExtents)
     }
 
     /// Sets the superblock generation (done at every mount).
     pub fn set_generation(&mut self, generation: u64) -> Result<(), Error> {
-        put_u64(self.buf.as_mut(), sb::GENERATION, generation)?;
-        seal_superblock(self.buf.as_mut())
+        self.superblock_set(&[(sb::GENERATION, generation)])
     }
 
-    /// Creates `name` in `dir` with `mode` (file type included).
+    /// Creates `name` in `dir` with `mode` (file type included), in the
+    /// lowest free inode record.
     pub fn create(
         &mut self,
         dir: u64,
@@ -574,26 +722,31 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
             // directory at the link limit stays as it was.
             d.nlink = d.nlink.checked_add(1).ok_or(TOO_MANY_LINKS)?;
         }
-        let mut free = None;
-        for ino in 2..=self.geo.inode_count {
-            if !self.inode_in_use(ino)? {
-                free = Some(ino);
-                break;
-            }
+        if self.ix.child_count(dir) == u32::MAX {
+            return Err(TOO_MANY_LINKS);
         }
-        let ino = free.ok_or(Error::NoInodes)?;
-        let mut i = self.empty_inode(ino, mode, uid, gid, now);
+        let ino = self.ix.lowest_free_inode().ok_or(Error::NoInodes)?;
+        // Every inode's generation stays below the counter (validation
+        // checks it), so the counter never wraps: 2^64 creations do not
+        // happen, only a damaged counter gets here.
+        let generation = get_u64(self.buf.as_ref(), sb::NEXT_INO_GEN)?;
+        let next = generation.checked_add(1).ok_or(Error::NoInodes)?;
+        // The counter and a new high-water mark: one superblock update.
+        self.ix.raise_inode_hwm(ino)?;
+        let hwm = self.ix.c.inode_hwm;
+        self.superblock_set(&[(sb::NEXT_INO_GEN, next), (sb::INODE_HWM, hwm)])?;
+        let mut i = empty_inode(ino, mode, uid, gid, now);
         i.parent = dir;
-        i.generation = self.next_generation()?;
+        i.generation = generation;
         i.name_len = name.len();
         i.name[..name.len()].copy_from_slice(name);
         if kind == S_IFDIR {
             i.nlink = 2;
         }
-        self.write_inode(&i)?;
+        self.store_inode(&i)?;
         d.mtime = now;
         d.ctime = now;
-        self.write_inode(&d)?;
+        self.store_inode(&d)?;
         Ok(i)
     }
 
@@ -612,11 +765,11 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         }
         d.mtime = now;
         d.ctime = now;
-        self.write_inode(&d)?;
+        self.store_inode(&d)?;
         i.nlink = 0;
         i.parent = 0;
         i.ctime = now;
-        self.write_inode(&i)?;
+        self.store_inode(&i)?;
         Ok(i)
     }
 
@@ -631,11 +784,14 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
     }
 
     /// Frees every unlinked inode (orphans left by files that were open
-    /// at the kexec). Returns how many.
+    /// at the kexec). Returns how many. Walks the inodes in use only.
     pub fn reclaim_orphans(&mut self, blocks: &mut BlockBitmap<'_>) -> Result<u64, Error> {
         let mut n = 0;
-        for ino in 2..=self.geo.inode_count {
-            if self.inode_in_use(ino)? && self.inode(ino)?.nlink == 0 {
+        let mut cur = ROOT_INO;
+        while let Some(ino) = self.ix.next_inode(cur) {
+            cur = ino;
+            let rec = inode_record(self.buf.as_ref(), self.geo.inode_count, ino)?;
+            if get_u32(rec, ino::NLINK)? == 0 {
                 self.evict(ino, blocks)?;
                 n += 1;
             }
@@ -824,6 +980,35 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
         Ok(())
     }
 
+    /// Gives `ino` the blocks `[phys, phys + count)`, which the caller
+    /// took from the allocator (`BlockBitmap::mark_used`) and prepared
+    /// itself (the kernel zeroes a 1 GiB unit without holding its lock),
+    /// at `file_block`. The file range must still be a hole of a regular
+    /// file; on any error nothing changed and the blocks are the caller's.
+    pub fn insert_reserved(
+        &mut self,
+        ino: u64,
+        file_block: u64,
+        phys: u64,
+        count: u64,
+    ) -> Result<(), Error> {
+        let i = self.inode(ino)?;
+        if !i.is_reg() {
+            return Err(Error::IsDir);
+        }
+        let end = file_block.checked_add(count).ok_or(Error::TooBig)?;
+        if count == 0 || end > MAX_FILE_BLOCKS {
+            return Err(Error::TooBig);
+        }
+        for e in self.extents(ino)? {
+            let e = e?;
+            if e.file_block < end && file_block < e.file_block.saturating_add(e.count) {
+                return Err(Error::Exists);
+            }
+        }
+        self.insert_extent(ino, file_block, phys, count)
+    }
+
     /// Inserts an extent in file order, merging with a physically and
     /// logically adjacent predecessor.
     fn insert_extent(
@@ -980,27 +1165,29 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<B> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::index::testing::Store;
     use super::super::validate;
     use super::*;
 
     const T: Time = Time { sec: 100, nsec: 5 };
 
-    fn image(blocks: u64) -> (std::vec::Vec<u8>, Geometry) {
+    fn image(blocks: u64) -> (std::vec::Vec<u8>, Geometry, Store) {
         let geo = Geometry::new(blocks * BLOCK_SIZE, 64).unwrap();
         let mut buf = std::vec![0u8; geo.meta_bytes() as usize];
-        format(&mut buf, &geo, T, 1).unwrap();
-        (buf, geo)
+        let mut st = Store::new(&geo);
+        format(&mut buf, &geo, T, 1, &mut st.index()).unwrap();
+        (buf, geo, st)
     }
 
     extern crate std;
 
     #[test]
     fn create_lookup_unlink() {
-        let (mut buf, geo) = image(16);
+        let (mut buf, geo, mut st) = image(16);
         let mut w = std::vec![0u64; 1];
         let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let d = m
             .create(ROOT_INO, b"dir", S_IFDIR | 0o700, 1, 2, T)
             .unwrap();
@@ -1031,8 +1218,8 @@ mod tests {
 
     #[test]
     fn rename_rules() {
-        let (mut buf, geo) = image(16);
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let (mut buf, geo, mut st) = image(16);
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let a = m.create(ROOT_INO, b"a", S_IFDIR | 0o755, 0, 0, T).unwrap();
         let b = m.create(a.ino, b"b", S_IFDIR | 0o755, 0, 0, T).unwrap();
         // A directory cannot move into its own subtree.
@@ -1059,11 +1246,11 @@ mod tests {
 
     #[test]
     fn truncate_splits_and_frees() {
-        let (mut buf, geo) = image(64);
+        let (mut buf, geo, mut st) = image(64);
         let mut w = std::vec![0u64; 1];
         let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
         m.allocate(f.ino, 0, 10, &mut bm).unwrap();
         m.allocate(f.ino, 20, 5, &mut bm).unwrap();
@@ -1079,11 +1266,11 @@ mod tests {
 
     #[test]
     fn allocate_with_prepares_new_runs_only() {
-        let (mut buf, geo) = image(16);
+        let (mut buf, geo, mut st) = image(16);
         let mut w = std::vec![0u64; 1];
         let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
         let mut seen = std::vec::Vec::new();
         m.allocate_with(f.ino, 0, 2, &mut bm, |b, n| {
@@ -1109,11 +1296,11 @@ mod tests {
 
     #[test]
     fn allocate_reports_no_space_and_rolls_back() {
-        let (mut buf, geo) = image(8);
+        let (mut buf, geo, mut st) = image(8);
         let mut w = std::vec![0u64; 1];
         let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
         let free = bm.free();
         assert_eq!(m.allocate(f.ino, 0, free + 1, &mut bm), Err(Error::NoSpace));
@@ -1123,7 +1310,7 @@ mod tests {
         assert_eq!(bm.free(), 0);
     }
 
-    fn set_nlink(m: &mut Meta<&mut [u8]>, ino: u64, nlink: u32) {
+    fn set_nlink(m: &mut Meta<'_, &mut [u8]>, ino: u64, nlink: u32) {
         let mut i = m.inode(ino).unwrap();
         i.nlink = nlink;
         m.write_inode(&i).unwrap();
@@ -1131,8 +1318,8 @@ mod tests {
 
     #[test]
     fn link_limit_refuses_without_change() {
-        let (mut buf, geo) = image(16);
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let (mut buf, geo, mut st) = image(16);
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let full = m
             .create(ROOT_INO, b"full", S_IFDIR | 0o755, 0, 0, T)
             .unwrap();
@@ -1166,8 +1353,8 @@ mod tests {
 
     #[test]
     fn damaged_link_counts_are_errors() {
-        let (mut buf, geo) = image(16);
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let (mut buf, geo, mut st) = image(16);
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let d = m.create(ROOT_INO, b"d", S_IFDIR | 0o755, 0, 0, T).unwrap();
         m.create(d.ino, b"e", S_IFDIR | 0o755, 0, 0, T).unwrap();
         for bad in [0, 1, 2] {
@@ -1185,8 +1372,8 @@ mod tests {
 
     #[test]
     fn removed_directories_take_no_entries() {
-        let (mut buf, geo) = image(16);
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let (mut buf, geo, mut st) = image(16);
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let d = m.create(ROOT_INO, b"d", S_IFDIR | 0o755, 0, 0, T).unwrap();
         m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
         m.unlink(ROOT_INO, b"d", T).unwrap();
@@ -1208,11 +1395,11 @@ mod tests {
 
     #[test]
     fn sizes_and_blocks_stay_within_the_largest_file() {
-        let (mut buf, geo) = image(16);
+        let (mut buf, geo, mut st) = image(16);
         let mut w = std::vec![0u64; 1];
         let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
         let max = i64::MAX as u64;
         assert_eq!(m.set_size(f.ino, max + 1, T, &mut bm), Err(Error::TooBig));
@@ -1231,10 +1418,10 @@ mod tests {
 
     #[test]
     fn generation_counter_does_not_wrap() {
-        let (mut buf, geo) = image(16);
+        let (mut buf, geo, mut st) = image(16);
         put_u64(&mut buf, sb::NEXT_INO_GEN, u64::MAX).unwrap();
         seal_superblock(&mut buf).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let before = m.bytes().to_vec();
         assert_eq!(
             m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T),
@@ -1245,11 +1432,11 @@ mod tests {
 
     #[test]
     fn unnormalized_times_and_modes_are_not_written() {
-        let (mut buf, geo) = image(16);
+        let (mut buf, geo, mut st) = image(16);
         let mut w = std::vec![0u64; 1];
         let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
         let bad = Time {
             sec: 1,

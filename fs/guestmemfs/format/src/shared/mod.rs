@@ -12,12 +12,14 @@
 
 pub mod bitmap;
 pub mod fault;
+pub mod index;
 pub mod layout;
 pub mod locator;
 pub mod meta;
 pub mod validate;
 
 pub use bitmap::BlockBitmap;
+pub use index::{Index, IndexCounters, IndexSizes};
 pub use layout::{Geometry, Time};
 pub use meta::{InodeData, Meta};
 
@@ -32,6 +34,9 @@ pub enum Error {
     Invalid,
     /// No free block.
     NoSpace,
+    /// The kernel could not get memory to prepare blocks (not a full
+    /// region: a transient shortage).
+    NoMemory,
     /// No free inode record.
     NoInodes,
     /// No free extent record.

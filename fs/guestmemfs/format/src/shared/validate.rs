@@ -2,20 +2,25 @@
 //! Validation of a metadata image handed over by the previous kernel.
 //!
 //! Nothing from the handover is trusted: the superblock is checked first
-//! (magic, version, checksum, geometry against the reserved region), then
-//! every inode and extent, structure (parents, extent lists, blocks) and
-//! meaning alike: flags, modes, names, sizes within `LLONG_MAX`, normalized
-//! times, generations below the superblock's counter, link counts (a file
-//! 1, or 0 as an orphan; a directory 2 + its subdirectories), so that
-//! neither the operations of [`super::meta`] nor the VFS meet a value they
-//! could not produce themselves. The walk is linear in the table sizes
+//! (magic, version, checksum, geometry against the reserved region, the
+//! high-water marks), then every inode and extent record up to the
+//! high-water marks (the records above them are free by definition and
+//! never read), structure (parents, extent lists, blocks) and meaning
+//! alike: flags, modes, names, sizes within `LLONG_MAX`, normalized times,
+//! generations below the superblock's counter, link counts (a file 1, or
+//! 0 as an orphan; a directory 2 + its subdirectories), so that neither
+//! the operations of [`super::meta`] nor the VFS meet a value they could
+//! not produce themselves. The walk is linear in the records it reads
 //! whatever the input (no unbounded loops: cycles are detected with
-//! marks), and it rebuilds the block bitmap as it goes, so a filesystem
-//! that passes is ready to use. Scratch memory comes from the caller.
+//! marks; duplicate names with the index's name table, whose hash is
+//! keyed with this boot's seed), and it builds the block bitmap and the
+//! [`Index`] as it goes, so a filesystem that passes is ready to use.
+//! Memory comes from the caller.
 
 use super::bitmap::BlockBitmap;
+use super::index::Index;
 use super::layout::*;
-use super::meta::{check_name, InodeData, Meta, MAX_FILE_BLOCKS, MAX_FILE_SIZE};
+use super::meta::{check_name, decode_inode, InodeData, MAX_FILE_BLOCKS, MAX_FILE_SIZE};
 use super::meta::{MODE_PERM_MASK, NSEC_PER_SEC};
 use super::{corrupt, Corruption, Error};
 
@@ -27,7 +32,7 @@ pub fn superblock(buf: &[u8], region_size: u64) -> Result<Geometry, Error> {
         return corrupt(Corruption::BadMagic);
     }
     let version = get_u32(buf, sb::VERSION)?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_1 {
         return corrupt(Corruption::BadVersion(version));
     }
     let body = buf.get(..sb::CHECKSUM).ok_or(Error::Truncated)?;
@@ -48,18 +53,69 @@ pub fn superblock(buf: &[u8], region_size: u64) -> Result<Geometry, Error> {
     if !consistent {
         return corrupt(Corruption::BadGeometry);
     }
+    // Version 2: the high-water marks inside the tables, the rest of the
+    // superblock zero (a field a later version adds is never ignored).
+    limits(buf, &geo)?;
+    if version == VERSION
+        && buf
+            .get(sb::RESERVED..sb::CHECKSUM)
+            .ok_or(Error::Truncated)?
+            .iter()
+            .any(|&b| b != 0)
+    {
+        return corrupt(Corruption::NonZeroReserved);
+    }
     Ok(geo)
 }
 
+/// How much of the tables an image uses: its version and the records
+/// validation reads (the high-water marks; the whole tables for a
+/// version 1 image, which has none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Format version of the image.
+    pub version: u32,
+    /// Inode records `1..=inodes` may be in use.
+    pub inodes: u64,
+    /// Extent records `1..=extents` may be in use.
+    pub extents: u64,
+}
+
+/// The [`Limits`] of the image whose superblock is `buf`, for the
+/// geometry [`superblock`] returned.
+pub fn limits(buf: &[u8], geo: &Geometry) -> Result<Limits, Error> {
+    match get_u32(buf, sb::VERSION)? {
+        VERSION_1 => Ok(Limits {
+            version: VERSION_1,
+            inodes: geo.inode_count,
+            extents: geo.extent_count,
+        }),
+        VERSION => {
+            let inodes = get_u64(buf, sb::INODE_HWM)?;
+            let extents = get_u64(buf, sb::EXTENT_HWM)?;
+            if inodes > geo.inode_count || extents > geo.extent_count {
+                return corrupt(Corruption::BadGeometry);
+            }
+            Ok(Limits {
+                version: VERSION,
+                inodes,
+                extents,
+            })
+        }
+        v => corrupt(Corruption::BadVersion(v)),
+    }
+}
+
 /// Caller-provided working memory for [`contents`], sized by
-/// [`ScratchSizes::for_geometry`].
+/// [`ScratchSizes::for_image`] (or [`ScratchSizes::for_geometry`], the
+/// most any image of the geometry needs).
 pub struct Scratch<'a> {
-    /// One byte per inode: directory-walk marks.
+    /// One byte per inode record up to the high-water mark: marks of the
+    /// directory walk.
     pub inode_marks: &'a mut [u8],
-    /// One bit per extent record: seen.
-    pub extent_seen: &'a mut [u64],
-    /// Two words per inode: name keys for the duplicate check.
-    pub name_keys: &'a mut [[u64; 2]],
+    /// One count per inode record up to the high-water mark:
+    /// subdirectories, for the directory link counts.
+    pub subdirs: &'a mut [u32],
     /// Becomes the allocator's view of the region.
     pub blocks: BlockBitmap<'a>,
 }
@@ -69,22 +125,30 @@ pub struct Scratch<'a> {
 pub struct ScratchSizes {
     /// Length of `inode_marks`.
     pub inode_marks: usize,
-    /// Length of `extent_seen`.
-    pub extent_seen: usize,
-    /// Length of `name_keys`.
-    pub name_keys: usize,
+    /// Length of `subdirs`.
+    pub subdirs: usize,
     /// Words for the block bitmap.
     pub block_words: usize,
 }
 
 impl ScratchSizes {
-    /// Sizes for a validated geometry.
+    /// Sizes for any image of a validated geometry.
     pub fn for_geometry(geo: &Geometry) -> ScratchSizes {
+        ScratchSizes::for_records(geo, geo.inode_count)
+    }
+
+    /// Sizes for the image `buf` (its superblock is enough): scratch
+    /// follows the inode high-water mark, not the table size.
+    pub fn for_image(buf: &[u8], geo: &Geometry) -> Result<ScratchSizes, Error> {
+        Ok(ScratchSizes::for_records(geo, limits(buf, geo)?.inodes))
+    }
+
+    fn for_records(geo: &Geometry, inodes: u64) -> ScratchSizes {
+        let n = usize::try_from(inodes).unwrap_or(usize::MAX);
         ScratchSizes {
-            inode_marks: geo.inode_count as usize,
-            extent_seen: geo.extent_count.div_ceil(64) as usize,
-            name_keys: geo.inode_count as usize,
-            block_words: geo.nr_blocks.div_ceil(64) as usize,
+            inode_marks: n,
+            subdirs: n,
+            block_words: usize::try_from(geo.nr_blocks.div_ceil(64)).unwrap_or(usize::MAX),
         }
     }
 }
@@ -92,31 +156,6 @@ impl ScratchSizes {
 const UNSEEN: u8 = 0;
 const WALKING: u8 = 1;
 const REACHES_ROOT: u8 = 2;
-
-fn name_key(parent: u64, name: &[u8]) -> u64 {
-    // FNV-1a over the parent and the name; equal keys are compared by
-    // name, so collisions cost time, never correctness.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in parent.to_le_bytes().iter().chain(name) {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
-}
-
-/// The raw bytes of a record of `size` bytes at `index` of a table at
-/// `table`.
-fn record(buf: &[u8], table: u64, index: u64, size: u64) -> Result<&[u8], Error> {
-    let start = index
-        .checked_mul(size)
-        .and_then(|o| o.checked_add(table))
-        .and_then(|o| usize::try_from(o).ok())
-        .ok_or(Error::Truncated)?;
-    let end = start
-        .checked_add(usize::try_from(size).map_err(|_| Error::Truncated)?)
-        .ok_or(Error::Truncated)?;
-    buf.get(start..end).ok_or(Error::Truncated)
-}
 
 /// Checks the fields of in-use inode `i` that need nothing but the record
 /// itself (`rec`, its raw bytes) and the superblock's generation counter.
@@ -164,56 +203,137 @@ fn check_inode_fields(i: &InodeData, rec: &[u8], next_gen: u64) -> Result<(), Er
     Ok(())
 }
 
-/// Checks every inode and extent of a metadata image whose superblock
-/// passed [`superblock`], and fills `scratch.blocks` with the blocks in
-/// use (metadata included). Returns the number of inodes in use.
-pub fn contents(buf: &[u8], geo: &Geometry, scratch: &mut Scratch<'_>) -> Result<u64, Error> {
-    let sizes = ScratchSizes::for_geometry(geo);
-    if scratch.inode_marks.len() < sizes.inode_marks
-        || scratch.extent_seen.len() < sizes.extent_seen
-        || scratch.name_keys.len() < sizes.name_keys
+/// Checks every inode and extent record up to the high-water marks of a
+/// metadata image whose superblock passed [`superblock`], fills
+/// `scratch.blocks` with the blocks in use (metadata included) and builds
+/// `index` (storage of [`super::index::IndexSizes::for_image`] or larger,
+/// else `Invalid`; its counters keep their seed). Returns the number of
+/// inodes in use. On error the index is left unusable.
+///
+/// The cost is linear in the records up to the high-water marks (plus a
+/// clear of the block bitmap, one bit per block); nothing above them is
+/// read or cleared. For a version 1 image the marks are the table sizes;
+/// the index then holds the real marks (the highest ids in use) and the
+/// first change through [`super::meta::Meta`] writes the superblock as
+/// version 2 with them.
+pub fn contents(
+    buf: &[u8],
+    geo: &Geometry,
+    scratch: &mut Scratch<'_>,
+    index: &mut Index<'_>,
+) -> Result<u64, Error> {
+    let lim = limits(buf, geo)?;
+    let n = usize::try_from(lim.inodes).map_err(|_| Error::Invalid)?;
+    if scratch.inode_marks.len() < n
+        || scratch.subdirs.len() < n
         || scratch.blocks.nr_blocks() != geo.nr_blocks
+        || (buf.len() as u64) < geo.meta_bytes()
     {
         return Err(Error::Invalid);
     }
-    scratch.inode_marks.iter_mut().for_each(|m| *m = UNSEEN);
-    scratch.extent_seen.iter_mut().for_each(|w| *w = 0);
-    let meta = Meta::new(buf, *geo)?;
+    index.reset(geo, lim.inodes, lim.extents)?;
+    let res = build(buf, geo, &lim, scratch, index);
+    match res {
+        Ok((used, inode_hwm, extent_hwm)) => {
+            let sync =
+                lim.version != VERSION || inode_hwm != lim.inodes || extent_hwm != lim.extents;
+            index.finish(inode_hwm, extent_hwm, sync);
+            Ok(used)
+        }
+        Err(e) => {
+            index.poison();
+            Err(e)
+        }
+    }
+}
+
+/// True if inode record `ino` is in use (at or below the mark, flag set).
+fn raw_in_use(buf: &[u8], geo: &Geometry, lim: &Limits, ino: u64) -> Result<bool, Error> {
+    if ino == 0 || ino > lim.inodes {
+        return Ok(false);
+    }
+    Ok(get_u32(inode_record(buf, geo.inode_count, ino)?, ino::FLAGS)? & FLAG_IN_USE != 0)
+}
+
+/// The slot of inode `ino` in a per-inode scratch array.
+fn slot<T>(v: &mut [T], ino: u64) -> Result<&mut T, Error> {
+    ino.checked_sub(1)
+        .and_then(|i| usize::try_from(i).ok())
+        .and_then(|i| v.get_mut(i))
+        .ok_or(Error::Invalid)
+}
+
+/// The checks and the index build of [`contents`]; returns the inodes in
+/// use and the highest inode and extent ids in use.
+fn build(
+    buf: &[u8],
+    geo: &Geometry,
+    lim: &Limits,
+    scratch: &mut Scratch<'_>,
+    index: &mut Index<'_>,
+) -> Result<(u64, u64, u64), Error> {
+    let n = usize::try_from(lim.inodes).map_err(|_| Error::Invalid)?;
+    scratch
+        .inode_marks
+        .get_mut(..n)
+        .ok_or(Error::Invalid)?
+        .iter_mut()
+        .for_each(|m| *m = UNSEEN);
+    scratch
+        .subdirs
+        .get_mut(..n)
+        .ok_or(Error::Invalid)?
+        .iter_mut()
+        .for_each(|c| *c = 0);
     scratch.blocks.mark_used(0, geo.meta_blocks)?;
 
-    let root = meta
-        .inode(ROOT_INO)
-        .map_err(|_| Error::Corrupt(Corruption::BadRoot))?;
+    if !raw_in_use(buf, geo, lim, ROOT_INO)? {
+        return corrupt(Corruption::BadRoot);
+    }
+    let root = decode_inode(buf, geo.inode_count, ROOT_INO)?;
     if !root.is_dir() || root.parent != ROOT_INO {
         return corrupt(Corruption::BadRoot);
     }
 
-    // Pass 1: each inode on its own, and its extents.
+    // Pass 1: each inode on its own, its name, its extents.
     let next_gen = get_u64(buf, sb::NEXT_INO_GEN)?;
-    let mut used = 0u64;
-    let mut keys = 0usize;
-    for ino in 1..=geo.inode_count {
-        if !meta.inode_in_use(ino)? {
+    let (mut used, mut inode_hwm) = (0u64, 0u64);
+    for ino in 1..=lim.inodes {
+        let rec = inode_record(buf, geo.inode_count, ino)?;
+        if get_u32(rec, ino::FLAGS)? & FLAG_IN_USE == 0 {
             continue;
         }
         used += 1;
-        let i = meta.inode(ino)?;
-        check_inode_fields(
-            &i,
-            record(buf, INODE_OFFSET, ino - 1, INODE_SIZE)?,
-            next_gen,
-        )?;
+        inode_hwm = ino;
+        index.set_inode(ino, true)?;
+        let i = decode_inode(buf, geo.inode_count, ino)?;
+        check_inode_fields(&i, rec, next_gen)?;
         if ino != ROOT_INO && i.nlink > 0 {
             if check_name(i.name()).is_err() {
                 return corrupt(Corruption::BadInode(ino));
             }
-            let parent_ok = matches!(meta.inode(i.parent), Ok(p) if p.is_dir() && p.nlink > 0);
+            let parent_ok = raw_in_use(buf, geo, lim, i.parent)? && {
+                let p = inode_record(buf, geo.inode_count, i.parent)?;
+                get_u32(p, ino::MODE)? & S_IFMT == S_IFDIR && get_u32(p, ino::NLINK)? > 0
+            };
             if !parent_ok {
                 return corrupt(Corruption::BadParent(ino));
             }
-            if let Some(slot) = scratch.name_keys.get_mut(keys) {
-                *slot = [name_key(i.parent, i.name()), ino];
-                keys += 1;
+            // No two entries of a directory share a name.
+            if index.find(buf, i.parent, i.name())?.is_some() {
+                return corrupt(Corruption::DuplicateName(ino));
+            }
+            index.insert(ino, i.parent, i.name())?;
+            // Counted for parents not reached yet too: the counts live up
+            // to the scan limit.
+            index
+                .add_child(i.parent)
+                .map_err(|_| Error::Corrupt(Corruption::BadParent(ino)))?;
+            if i.is_dir() {
+                let c = slot(scratch.subdirs, i.parent)?;
+                *c = c
+                    .checked_add(1)
+                    .ok_or(Error::Corrupt(Corruption::BadInode(i.parent)))?;
             }
         } else if ino != ROOT_INO && i.parent != 0 {
             // Unlinked (orphan) inodes have no parent.
@@ -222,133 +342,109 @@ pub fn contents(buf: &[u8], geo: &Geometry, scratch: &mut Scratch<'_>) -> Result
         if i.is_dir() && (i.first_extent != 0 || i.blocks != 0 || i.nr_extents != 0) {
             return corrupt(Corruption::BadInode(ino));
         }
-        check_extents(&meta, geo, ino, scratch)?;
+        check_extents(buf, geo, lim, &i, scratch, index)?;
     }
 
-    // Every in-use extent record must belong to exactly one inode.
-    for id in 1..=geo.extent_count {
-        let seen = scratch.extent_seen[((id - 1) / 64) as usize] & (1 << ((id - 1) % 64)) != 0;
-        if !seen && meta.extent(id)?.is_some() {
-            return corrupt(Corruption::LeakedExtent(id));
+    // Every in-use extent record must belong to exactly one inode: the
+    // lists marked theirs in the index's extent bitmap.
+    let mut extent_hwm = 0;
+    for id in 1..=lim.extents {
+        let rec = extent_record(buf, geo, id)?;
+        if get_u32(rec, ext::FLAGS)? & FLAG_IN_USE != 0 {
+            if !index.extent_used(id) {
+                return corrupt(Corruption::LeakedExtent(id));
+            }
+            extent_hwm = id;
         }
     }
 
     // Pass 2: every linked inode reaches the root through directories
     // (no cycles). Marks make the whole pass linear.
-    scratch.inode_marks[0] = REACHES_ROOT;
-    for ino in 2..=geo.inode_count {
-        if !meta.inode_in_use(ino)? || meta.inode(ino)?.nlink == 0 {
+    *slot(scratch.inode_marks, ROOT_INO)? = REACHES_ROOT;
+    let parent_of = |ino: u64| -> Result<u64, Error> {
+        get_u64(inode_record(buf, geo.inode_count, ino)?, ino::PARENT)
+    };
+    let mut next = index.next_inode(ROOT_INO);
+    while let Some(ino) = next {
+        next = index.next_inode(ino);
+        if get_u32(inode_record(buf, geo.inode_count, ino)?, ino::NLINK)? == 0 {
             continue;
         }
-        // Walk up, marking, until a known-good inode or a cycle.
+        // Walk up, marking, until a known-good inode or a cycle. Pass 1
+        // checked every parent: an in-use directory, inside the marks.
         let mut cur = ino;
         loop {
-            let mark = scratch.inode_marks[(cur - 1) as usize];
-            if mark == REACHES_ROOT {
+            let mark = slot(scratch.inode_marks, cur)?;
+            if *mark == REACHES_ROOT {
                 break;
             }
-            if mark == WALKING {
+            if *mark == WALKING {
                 return corrupt(Corruption::DirCycle(cur));
             }
-            scratch.inode_marks[(cur - 1) as usize] = WALKING;
-            cur = meta.inode(cur)?.parent;
+            *mark = WALKING;
+            cur = parent_of(cur)?;
         }
         // Second walk: the path is good.
         let mut cur = ino;
-        while scratch.inode_marks[(cur - 1) as usize] == WALKING {
-            scratch.inode_marks[(cur - 1) as usize] = REACHES_ROOT;
-            cur = meta.inode(cur)?.parent;
-        }
-    }
-
-    // Pass 3: no two entries of a directory share a name.
-    let keys = scratch.name_keys.get_mut(..keys).ok_or(Error::Invalid)?;
-    heapsort(keys);
-    for pair in keys.windows(2) {
-        if pair[0][0] == pair[1][0] {
-            let a = meta.inode(pair[0][1])?;
-            let b = meta.inode(pair[1][1])?;
-            if a.parent == b.parent && a.name() == b.name() {
-                return corrupt(Corruption::DuplicateName(b.ino));
+        loop {
+            let mark = slot(scratch.inode_marks, cur)?;
+            if *mark != WALKING {
+                break;
             }
+            *mark = REACHES_ROOT;
+            cur = parent_of(cur)?;
         }
     }
 
-    // Pass 4: a directory's link count is 2 (its entry in the parent and
+    // Pass 3: a directory's link count is 2 (its entry in the parent and
     // its own `.`) plus one `..` per subdirectory; the root counts its
     // own entry though its parent is itself; an orphan directory (removed
-    // while open) has none. The name keys are done with: they now count
-    // the subdirectories of each inode.
-    let counts = scratch
-        .name_keys
-        .get_mut(..sizes.name_keys)
-        .ok_or(Error::Invalid)?;
-    counts.iter_mut().for_each(|c| *c = [0, 0]);
-    for ino in 2..=geo.inode_count {
-        if !meta.inode_in_use(ino)? {
+    // while open) has none.
+    let mut next = Some(ROOT_INO);
+    while let Some(ino) = next {
+        next = index.next_inode(ino);
+        let rec = inode_record(buf, geo.inode_count, ino)?;
+        let nlink = get_u32(rec, ino::NLINK)?;
+        if get_u32(rec, ino::MODE)? & S_IFMT != S_IFDIR || (nlink == 0 && ino != ROOT_INO) {
             continue;
         }
-        let i = meta.inode(ino)?;
-        if i.is_dir() && i.nlink > 0 {
-            // Pass 1 checked the parent: a linked directory in the table.
-            let parent = i
-                .parent
-                .checked_sub(1)
-                .and_then(|p| usize::try_from(p).ok());
-            let c = parent
-                .and_then(|p| counts.get_mut(p))
-                .ok_or(Error::Corrupt(Corruption::BadParent(ino)))?;
-            c[0] += 1;
-        }
-    }
-    for ino in 1..=geo.inode_count {
-        if !meta.inode_in_use(ino)? {
-            continue;
-        }
-        let i = meta.inode(ino)?;
-        if !i.is_dir() || (i.nlink == 0 && ino != ROOT_INO) {
-            continue;
-        }
-        let subdirs = usize::try_from(ino - 1)
-            .ok()
-            .and_then(|p| counts.get(p))
-            .map_or(0, |c| c[0]);
-        if Some(u64::from(i.nlink)) != subdirs.checked_add(2) {
+        let subdirs = u64::from(*slot(scratch.subdirs, ino)?);
+        if Some(u64::from(nlink)) != subdirs.checked_add(2) {
             return corrupt(Corruption::BadInode(ino));
         }
     }
-    Ok(used)
+    Ok((used, inode_hwm, extent_hwm))
 }
 
 fn check_extents(
-    meta: &Meta<&[u8]>,
+    buf: &[u8],
     geo: &Geometry,
-    ino: u64,
+    lim: &Limits,
+    i: &InodeData,
     scratch: &mut Scratch<'_>,
+    index: &mut Index<'_>,
 ) -> Result<(), Error> {
-    let i = meta.inode(ino)?;
+    let ino = i.ino;
     let mut id = i.first_extent;
     let (mut n, mut total) = (0u64, 0u64);
     let mut next_free_fb = 0u64;
     while id != 0 {
-        if id > geo.extent_count {
+        // Records above the high-water mark are free by definition.
+        if id > lim.extents {
             return corrupt(Corruption::BadExtent(id));
         }
-        let (w, bit) = (((id - 1) / 64) as usize, 1u64 << ((id - 1) % 64));
-        if scratch.extent_seen[w] & bit != 0 {
+        if index.extent_used(id) {
             // Seen before: a loop in this list or a list shared with
             // another inode.
             return corrupt(Corruption::ExtentCycle(ino));
         }
-        scratch.extent_seen[w] |= bit;
-        let e = meta
-            .extent(id)?
-            .ok_or(Error::Corrupt(Corruption::BadExtent(id)))?;
-        // Only the in-use flag is defined.
-        let rec = record(meta.bytes(), geo.extent_offset(), id - 1, EXTENT_SIZE)?;
+        let rec = extent_record(buf, geo, id)?;
+        // In use, and only the in-use flag is defined.
         if get_u32(rec, ext::FLAGS)? != FLAG_IN_USE {
             return corrupt(Corruption::BadExtent(id));
         }
+        index.set_extent(id, true)?;
+        let e = super::meta::decode_extent(buf, geo, id)?;
         let end = e.phys_block.checked_add(e.count);
         if e.count == 0
             || e.phys_block < geo.meta_blocks
@@ -377,59 +473,33 @@ fn check_extents(
     Ok(())
 }
 
-/// In-place heapsort: O(n log n) whatever the input, no allocation, and
-/// none of core's sort code (whose panic paths objtool cannot follow in
-/// the kernel build).
-fn heapsort(v: &mut [[u64; 2]]) {
-    fn sift_down(v: &mut [[u64; 2]], mut root: usize, end: usize) {
-        loop {
-            let mut child = 2 * root + 1;
-            if child >= end {
-                return;
-            }
-            if child + 1 < end && v[child] < v[child + 1] {
-                child += 1;
-            }
-            if v[root] >= v[child] {
-                return;
-            }
-            v.swap(root, child);
-            root = child;
-        }
-    }
-    let n = v.len();
-    for i in (0..n / 2).rev() {
-        sift_down(v, i, n);
-    }
-    for end in (1..n).rev() {
-        v.swap(0, end);
-        sift_down(v, 0, end);
-    }
-}
-
-/// Test helper: both validation steps with scratch from the heap.
+/// Test helper: both validation steps with scratch and an index from the
+/// heap; the index is dropped.
 #[cfg(test)]
 pub(crate) fn check(buf: &[u8], region_size: u64) -> Result<u64, Error> {
     extern crate std;
+    use super::index::{IndexCounters, IndexSizes};
     use std::vec;
     let geo = superblock(buf, region_size)?;
-    let s = ScratchSizes::for_geometry(&geo);
+    let s = ScratchSizes::for_image(buf, &geo)?;
     let mut marks = vec![0u8; s.inode_marks];
-    let mut seen = vec![0u64; s.extent_seen];
-    let mut keys = vec![[0u64; 2]; s.name_keys];
+    let mut subdirs = vec![0u32; s.subdirs];
     let mut words = vec![0u64; s.block_words];
     let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?;
     let mut scratch = Scratch {
         inode_marks: &mut marks,
-        extent_seen: &mut seen,
-        name_keys: &mut keys,
+        subdirs: &mut subdirs,
         blocks,
     };
-    contents(buf, &geo, &mut scratch)
+    let mut ix_words = vec![0u64; IndexSizes::for_image(buf, &geo)?.words];
+    let mut counters = IndexCounters::new([1, 2]);
+    let mut index = Index::new(&mut ix_words, &mut counters, &geo)?;
+    contents(buf, &geo, &mut scratch, &mut index)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::index::testing::Store;
     use super::super::meta::{format, Meta};
     use super::*;
     extern crate std;
@@ -440,26 +510,17 @@ mod tests {
     fn sample() -> (Vec<u8>, Geometry) {
         let geo = Geometry::new(32 * BLOCK_SIZE, 16).unwrap();
         let mut buf = std::vec![0u8; geo.meta_bytes() as usize];
-        format(&mut buf, &geo, T, 7).unwrap();
+        let mut st = Store::new(&geo);
+        format(&mut buf, &geo, T, 7, &mut st.index()).unwrap();
         let mut words = std::vec![0u64; 1];
         let mut bm = BlockBitmap::new(&mut words, geo.nr_blocks).unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
         let d = m.create(ROOT_INO, b"d", S_IFDIR | 0o755, 0, 0, T).unwrap();
         let f = m.create(d.ino, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
         m.allocate(f.ino, 0, 4, &mut bm).unwrap();
         m.allocate(f.ino, 10, 2, &mut bm).unwrap();
         (buf, geo)
-    }
-
-    #[test]
-    fn heapsort_sorts() {
-        let mut v: Vec<[u64; 2]> = (0..100u64).map(|i| [(i * 7919) % 101, i]).collect();
-        let mut w = v.clone();
-        heapsort(&mut v);
-        w.sort();
-        assert_eq!(v, w);
-        heapsort(&mut []);
     }
 
     #[test]
@@ -486,10 +547,10 @@ mod tests {
             Err(Error::Corrupt(Corruption::BadMagic))
         );
         let (mut buf, geo) = sample();
-        buf[8] = 2;
+        buf[8] = 3;
         assert_eq!(
             check(&buf, geo.region_size),
-            Err(Error::Corrupt(Corruption::BadVersion(2)))
+            Err(Error::Corrupt(Corruption::BadVersion(3)))
         );
     }
 
@@ -508,7 +569,8 @@ mod tests {
         // d (2) becomes the child of f's directory... of itself via f? Make
         // d's parent point to a new dir under d: create e under d first.
         {
-            let mut m = Meta::new(&mut buf[..], geo).unwrap();
+            let (mut st, _) = Store::adopt(&buf, &geo);
+            let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
             m.create(2, b"e", S_IFDIR | 0o755, 0, 0, T).unwrap();
         }
         let e = 4;
@@ -568,7 +630,8 @@ mod tests {
         let (buf0, geo) = sample();
         let mut buf = buf0.clone();
         {
-            let mut m = Meta::new(&mut buf[..], geo).unwrap();
+            let (mut st, _) = Store::adopt(&buf, &geo);
+            let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
             m.create(ROOT_INO, b"g", S_IFREG | 0o644, 0, 0, T).unwrap();
         }
         // Rename g (4) to "d" behind the code's back.
@@ -622,7 +685,8 @@ mod tests {
         // A subdirectory more, counted in its parent.
         let mut b = buf.clone();
         {
-            let mut m = Meta::new(&mut b[..], geo).unwrap();
+            let (mut st, _) = Store::adopt(&b, &geo);
+            let mut m = Meta::new(&mut b[..], geo, st.index()).unwrap();
             m.create(2, b"e", S_IFDIR | 0o755, 0, 0, T).unwrap();
         }
         assert_eq!(check(&b, geo.region_size), Ok(4));
@@ -631,7 +695,8 @@ mod tests {
         // A directory removed while open has no links and no parent.
         let mut b = buf.clone();
         {
-            let mut m = Meta::new(&mut b[..], geo).unwrap();
+            let (mut st, _) = Store::adopt(&b, &geo);
+            let mut m = Meta::new(&mut b[..], geo, st.index()).unwrap();
             let e = m.create(ROOT_INO, b"e", S_IFDIR | 0o755, 0, 0, T).unwrap();
             assert_eq!(m.unlink(ROOT_INO, b"e", T).unwrap().ino, e.ino);
         }
