@@ -60,6 +60,7 @@ static_assert(sizeof(struct gmfs_dirent) == 280);
 #define GMFS_FAULT_MAP		0	/* install the entry: addr -> phys */
 #define GMFS_FAULT_FALLBACK	1	/* VM_FAULT_FALLBACK */
 #define GMFS_FAULT_SIGBUS	2	/* VM_FAULT_SIGBUS */
+#define GMFS_FAULT_OOM		3	/* VM_FAULT_OOM: kernel memory short */
 
 struct gmfs_fault {
 	u64 addr;		/* entry's virtual address (aligned) */
@@ -107,7 +108,8 @@ int gmfs_rs_rename(u64 old_dir, const u8 *old_name, size_t old_len,
 int gmfs_rs_readdir(u64 dir, u64 pos, struct gmfs_dirent *out);
 int gmfs_rs_setattr(u64 ino, const struct gmfs_setattr *attr);
 int gmfs_rs_set_size(u64 ino, u64 size, s64 sec, u32 nsec);
-int gmfs_rs_fallocate(u64 ino, u64 offset, u64 len);
+int gmfs_rs_fallocate(u64 ino, u64 offset, u64 len, bool keep_size, s64 sec,
+		      u32 nsec);
 int gmfs_rs_fault(u64 ino, u64 vm_start, u64 vm_end, u64 vm_offset, u64 addr,
 		  u32 entry, struct gmfs_fault *out);
 int gmfs_rs_evict(u64 ino);

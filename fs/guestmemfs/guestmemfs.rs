@@ -9,7 +9,9 @@
 //! its allocator and validator are the `format` module, the same source
 //! the host tests build (`format/`).
 
-use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
+#[cfg(CONFIG_GUESTMEMFS_TEST)]
+use core::sync::atomic::AtomicBool;
+use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::{c_str, kho, prelude::*};
 
 #[path = "format/src/shared/mod.rs"]
@@ -81,30 +83,41 @@ static PUBLISHED_LOCATOR: AtomicPtr<u8> = AtomicPtr::new(core::ptr::null_mut());
 
 /// Test kernels: the locator written at freeze names the next generation,
 /// which the superblock does not hold.
+#[cfg(CONFIG_GUESTMEMFS_TEST)]
 static SKEW_GENERATION: AtomicBool = AtomicBool::new(false);
 /// Test kernels: the locator written at freeze fails its checksum.
+#[cfg(CONFIG_GUESTMEMFS_TEST)]
 static DAMAGE_LOCATOR: AtomicBool = AtomicBool::new(false);
 
 /// Rewrites the published locator with the metadata's generation at the
 /// time of the kexec freeze (a mount with `-o reformat` changes it after
-/// the locator was first published). Called with the volume locked.
-pub(crate) fn republish_locator(base: u64, size: u64, generation: u64) {
+/// the locator was first published).
+///
+/// # Safety
+///
+/// The caller holds the volume lock: it serialises the writers of the
+/// locator.
+pub(crate) unsafe fn republish_locator(base: u64, size: u64, generation: u64) {
     let p = PUBLISHED_LOCATOR.load(Ordering::Acquire);
     if p.is_null() {
         return;
     }
+    #[cfg(CONFIG_GUESTMEMFS_TEST)]
     let skew = u64::from(SKEW_GENERATION.load(Ordering::Relaxed));
+    #[cfg(not(CONFIG_GUESTMEMFS_TEST))]
+    let skew = 0;
     let loc = Locator {
         base,
         size,
         generation: generation.wrapping_add(skew),
     };
     // SAFETY: `p` points to the LOCATOR_SIZE-byte preserved buffer, which
-    // is never freed; the volume lock serialises writers.
+    // is never freed; the caller's volume lock serialises writers.
     let buf = unsafe { core::slice::from_raw_parts_mut(p, LOCATOR_SIZE) };
     if loc.encode(buf).is_err() {
         pr_err!("cannot rewrite the locator for the next kernel\n");
     }
+    #[cfg(CONFIG_GUESTMEMFS_TEST)]
     if DAMAGE_LOCATOR.load(Ordering::Relaxed) {
         buf[32] ^= 0xff;
     }

@@ -228,8 +228,9 @@ static int gmfs_setattr(struct mnt_idmap *idmap, struct dentry *dentry,
 			return -EISDIR;
 		/*
 		 * No mapping may keep a block that is about to be freed, nor
-		 * show a page past the new EOF page: a huge entry over the
-		 * new EOF is split and refaults with PTEs.
+		 * show a page past the new EOF page: a huge pfn entry over the
+		 * new EOF is zapped whole (split_huge_p?d of a special VMA
+		 * clears it) and refaults with smaller entries.
 		 */
 		filemap_invalidate_lock(inode->i_mapping);
 		if (attr->ia_size < i_size_read(inode))
@@ -240,6 +241,8 @@ static int gmfs_setattr(struct mnt_idmap *idmap, struct dentry *dentry,
 		filemap_invalidate_unlock(inode->i_mapping);
 		if (err)
 			return err;
+		/* truncate(2) passes no ATTR_MTIME/CTIME; a size change sets both. */
+		inode_set_mtime_to_ts(inode, inode_set_ctime_to_ts(inode, now));
 	}
 	setattr_copy(idmap, inode, attr);
 	s.valid = GMFS_SET_MODE | GMFS_SET_UID | GMFS_SET_GID |
@@ -254,9 +257,12 @@ static int gmfs_setattr(struct mnt_idmap *idmap, struct dentry *dentry,
 	s.ctime_sec = inode_get_ctime_sec(inode);
 	s.ctime_nsec = inode_get_ctime_nsec(inode);
 	err = gmfs_rs_setattr(inode->i_ino, &s);
-	if (err)
-		return err;
-	return gmfs_refresh(inode);
+	/*
+	 * Persisted or not, the inode shows what the Rust core holds: a
+	 * failed setattr (frozen for kexec) leaves no unpersisted change.
+	 */
+	gmfs_refresh(inode);
+	return err;
 }
 
 static int gmfs_getattr(struct mnt_idmap *idmap, const struct path *path,
@@ -318,14 +324,11 @@ static long gmfs_fallocate(struct file *file, int mode, loff_t offset,
 	if (offset < 0 || len <= 0 || check_add_overflow(offset, len, &end))
 		return -EINVAL;
 	inode_lock(inode);
-	err = gmfs_rs_fallocate(inode->i_ino, offset, len);
-	if (!err && !(mode & FALLOC_FL_KEEP_SIZE) && end > i_size_read(inode)) {
-		now = current_time(inode);
-		err = gmfs_rs_set_size(inode->i_ino, end, now.tv_sec,
-				       now.tv_nsec);
-	}
-	if (!err)
-		err = gmfs_refresh(inode);
+	now = current_time(inode);
+	err = gmfs_rs_fallocate(inode->i_ino, offset, len,
+				mode & FALLOC_FL_KEEP_SIZE, now.tv_sec,
+				now.tv_nsec);
+	gmfs_refresh(inode);
 	inode_unlock(inode);
 	return err;
 }
@@ -362,8 +365,12 @@ static vm_fault_t gmfs_huge_fault(struct vm_fault *vmf, unsigned int order)
 			  (u64)vma->vm_pgoff << PAGE_SHIFT, vmf->address, entry,
 			  &f) || f.action == GMFS_FAULT_SIGBUS)
 		ret = VM_FAULT_SIGBUS;
+	else if (f.action == GMFS_FAULT_OOM)
+		ret = VM_FAULT_OOM;
 	else if (f.action == GMFS_FAULT_FALLBACK)
-		ret = VM_FAULT_FALLBACK;
+		/* ->fault must never fall back: x86 BUG()s on that. */
+		ret = WARN_ON_ONCE(entry == GMFS_ENTRY_PTE) ? VM_FAULT_SIGBUS :
+							     VM_FAULT_FALLBACK;
 	else if (entry == GMFS_ENTRY_PUD)
 		ret = vmf_insert_pfn_pud(vmf, PHYS_PFN(f.phys), write);
 	else if (entry == GMFS_ENTRY_PMD)

@@ -11,7 +11,7 @@ use crate::format::{
     layout::{Geometry, Time, BLOCK_SHIFT, BLOCK_SIZE, HUGE_BLOCKS, NAME_MAX, S_IFMT},
     meta::InodeData,
     validate::{self, Scratch, ScratchSizes},
-    BlockBitmap, Corruption, Error as FmtError, Meta,
+    BlockBitmap, Corruption, Error as FmtError, Index, IndexCounters, IndexSizes, Meta,
 };
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::{
@@ -33,9 +33,11 @@ extern "C" {
 /// Zeroes blocks before they join a file (`allocate_with`'s `prepare`).
 fn zero_blocks(first: u64, count: u64) -> core::result::Result<(), FmtError> {
     // SAFETY: zeroes region memory that no file owns yet.
+    // A failed temporary mapping is a kernel memory shortage, not a full
+    // region: the fault handler answers VM_FAULT_OOM, fallocate ENOMEM.
     match unsafe { guestmemfs_zero(first << BLOCK_SHIFT, count << BLOCK_SHIFT) } {
         0 => Ok(()),
-        _ => Err(FmtError::NoSpace),
+        _ => Err(FmtError::NoMemory),
     }
 }
 
@@ -62,6 +64,14 @@ struct Inner {
     /// One bit per block; rebuilt from the extents after a kexec. kvmalloc:
     /// a TiB region needs more than kmalloc gives.
     bitmap: KVVec<u64>,
+    /// Blocks in use in `bitmap`, kept so that the allocator is rebuilt
+    /// per call in O(1) (`BlockBitmap::resume`), not by counting bits.
+    blocks_used: u64,
+    /// Storage of the metadata index (in-use bitmaps, name table, child
+    /// counts): sized by the inodes in use, grown on demand by `meta()`.
+    index_words: KVVec<u64>,
+    /// The index's counters and its hash seed (random per boot).
+    index: IndexCounters,
     /// Generation the previous kernel's locator named (0 on a cold
     /// boot): handed on again while the filesystem is refused, so the
     /// next kernel re-checks the same metadata for the same reason.
@@ -80,6 +90,11 @@ pub(crate) struct Volume {
     size: u64,
     #[pin]
     inner: Mutex<Inner>,
+    /// Serialises faults that fill holes, so that a 1 GiB unit can be
+    /// zeroed without `inner` held (lookups, stat and faults on allocated
+    /// blocks go on meanwhile). Taken before `inner`, never inside it.
+    #[pin]
+    alloc: Mutex<()>,
 }
 
 /// Set once by `Volume::install`; the module (built in) never goes away.
@@ -109,6 +124,7 @@ fn errno(e: FmtError) -> Error {
         FmtError::IsDir => EISDIR,
         FmtError::NotEmpty => ENOTEMPTY,
         FmtError::NoSpace | FmtError::NoInodes | FmtError::NoExtents => ENOSPC,
+        FmtError::NoMemory => ENOMEM,
         FmtError::NameTooLong => ENAMETOOLONG,
         FmtError::BadName | FmtError::Invalid => EINVAL,
         FmtError::TooBig => EFBIG,
@@ -118,8 +134,14 @@ fn errno(e: FmtError) -> Error {
 }
 
 impl Inner {
-    fn meta(&mut self) -> Result<(Meta<&mut [u8]>, BlockBitmap<'_>)> {
-        if self.frozen {
+    fn meta(&mut self) -> Result<(Meta<'_, &mut [u8]>, BlockBitmap<'_>)> {
+        self.open(true)
+    }
+
+    /// The metadata, for a change (`EBUSY` once frozen for kexec) or only
+    /// to read (lookups, faults on backed blocks: they go on while frozen).
+    fn open(&mut self, change: bool) -> Result<(Meta<'_, &mut [u8]>, BlockBitmap<'_>)> {
+        if change && self.frozen {
             return Err(EBUSY);
         }
         match self.state {
@@ -128,11 +150,23 @@ impl Inner {
             State::Refused(_) => return Err(EUCLEAN),
         }
         let geo = self.geo.ok_or(EIO)?;
+        // An operation allocates at most one inode: if the index has no
+        // room for one more, move it to storage of twice the capacity
+        // (a copy of what is in use; amortized O(1) per inode).
+        if let Some(sizes) = IndexSizes::to_grow(&geo, &self.index) {
+            let mut words = KVVec::from_elem(0u64, sizes.words, GFP_KERNEL)?;
+            Index::new(&mut self.index_words, &mut self.index, &geo)
+                .and_then(|index| index.grow_into(&mut words))
+                .map_err(errno)?;
+            self.index_words = words;
+        }
         // SAFETY: `meta` maps `meta_len` bytes owned by the volume; the
         // mutex guard borrowed by `self` makes this the only access.
         let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
-        let meta = Meta::new(bytes, geo).map_err(errno)?;
-        let bm = BlockBitmap::attach(&mut self.bitmap, geo.nr_blocks).map_err(errno)?;
+        let index = Index::new(&mut self.index_words, &mut self.index, &geo).map_err(errno)?;
+        let meta = Meta::new(bytes, geo, index).map_err(errno)?;
+        let bm = BlockBitmap::resume(&mut self.bitmap, geo.nr_blocks, self.blocks_used)
+            .map_err(errno)?;
         Ok((meta, bm))
     }
 
@@ -157,9 +191,14 @@ impl Inner {
     fn format(&mut self, size: u64, generation: u64) -> Result {
         let geo = Geometry::new(size, Geometry::default_inodes(size)).ok_or(EINVAL)?;
         self.map(geo.meta_bytes())?;
+        // A new index in small storage; a previous one (a reformat) is
+        // forgotten, its seed kept.
+        self.index.discard();
+        self.index_words = KVVec::from_elem(0u64, IndexSizes::initial(&geo).words, GFP_KERNEL)?;
+        let mut index = Index::new(&mut self.index_words, &mut self.index, &geo).map_err(errno)?;
         // SAFETY: just mapped, `meta_len` bytes, exclusive under the lock.
         let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
-        format::meta::format(bytes, &geo, now(), generation).map_err(errno)?;
+        format::meta::format(bytes, &geo, now(), generation, &mut index).map_err(errno)?;
         self.bitmap = KVVec::from_elem(
             0u64,
             ScratchSizes::for_geometry(&geo).block_words,
@@ -167,6 +206,7 @@ impl Inner {
         )?;
         let mut bm = BlockBitmap::new(&mut self.bitmap, geo.nr_blocks).map_err(errno)?;
         bm.mark_used(0, geo.meta_blocks).map_err(errno)?;
+        self.blocks_used = bm.used();
         self.geo = Some(geo);
         self.state = State::Ready;
         pr_info!(
@@ -192,6 +232,11 @@ impl Inner {
         // SAFETY: `meta_len` bytes mapped, exclusive under the lock.
         let first = unsafe { core::slice::from_raw_parts(self.meta, self.meta_len) };
         let geo = validate::superblock(first, size)?;
+        // Scratch and index follow the superblock's high-water marks (the
+        // records ever used), not the tables: read them before `first` is
+        // unmapped.
+        let sizes = ScratchSizes::for_image(first, &geo)?;
+        let index_sizes = IndexSizes::for_image(first, &geo)?;
         let superblock = format::layout::superblock_generation(first)?;
         if superblock != locator_generation {
             return Err(FmtError::Corrupt(Corruption::GenerationMismatch {
@@ -201,36 +246,44 @@ impl Inner {
         }
         self.map(geo.meta_bytes())
             .map_err(|_| FmtError::Truncated)?;
-        let sizes = ScratchSizes::for_geometry(&geo);
         let alloc = |e| {
             pr_err!("out of memory validating the handover ({:?})\n", e);
             FmtError::Truncated
         };
         let mut marks = KVVec::from_elem(0u8, sizes.inode_marks, GFP_KERNEL).map_err(alloc)?;
-        let mut seen = KVVec::from_elem(0u64, sizes.extent_seen, GFP_KERNEL).map_err(alloc)?;
-        let mut keys = KVVec::from_elem([0u64; 2], sizes.name_keys, GFP_KERNEL).map_err(alloc)?;
+        let mut subdirs = KVVec::from_elem(0u32, sizes.subdirs, GFP_KERNEL).map_err(alloc)?;
         let mut words = KVVec::from_elem(0u64, sizes.block_words, GFP_KERNEL).map_err(alloc)?;
-        // The scratch borrows `words`, which becomes the allocator's bitmap.
+        let mut index_words =
+            KVVec::from_elem(0u64, index_sizes.words, GFP_KERNEL).map_err(alloc)?;
+        // The scratch borrows `words`, which becomes the allocator's bitmap;
+        // validation builds the index in `index_words`.
         let (inodes, used) = {
             let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?;
             let mut scratch = Scratch {
                 inode_marks: &mut marks,
-                extent_seen: &mut seen,
-                name_keys: &mut keys,
+                subdirs: &mut subdirs,
                 blocks,
             };
+            let mut index = Index::new(&mut index_words, &mut self.index, &geo)?;
             // SAFETY: as above, with the full metadata now mapped.
             let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
-            let inodes = validate::contents(bytes, &geo, &mut scratch)?;
+            let inodes = validate::contents(bytes, &geo, &mut scratch, &mut index)?;
             (inodes, scratch.blocks.used())
         };
         self.bitmap = words;
+        self.blocks_used = used;
+        self.index_words = index_words;
         self.geo = Some(geo);
         self.state = State::Ready;
-        let (mut meta, mut bm) = self.meta().map_err(|_| FmtError::Truncated)?;
-        let orphans = meta.reclaim_orphans(&mut bm)?;
-        let generation = meta.generation()?.wrapping_add(1);
-        meta.set_generation(generation)?;
+        // The first change: a version 1 image becomes version 2 here.
+        let (orphans, generation, used_now) = {
+            let (mut meta, mut bm) = self.meta().map_err(|_| FmtError::Truncated)?;
+            let orphans = meta.reclaim_orphans(&mut bm)?;
+            let generation = meta.generation()?.wrapping_add(1);
+            meta.set_generation(generation)?;
+            (orphans, generation, bm.used())
+        };
+        self.blocks_used = used_now;
         // SAFETY: reads the monotonic clock.
         let took = unsafe { guestmemfs_clock_ns() }.saturating_sub(start);
         pr_info!(
@@ -278,6 +331,14 @@ impl Volume {
     /// the C glue: adopts (validates) a handed-over filesystem, or formats
     /// a fresh region.
     pub(crate) fn install(region: Option<RegionInfo>) -> Result<Pin<KBox<Volume>>> {
+        // SAFETY: `get_random_u64` takes no argument and may be called
+        // from any context.
+        let seed = unsafe {
+            [
+                kernel::bindings::get_random_u64(),
+                kernel::bindings::get_random_u64(),
+            ]
+        };
         let inner = Inner {
             state: State::NoRegion,
             frozen: false,
@@ -285,6 +346,11 @@ impl Volume {
             meta_len: 0,
             geo: None,
             bitmap: KVVec::new(),
+            blocks_used: 0,
+            index_words: KVVec::new(),
+            // The name hash's key: names stored by a previous kernel or
+            // chosen by users cannot be made to collide.
+            index: IndexCounters::new(seed),
             handed_generation: 0,
         };
         let (base, size) = region.as_ref().map_or((0, 0), |r| (r.base, r.size));
@@ -293,6 +359,7 @@ impl Volume {
                 base,
                 size,
                 inner <- new_mutex!(inner),
+                alloc <- new_mutex!(()),
             }),
             GFP_KERNEL,
         )?;
@@ -326,11 +393,32 @@ impl Volume {
 
 /// Runs `f` on the locked volume's metadata.
 fn with_meta<T>(
-    f: impl FnOnce(&mut Meta<&mut [u8]>, &mut BlockBitmap<'_>) -> Result<T>,
+    f: impl FnOnce(&mut Meta<'_, &mut [u8]>, &mut BlockBitmap<'_>) -> Result<T>,
+) -> Result<T> {
+    with_access(true, |m, bm, _| f(m, bm))
+}
+
+/// Runs `f` on the locked volume's metadata for reading, also while frozen
+/// (`f` gets the frozen flag and must not change anything when it is set).
+fn with_meta_read<T>(
+    f: impl FnOnce(&mut Meta<'_, &mut [u8]>, &mut BlockBitmap<'_>, bool) -> Result<T>,
+) -> Result<T> {
+    with_access(false, f)
+}
+
+fn with_access<T>(
+    change: bool,
+    f: impl FnOnce(&mut Meta<'_, &mut [u8]>, &mut BlockBitmap<'_>, bool) -> Result<T>,
 ) -> Result<T> {
     let mut g = volume()?.inner.lock();
-    let (mut meta, mut bm) = g.meta()?;
-    f(&mut meta, &mut bm)
+    let frozen = g.frozen;
+    let (r, used) = {
+        let (mut meta, mut bm) = g.open(change)?;
+        let r = f(&mut meta, &mut bm, frozen);
+        (r, bm.used())
+    };
+    g.blocks_used = used;
+    r
 }
 
 fn ret(r: Result) -> c_int {
@@ -475,7 +563,7 @@ pub(crate) extern "C" fn gmfs_rs_mount(reformat: bool) -> c_int {
 /// `out` must be valid for writes.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn gmfs_rs_statfs(out: *mut Statfs) -> c_int {
-    ret(with_meta(|m, bm| {
+    ret(with_meta_read(|m, bm, _| {
         let geo = *m.geometry();
         let used = m.inodes_used().map_err(errno)?;
         let s = Statfs {
@@ -494,7 +582,7 @@ pub(crate) unsafe extern "C" fn gmfs_rs_statfs(out: *mut Statfs) -> c_int {
 /// `out` must be valid for writes.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn gmfs_rs_getattr(ino: u64, out: *mut Attr) -> c_int {
-    ret(with_meta(|m, _| {
+    ret(with_meta_read(|m, _, _| {
         let i = m.inode(ino).map_err(errno)?;
         // SAFETY: the caller passes a valid pointer.
         unsafe { out.write(Attr::from(&i)) };
@@ -511,7 +599,7 @@ pub(crate) unsafe extern "C" fn gmfs_rs_lookup(
     len: usize,
     ino: *mut u64,
 ) -> c_int {
-    ret(with_meta(|m, _| {
+    ret(with_meta_read(|m, _, _| {
         // SAFETY: the caller passes `len` bytes.
         let n = unsafe { name(name_ptr, len) }?;
         let found = m.lookup(dir, n).map_err(errno)?;
@@ -605,7 +693,7 @@ pub(crate) unsafe extern "C" fn gmfs_rs_rename(
 /// `out` must be valid for writes.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn gmfs_rs_readdir(dir: u64, pos: u64, out: *mut Dirent) -> c_int {
-    match with_meta(|m, _| m.readdir(dir, pos).map_err(errno)) {
+    match with_meta_read(|m, _, _| m.readdir(dir, pos).map_err(errno)) {
         Ok(Some((i, next))) => {
             let mut d = Dirent {
                 ino: i.ino,
@@ -663,40 +751,87 @@ pub(crate) unsafe extern "C" fn gmfs_rs_setattr(ino: u64, attr: *const SetAttr) 
     }))
 }
 
-/// Sets a regular file's size. The rest of the block that holds the
-/// smaller of the old and new sizes is zeroed first ([`fault::tail_to_zero`]):
-/// shrinking to a size inside a block and growing again shows zeros, as
-/// POSIX wants. The caller has unmapped everything past the new EOF page.
+/// Zeroes the rest of the block that holds the smaller of a file's old
+/// and new sizes ([`fault::tail_to_zero`]), so that shrinking to a size
+/// inside a block and growing again shows zeros, as POSIX wants.
+fn zero_tail(m: &Meta<'_, &mut [u8]>, ino: u64, old: u64, new: u64) -> Result {
+    let Some((start, end)) = fault::tail_to_zero(old, new) else {
+        return Ok(());
+    };
+    let block = start / BLOCK_SIZE;
+    if let Some(e) = m.map(ino, block).map_err(errno)? {
+        let offset = ((e.phys_block + (block - e.file_block)) << BLOCK_SHIFT) + start % BLOCK_SIZE;
+        // SAFETY: zeroes part of a block this file owns.
+        if unsafe { guestmemfs_zero(offset, end - start) } != 0 {
+            return Err(ENOMEM);
+        }
+    }
+    Ok(())
+}
+
+/// Sets a regular file's size under the lock, tail zeroed first; a
+/// failure changes nothing.
+fn set_size_locked(
+    m: &mut Meta<'_, &mut [u8]>,
+    bm: &mut BlockBitmap<'_>,
+    ino: u64,
+    size: u64,
+    now: Time,
+) -> Result {
+    let i = m.inode(ino).map_err(errno)?;
+    if !i.is_reg() {
+        return Err(EISDIR);
+    }
+    if size > format::meta::MAX_FILE_SIZE {
+        return Err(EFBIG);
+    }
+    zero_tail(m, ino, i.size, size)?;
+    m.set_size(ino, size, now, bm).map_err(errno)
+}
+
+/// Sets a regular file's size ([`set_size_locked`]). The caller has
+/// unmapped everything past the new EOF page.
 #[no_mangle]
 pub(crate) extern "C" fn gmfs_rs_set_size(ino: u64, size: u64, sec: i64, nsec: u32) -> c_int {
     ret(with_meta(|m, bm| {
-        let i = m.inode(ino).map_err(errno)?;
-        if !i.is_reg() {
-            return Err(EISDIR);
-        }
-        if let Some((start, end)) = fault::tail_to_zero(i.size, size) {
-            let block = start / BLOCK_SIZE;
-            if let Some(e) = m.map(ino, block).map_err(errno)? {
-                let offset =
-                    ((e.phys_block + (block - e.file_block)) << BLOCK_SHIFT) + start % BLOCK_SIZE;
-                // SAFETY: zeroes part of a block this file owns.
-                if unsafe { guestmemfs_zero(offset, end - start) } != 0 {
-                    return Err(ENOMEM);
-                }
-            }
-        }
-        m.set_size(ino, size, Time { sec, nsec }, bm).map_err(errno)
+        set_size_locked(m, bm, ino, size, Time { sec, nsec })
     }))
 }
 
+/// Allocates (zeroed) blocks for `[offset, offset + len)` and, unless
+/// `keep_size`, grows the file to cover it, in one locked step: a failure
+/// allocates nothing and leaves the size alone.
 #[no_mangle]
-pub(crate) extern "C" fn gmfs_rs_fallocate(ino: u64, offset: u64, len: u64) -> c_int {
+pub(crate) extern "C" fn gmfs_rs_fallocate(
+    ino: u64,
+    offset: u64,
+    len: u64,
+    keep_size: bool,
+    sec: i64,
+    nsec: u32,
+) -> c_int {
     ret(with_meta(|m, bm| {
         let end = offset.checked_add(len).ok_or(EFBIG)?;
+        let i = m.inode(ino).map_err(errno)?;
+        let grow = !keep_size && end > i.size;
+        if grow && end > format::meta::MAX_FILE_SIZE {
+            return Err(EFBIG);
+        }
         let first = offset >> BLOCK_SHIFT;
         let last = end.div_ceil(BLOCK_SIZE);
+        // The fallible parts of growing (the checks, zeroing the old EOF
+        // block's tail) come first; the allocation rolls itself back; the
+        // size change after it cannot fail.
+        if grow {
+            zero_tail(m, ino, i.size, end)?;
+        }
         m.allocate_with(ino, first, last - first, bm, zero_blocks)
-            .map_err(errno)
+            .map_err(errno)?;
+        if grow {
+            m.set_size(ino, end, Time { sec, nsec }, bm)
+                .map_err(errno)?;
+        }
+        Ok(())
     }))
 }
 
@@ -713,57 +848,80 @@ const _: () = assert!(core::mem::size_of::<FaultOut>() == 24);
 const FAULT_MAP: u32 = 0;
 const FAULT_FALLBACK: u32 = 1;
 const FAULT_SIGBUS: u32 = 2;
+const FAULT_OOM: u32 = 3;
 
-/// Fills the hole at `file_block` if there is one: with the whole aligned
-/// 1 GiB unit around it when the file covers the unit and all of it is a
-/// hole (so it can be mapped with one PUD), else with the block alone
-/// unless `unit_only`. `Err` only for metadata errors; running out of
-/// space leaves the hole.
-fn fill_hole(
-    m: &mut Meta<&mut [u8]>,
-    bm: &mut BlockBitmap<'_>,
-    i: &InodeData,
-    file_block: u64,
-    unit_only: bool,
-) -> core::result::Result<(), FmtError> {
-    if m.map(i.ino, file_block)?.is_some() {
-        return Ok(());
-    }
-    let unit = file_block & !(HUGE_BLOCKS - 1);
-    let covers_unit = (unit + HUGE_BLOCKS)
-        .checked_mul(BLOCK_SIZE)
-        .is_some_and(|end| end <= i.size);
-    let mut unit_is_hole = covers_unit;
-    if covers_unit {
-        for e in m.extents(i.ino)? {
-            let e = e?;
-            if e.file_block < unit + HUGE_BLOCKS && unit < e.file_block + e.count {
-                unit_is_hole = false;
-                break;
+/// Fills the hole at `file_block` of `ino` if there is one, with the
+/// caller holding `vol.alloc`: with the whole aligned 1 GiB unit around
+/// it when the file covers the unit, all of it is a hole and an aligned
+/// free GiB exists (so it maps with one PUD), else with the block alone
+/// unless `unit_only`. The unit is taken from the allocator under the
+/// volume lock, zeroed without it, then given to the file; a block is
+/// zeroed under the lock (2 MiB). Running out of space leaves the hole.
+fn fill_hole(vol: &Volume, ino: u64, file_block: u64, unit_only: bool) -> Result {
+    let reserved = with_meta(|m, bm| {
+        let i = m.inode(ino).map_err(errno)?;
+        if m.map(ino, file_block).map_err(errno)?.is_some() {
+            return Ok(None);
+        }
+        let unit = file_block & !(HUGE_BLOCKS - 1);
+        let covers_unit = (unit + HUGE_BLOCKS)
+            .checked_mul(BLOCK_SIZE)
+            .is_some_and(|end| end <= i.size);
+        // Without an aligned free GiB the unit would be fragmented: no PUD.
+        let mut free_unit = if covers_unit {
+            bm.find_free(HUGE_BLOCKS, HUGE_BLOCKS)
+        } else {
+            None
+        };
+        if free_unit.is_some() {
+            for e in m.extents(ino).map_err(errno)? {
+                let e = e.map_err(errno)?;
+                if e.file_block < unit + HUGE_BLOCKS && unit < e.file_block + e.count {
+                    free_unit = None;
+                    break;
+                }
             }
         }
-    }
-    if unit_is_hole
-        && m.allocate_with(i.ino, unit, HUGE_BLOCKS, bm, zero_blocks)
-            .is_ok()
-    {
+        if let Some(phys) = free_unit {
+            bm.mark_used(phys, HUGE_BLOCKS).map_err(errno)?;
+            return Ok(Some((unit, phys)));
+        }
+        if !unit_only {
+            match m.allocate_with(ino, file_block, 1, bm, zero_blocks) {
+                Ok(()) | Err(FmtError::NoSpace | FmtError::NoExtents) => {}
+                Err(e) => return Err(errno(e)),
+            }
+        }
+        Ok(None)
+    })?;
+    let Some((unit, phys)) = reserved else {
         return Ok(());
-    }
-    if unit_only {
-        return Ok(());
-    }
-    match m.allocate_with(i.ino, file_block, 1, bm, zero_blocks) {
-        Ok(()) | Err(FmtError::NoSpace | FmtError::NoExtents) => Ok(()),
-        Err(e) => Err(e),
-    }
+    };
+    let zeroed = zero_blocks(phys, HUGE_BLOCKS);
+    // A unit that cannot join the file (zeroing failed, frozen for kexec
+    // meanwhile) goes back to the allocator.
+    with_meta_read(|m, bm, frozen| {
+        let r = match zeroed {
+            Err(e) => Err(errno(e)),
+            Ok(()) if frozen => Err(EBUSY),
+            Ok(()) => m
+                .insert_reserved(ino, unit, phys, HUGE_BLOCKS)
+                .map_err(errno),
+        };
+        if r.is_err() {
+            let _ = bm.mark_free(phys, HUGE_BLOCKS);
+        }
+        r
+    })
 }
 
 /// Decides a fault at `addr` of a VMA `[vm_start, vm_end)` that maps file
 /// offset `vm_offset` at `vm_start`, for an entry of `entry` (0 PTE,
 /// 1 PMD, 2 PUD); fills a hole inside the file first. The decision is
 /// [`fault::target`] and [`fault::resolve`]; this only looks up and
-/// allocates. Holes that cannot be filled (no space) and a frozen or
-/// refused filesystem give SIGBUS, never a retry.
+/// allocates. Backed blocks map also while frozen for kexec; holes that
+/// cannot be filled (no space, or frozen) and a refused filesystem give
+/// SIGBUS, never a retry; a kernel memory shortage gives OOM.
 ///
 /// # Safety
 /// `out` must be valid for writes.
@@ -789,19 +947,30 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(
         file_offset: vm_offset,
     };
     let plan = volume().and_then(|vol| {
-        with_meta(|m, bm| {
-            let i = m.inode(ino).map_err(errno)?;
-            if !i.is_reg() {
-                return Ok(Plan::SigBus);
+        // The plan, and the file block to fill first if it is a hole.
+        let decide = || {
+            with_meta_read(|m, _, frozen| {
+                let i = m.inode(ino).map_err(errno)?;
+                if !i.is_reg() {
+                    return Ok((Plan::SigBus, None));
+                }
+                let t = match fault::target(&vma, addr, entry, i.size) {
+                    Ok(t) => t,
+                    Err(plan) => return Ok((plan, None)),
+                };
+                let e = m.map(ino, t.file_block()).map_err(errno)?;
+                let hole = (e.is_none() && !frozen).then_some(t.file_block());
+                Ok((fault::resolve(&t, e.as_ref(), vol.base), hole))
+            })
+        };
+        match decide()? {
+            (_, Some(file_block)) => {
+                let _alloc = vol.alloc.lock();
+                fill_hole(vol, ino, file_block, entry == Entry::Pud)?;
+                Ok(decide()?.0)
             }
-            let t = match fault::target(&vma, addr, entry, i.size) {
-                Ok(t) => t,
-                Err(plan) => return Ok(plan),
-            };
-            fill_hole(m, bm, &i, t.file_block(), entry == Entry::Pud).map_err(errno)?;
-            let e = m.map(ino, t.file_block()).map_err(errno)?;
-            Ok(fault::resolve(&t, e.as_ref(), vol.base))
-        })
+            (plan, None) => Ok(plan),
+        }
     });
     let out_val = match plan {
         Ok(Plan::Map { addr, phys, .. }) => FaultOut {
@@ -814,6 +983,12 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(
             addr: 0,
             phys: 0,
             action: FAULT_FALLBACK,
+            pad: 0,
+        },
+        Err(e) if e == ENOMEM => FaultOut {
+            addr: 0,
+            phys: 0,
+            action: FAULT_OOM,
             pad: 0,
         },
         Ok(Plan::SigBus) | Err(_) => FaultOut {
@@ -838,7 +1013,8 @@ pub(crate) extern "C" fn gmfs_rs_freeze() {
         if !g.frozen {
             g.frozen = true;
             let generation = g.current_generation();
-            crate::republish_locator(vol.base, vol.size, generation);
+            // SAFETY: `g` is the volume lock's guard.
+            unsafe { crate::republish_locator(vol.base, vol.size, generation) };
             pr_info!("metadata frozen for kexec at generation {}\n", generation);
         }
     }
@@ -865,7 +1041,7 @@ pub(crate) extern "C" fn gmfs_rs_test_corrupt(kind: u32) -> c_int {
         let extent_off = |id: u64| (geo.extent_offset() + (id - 1) * EXTENT_SIZE) as usize;
         // The first two extents in use, decoded.
         let (mut first, mut second) = (None, None);
-        for id in 1..=geo.extent_count {
+        for id in 1..=m.counters().extent_hwm() {
             if let Some(e) = m.extent(id).map_err(errno)? {
                 if first.is_none() {
                     first = Some(e);

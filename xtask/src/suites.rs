@@ -140,6 +140,7 @@ pub const SUITES: &[Suite] = &[
             "guestmemfs_rename_race",
             "guestmemfs_truncate_fault_race",
             "guestmemfs_full_fault_sigbus",
+            "guestmemfs_zeroing_unlocked",
         ],
         // 8G: q35 puts 2G below 4 GiB and the rest above, so a 4G region
         // needs 6G above 4 GiB.

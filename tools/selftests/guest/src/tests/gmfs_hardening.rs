@@ -1384,3 +1384,58 @@ mod tests {
         assert!(keeper("rn1") == "keep1" && keeper("rn2") == "keep2");
     }
 }
+
+/// Zeroing a new 1 GiB unit happens without the filesystem-wide lock:
+/// while one thread's first touch of a fresh GiB is zeroing it, another
+/// thread's `stat()` calls (which take that lock) keep completing. With
+/// the lock held across the zeroing at most one completes inside the
+/// fault's window (one that slips in before the window's end is read).
+pub fn zeroing_unlocked(_ctx: &mut Ctx) -> TestResult {
+    mount()?;
+    let f = create_sized(&p("zero-unit"), GIB)?;
+    let other = create_sized(&p("zero-other"), 0)?;
+    drop(other);
+    let mut m = Mapping::new(&f, GIB, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    let stop = AtomicBool::new(false);
+    let origin = Instant::now();
+    let (window, stamps) = thread::scope(|s| {
+        let statter = s.spawn(|| {
+            let mut done = Vec::new();
+            while !stop.load(SeqCst) {
+                if fs::metadata(p("zero-other")).is_ok() {
+                    done.push(origin.elapsed());
+                }
+            }
+            done
+        });
+        // Let the stat loop get going, then take the one fault.
+        thread::sleep(Duration::from_millis(200));
+        let start = origin.elapsed();
+        m.bytes()[12345 * PAGE] = 1;
+        let end = origin.elapsed();
+        thread::sleep(Duration::from_millis(50));
+        stop.store(true, SeqCst);
+        ((start, end), statter.join().unwrap_or_default())
+    });
+    let inside = stamps
+        .iter()
+        .filter(|t| **t > window.0 && **t < window.1)
+        .count();
+    diag(&format!(
+        "first touch of a fresh 1 GiB unit took {:?}; {inside} stat() calls completed meanwhile ({} in all)",
+        window.1 - window.0,
+        stamps.len()
+    ));
+    drop(m);
+    drop(f);
+    remove("zero-unit")?;
+    remove("zero-other")?;
+    // One stat may slip in between the fault's end and its time stamp.
+    if inside < 3 {
+        return Err(format!(
+            "{inside} stat() calls completed during the {:?} fault that zeroed a 1 GiB unit: the zeroing holds the filesystem lock",
+            window.1 - window.0
+        ));
+    }
+    Ok(Outcome::Pass)
+}

@@ -200,6 +200,12 @@ pub const CATALOG: &[Test] = &[
         run: gmfs_hardening::size_tail,
     },
     Test {
+        name: "guestmemfs_zeroing_unlocked",
+        summary: "stat() keeps completing while a fault zeroes a fresh 1 GiB unit",
+        timeout_s: 120,
+        run: gmfs_hardening::zeroing_unlocked,
+    },
+    Test {
         name: "guestmemfs_full_fault_sigbus",
         summary: "a fault needing a block on a full filesystem gets SIGBUS, not endless refaults",
         timeout_s: 300,
