@@ -324,11 +324,18 @@ static long gmfs_fallocate(struct file *file, int mode, loff_t offset,
 	if (offset < 0 || len <= 0 || check_add_overflow(offset, len, &end))
 		return -EINVAL;
 	inode_lock(inode);
+	/* RLIMIT_FSIZE and s_maxbytes, also with KEEP_SIZE (as shmem). */
+	err = inode_newsize_ok(inode, end);
+	if (!err)
+		err = file_remove_privs(file);	/* suid/sgid, as a write */
+	if (err)
+		goto out;
 	now = current_time(inode);
 	err = gmfs_rs_fallocate(inode->i_ino, offset, len,
-				mode & FALLOC_FL_KEEP_SIZE, now.tv_sec,
+				!!(mode & FALLOC_FL_KEEP_SIZE), now.tv_sec,
 				now.tv_nsec);
 	gmfs_refresh(inode);
+out:
 	inode_unlock(inode);
 	return err;
 }

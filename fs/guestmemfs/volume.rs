@@ -15,7 +15,7 @@ use crate::format::{
 };
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::{
-    alloc::KVVec,
+    alloc::{flags::__GFP_NOWARN, KVVec},
     ffi::{c_int, c_void},
     new_mutex,
     prelude::*,
@@ -92,7 +92,8 @@ pub(crate) struct Volume {
     inner: Mutex<Inner>,
     /// Serialises faults that fill holes, so that a 1 GiB unit can be
     /// zeroed without `inner` held (lookups, stat and faults on allocated
-    /// blocks go on meanwhile). Taken before `inner`, never inside it.
+    /// blocks go on meanwhile); fallocate takes it too. Taken before
+    /// `inner`, never inside it.
     #[pin]
     alloc: Mutex<()>,
 }
@@ -150,15 +151,26 @@ impl Inner {
             State::Refused(_) => return Err(EUCLEAN),
         }
         let geo = self.geo.ok_or(EIO)?;
-        // An operation allocates at most one inode: if the index has no
-        // room for one more, move it to storage of twice the capacity
-        // (a copy of what is in use; amortized O(1) per inode).
-        if let Some(sizes) = IndexSizes::to_grow(&geo, &self.index) {
-            let mut words = KVVec::from_elem(0u64, sizes.words, GFP_KERNEL)?;
-            Index::new(&mut self.index_words, &mut self.index, &geo)
-                .and_then(|index| index.grow_into(&mut words))
-                .map_err(errno)?;
-            self.index_words = words;
+        if self.meta.is_null() {
+            return Err(EIO);
+        }
+        // A change allocates at most one inode: if the index has no room
+        // for one more, move it to storage of twice the capacity (a copy
+        // of what is in use; amortized O(1) per inode). If that fails,
+        // only a create fails (`NoInodes`): reads and removals go on.
+        if change {
+            if let Some(sizes) = IndexSizes::to_grow(&geo, &self.index) {
+                if let Ok(mut words) =
+                    KVVec::from_elem(0u64, sizes.words, GFP_KERNEL | __GFP_NOWARN)
+                {
+                    if Index::new(&mut self.index_words, &mut self.index, &geo)
+                        .and_then(|index| index.grow_into(&mut words))
+                        .is_ok()
+                    {
+                        self.index_words = words;
+                    }
+                }
+            }
         }
         // SAFETY: `meta` maps `meta_len` bytes owned by the volume; the
         // mutex guard borrowed by `self` makes this the only access.
@@ -176,6 +188,7 @@ impl Inner {
             // SAFETY: the old mapping is not referenced any more.
             unsafe { guestmemfs_region_unmap(self.meta.cast()) };
             self.meta = core::ptr::null_mut();
+            self.meta_len = 0;
         }
         // SAFETY: maps the region's first `len` bytes, or returns NULL.
         let p = unsafe { guestmemfs_region_map(0, len) };
@@ -190,20 +203,32 @@ impl Inner {
     /// Writes an empty filesystem over the metadata blocks.
     fn format(&mut self, size: u64, generation: u64) -> Result {
         let geo = Geometry::new(size, Geometry::default_inodes(size)).ok_or(EINVAL)?;
-        self.map(geo.meta_bytes())?;
-        // A new index in small storage; a previous one (a reformat) is
-        // forgotten, its seed kept.
-        self.index.discard();
-        self.index_words = KVVec::from_elem(0u64, IndexSizes::initial(&geo).words, GFP_KERNEL)?;
-        let mut index = Index::new(&mut self.index_words, &mut self.index, &geo).map_err(errno)?;
-        // SAFETY: just mapped, `meta_len` bytes, exclusive under the lock.
-        let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
-        format::meta::format(bytes, &geo, now(), generation, &mut index).map_err(errno)?;
-        self.bitmap = KVVec::from_elem(
+        // Allocate first: a failed reformat leaves the old filesystem.
+        let mut index_words = KVVec::from_elem(0u64, IndexSizes::initial(&geo).words, GFP_KERNEL)?;
+        let mut bitmap = KVVec::from_elem(
             0u64,
             ScratchSizes::for_geometry(&geo).block_words,
             GFP_KERNEL,
         )?;
+        // From here on the old metadata is gone: unusable until done.
+        let was = self.state;
+        self.state = State::Refused(FmtError::NoMemory);
+        self.geo = None;
+        if let Err(e) = self.map(geo.meta_bytes()) {
+            if !matches!(was, State::Ready) {
+                self.state = was;
+            }
+            return Err(e);
+        }
+        self.index_words = core::mem::take(&mut index_words);
+        self.bitmap = core::mem::take(&mut bitmap);
+        // A new index in small storage; a previous one (a reformat) is
+        // forgotten, its seed kept.
+        self.index.discard();
+        let mut index = Index::new(&mut self.index_words, &mut self.index, &geo).map_err(errno)?;
+        // SAFETY: just mapped, `meta_len` bytes, exclusive under the lock.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
+        format::meta::format(bytes, &geo, now(), generation, &mut index).map_err(errno)?;
         let mut bm = BlockBitmap::new(&mut self.bitmap, geo.nr_blocks).map_err(errno)?;
         bm.mark_used(0, geo.meta_blocks).map_err(errno)?;
         self.blocks_used = bm.used();
@@ -250,11 +275,14 @@ impl Inner {
             pr_err!("out of memory validating the handover ({:?})\n", e);
             FmtError::Truncated
         };
-        let mut marks = KVVec::from_elem(0u8, sizes.inode_marks, GFP_KERNEL).map_err(alloc)?;
-        let mut subdirs = KVVec::from_elem(0u32, sizes.subdirs, GFP_KERNEL).map_err(alloc)?;
-        let mut words = KVVec::from_elem(0u64, sizes.block_words, GFP_KERNEL).map_err(alloc)?;
+        let mut marks =
+            KVVec::from_elem(0u8, sizes.inode_marks, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
+        let mut subdirs =
+            KVVec::from_elem(0u32, sizes.subdirs, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
+        let mut words =
+            KVVec::from_elem(0u64, sizes.block_words, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
         let mut index_words =
-            KVVec::from_elem(0u64, index_sizes.words, GFP_KERNEL).map_err(alloc)?;
+            KVVec::from_elem(0u64, index_sizes.words, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
         // The scratch borrows `words`, which becomes the allocator's bitmap;
         // validation builds the index in `index_words`.
         let (inodes, used) = {
@@ -799,8 +827,10 @@ pub(crate) extern "C" fn gmfs_rs_set_size(ino: u64, size: u64, sec: i64, nsec: u
 }
 
 /// Allocates (zeroed) blocks for `[offset, offset + len)` and, unless
-/// `keep_size`, grows the file to cover it, in one locked step: a failure
-/// allocates nothing and leaves the size alone.
+/// `keep_size`, grows the file to cover it, in one locked step, and sets
+/// mtime/ctime. Without space for every hole nothing is allocated
+/// (`ENOSPC`); a later failure (`ENOMEM` zeroing) keeps the zeroed runs
+/// already added and leaves the size alone.
 #[no_mangle]
 pub(crate) extern "C" fn gmfs_rs_fallocate(
     ino: u64,
@@ -810,6 +840,12 @@ pub(crate) extern "C" fn gmfs_rs_fallocate(
     sec: i64,
     nsec: u32,
 ) -> c_int {
+    let vol = match volume() {
+        Ok(vol) => vol,
+        Err(e) => return e.to_errno(),
+    };
+    // Not while a fault zeroes a unit it reserved in this file's range.
+    let _alloc = vol.alloc.lock();
     ret(with_meta(|m, bm| {
         let end = offset.checked_add(len).ok_or(EFBIG)?;
         let i = m.inode(ino).map_err(errno)?;
@@ -827,11 +863,15 @@ pub(crate) extern "C" fn gmfs_rs_fallocate(
         }
         m.allocate_with(ino, first, last - first, bm, zero_blocks)
             .map_err(errno)?;
+        let now = Time { sec, nsec };
         if grow {
-            m.set_size(ino, end, Time { sec, nsec }, bm)
-                .map_err(errno)?;
+            m.set_size(ino, end, now, bm).map_err(errno)?;
         }
-        Ok(())
+        // Like a write: the data changed (zeros where holes were).
+        let mut i = m.inode(ino).map_err(errno)?;
+        i.mtime = now;
+        i.ctime = now;
+        m.write_inode(&i).map_err(errno)
     }))
 }
 
@@ -900,19 +940,52 @@ fn fill_hole(vol: &Volume, ino: u64, file_block: u64, unit_only: bool) -> Result
     let zeroed = zero_blocks(phys, HUGE_BLOCKS);
     // A unit that cannot join the file (zeroing failed, frozen for kexec
     // meanwhile) goes back to the allocator.
-    with_meta_read(|m, bm, frozen| {
-        let r = match zeroed {
-            Err(e) => Err(errno(e)),
-            Ok(()) if frozen => Err(EBUSY),
-            Ok(()) => m
-                .insert_reserved(ino, unit, phys, HUGE_BLOCKS)
-                .map_err(errno),
-        };
-        if r.is_err() {
-            let _ = bm.mark_free(phys, HUGE_BLOCKS);
+    let mut g = vol.inner.lock();
+    let frozen = g.frozen;
+    match g.open(false) {
+        Ok((mut m, mut bm)) => {
+            let inserted = match zeroed {
+                Err(e) => Err(e),
+                Ok(()) if frozen => Err(FmtError::Invalid),
+                Ok(()) => m.insert_reserved(ino, unit, phys, HUGE_BLOCKS),
+            };
+            let r = match inserted {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    if bm.mark_free(phys, HUGE_BLOCKS).is_err() {
+                        pr_err!("lost track of a reserved 1 GiB unit at block {}\n", phys);
+                    }
+                    match e {
+                        // Part of the unit was allocated meanwhile (by
+                        // fallocate): this block alone, as without a unit.
+                        FmtError::Exists if !unit_only => {
+                            match m.allocate_with(ino, file_block, 1, &mut bm, zero_blocks) {
+                                Ok(()) | Err(FmtError::NoSpace | FmtError::NoExtents) => Ok(()),
+                                Err(e) => Err(errno(e)),
+                            }
+                        }
+                        FmtError::Exists => Ok(()),
+                        FmtError::Invalid if frozen => Err(EBUSY),
+                        e => Err(errno(e)),
+                    }
+                }
+            };
+            let used = bm.used();
+            drop((m, bm));
+            g.blocks_used = used;
+            r
         }
-        r
-    })
+        Err(e) => {
+            // Cannot happen while mounted; still, never leak the unit.
+            let (used, nr) = (g.blocks_used, g.geo.map_or(0, |geo| geo.nr_blocks));
+            if let Ok(mut bm) = BlockBitmap::resume(&mut g.bitmap, nr, used) {
+                if bm.mark_free(phys, HUGE_BLOCKS).is_ok() {
+                    g.blocks_used = bm.used();
+                }
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Decides a fault at `addr` of a VMA `[vm_start, vm_end)` that maps file

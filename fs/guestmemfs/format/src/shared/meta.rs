@@ -886,8 +886,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
     }
 
     /// Allocates blocks so that `[file_block, file_block + count)` of
-    /// `ino` is backed, leaving already backed blocks alone. On `NoSpace`
-    /// nothing new stays allocated.
+    /// `ino` is backed, leaving already backed blocks alone. Without
+    /// enough free blocks for every hole it fails with `NoSpace` before
+    /// allocating anything.
     pub fn allocate(
         &mut self,
         ino: u64,
@@ -918,7 +919,18 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
             // Directories have no blocks (validation refuses any).
             return Err(Error::IsDir);
         }
-        let before = i.blocks;
+        // Enough free blocks for every hole, or nothing is allocated: the
+        // bitmap cannot then run out part-way (and the extent table, one
+        // record per block, cannot either).
+        let mut backed = 0u64;
+        for e in self.extents(ino)? {
+            let e = e?;
+            let (from, to) = (e.file_block.max(file_block), extent_end(ino, &e)?.min(end));
+            backed = backed.saturating_add(to.saturating_sub(from));
+        }
+        if count.saturating_sub(backed) > blocks.free() {
+            return Err(Error::NoSpace);
+        }
         let mut fb = file_block;
         while fb < end {
             match self.map(ino, fb)? {
@@ -933,48 +945,18 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
                         Ok(())
                     })?;
                     let want = (hole_end - fb).min(u64::from(u32::MAX));
-                    let res = blocks.alloc_run(want).and_then(|(phys, n)| {
-                        prepare(phys, n)
-                            .and_then(|()| self.insert_extent(ino, fb, phys, n))
-                            .inspect_err(|_| {
-                                let _ = blocks.mark_free(phys, n);
-                            })?;
-                        Ok(n)
-                    });
-                    match res {
-                        Ok(n) => fb += n,
-                        Err(e) => {
-                            // Roll back what this call added.
-                            let _ = self.free_range(ino, file_block, fb, before, blocks);
-                            return Err(e);
-                        }
-                    }
+                    // A failing `prepare` frees its run; runs added before
+                    // it stay (zeroed blocks where holes were: nothing a
+                    // reader could tell apart, and never a block that was
+                    // the file's before this call).
+                    let (phys, n) = blocks.alloc_run(want)?;
+                    prepare(phys, n)
+                        .and_then(|()| self.insert_extent(ino, fb, phys, n))
+                        .inspect_err(|_| {
+                            let _ = blocks.mark_free(phys, n);
+                        })?;
+                    fb += n;
                 }
-            }
-        }
-        Ok(())
-    }
-
-    fn free_range(
-        &mut self,
-        ino: u64,
-        start: u64,
-        end: u64,
-        keep_blocks: u64,
-        blocks: &mut BlockBitmap<'_>,
-    ) -> Result<(), Error> {
-        // Only used to undo a partial allocate: the range was a hole
-        // before, so every extent inside it is new.
-        let mut fb = start;
-        while fb < end && self.inode(ino)?.blocks > keep_blocks {
-            match self.map(ino, fb)? {
-                Some(e) if e.file_block >= start => {
-                    self.remove_extent(ino, e.id)?;
-                    blocks.mark_free(e.phys_block, e.count)?;
-                    fb = extent_end(ino, &e)?;
-                }
-                Some(e) => fb = extent_end(ino, &e)?,
-                None => fb += 1,
             }
         }
         Ok(())
@@ -1262,6 +1244,46 @@ mod tests {
         assert!(m.map(f.ino, 4).unwrap().is_some());
         assert!(m.map(f.ino, 5).unwrap().is_none());
         assert!(validate::check(&buf, geo.region_size).is_ok());
+    }
+
+    #[test]
+    fn failed_allocate_never_frees_blocks_the_file_had() {
+        // Blocks 0 and 2 backed (physically apart), 1 and 3 holes; the
+        // second new run fails to prepare: the old blocks stay, with
+        // their extents, and the failed run goes back to the allocator.
+        let (mut buf, geo, mut st) = image(16);
+        let mut w = std::vec![0u64; 1];
+        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
+        bm.mark_used(0, geo.meta_blocks).unwrap();
+        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
+        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        m.allocate(f.ino, 0, 1, &mut bm).unwrap();
+        bm.mark_used(geo.meta_blocks + 1, 1).unwrap(); // keep runs apart
+        m.allocate(f.ino, 2, 1, &mut bm).unwrap();
+        let old: std::vec::Vec<_> = m.extents(f.ino).unwrap().map(|e| e.unwrap()).collect();
+        let used = bm.used();
+        let mut calls = 0;
+        let r = m.allocate_with(f.ino, 0, 4, &mut bm, |_, _| {
+            calls += 1;
+            if calls == 2 {
+                Err(Error::NoMemory)
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(r, Err(Error::NoMemory));
+        for e in &old {
+            let now = m.map(f.ino, e.file_block).unwrap().unwrap();
+            assert_eq!(
+                now.phys_block + (e.file_block - now.file_block),
+                e.phys_block
+            );
+        }
+        // The first new run (block 1) stays, the failed one is free.
+        assert!(m.map(f.ino, 1).unwrap().is_some());
+        assert!(m.map(f.ino, 3).unwrap().is_none());
+        assert_eq!(bm.used(), used + 1);
+        assert_eq!(m.inode(f.ino).unwrap().blocks, 3);
     }
 
     #[test]

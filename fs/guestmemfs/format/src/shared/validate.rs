@@ -40,6 +40,12 @@ pub fn superblock(buf: &[u8], region_size: u64) -> Result<Geometry, Error> {
         return corrupt(Corruption::BadChecksum);
     }
     let inode_count = get_u64(buf, sb::INODE_COUNT)?;
+    // This code formats with the default count: a larger one (up to 4x,
+    // headroom for a future option) is refused before it can size the
+    // boot-time index and scratch allocations.
+    if inode_count > Geometry::default_inodes(region_size).saturating_mul(4) {
+        return corrupt(Corruption::BadGeometry);
+    }
     let geo =
         Geometry::new(region_size, inode_count).ok_or(Error::Corrupt(Corruption::BadGeometry))?;
     let consistent = u64::from(get_u32(buf, sb::HEADER_SIZE)?) == SUPERBLOCK_SIZE
