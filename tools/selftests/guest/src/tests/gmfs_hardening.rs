@@ -1338,53 +1338,6 @@ pub fn large_region_kexec(ctx: &mut Ctx) -> TestResult {
     Ok(Outcome::Pass)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn order_is_a_permutation_not_starting_at_zero() {
-        let mut rng = Rng::new(0);
-        for n in [2, 3, 512, 4096] {
-            let v = rng.order(n);
-            assert_ne!(v[0], 0);
-            let mut s = v.clone();
-            s.sort_unstable();
-            assert!(s.iter().enumerate().all(|(i, &x)| i as u32 == x));
-        }
-        assert_eq!(Rng::new(7).order(100), Rng::new(7).order(100));
-        assert_ne!(Rng::new(7).order(100), Rng::new(8).order(100));
-    }
-
-    #[test]
-    fn tail_probes_start_past_the_eof_page() {
-        assert_eq!(
-            tail_probes(3 * MIB + 100),
-            [
-                3 * MIB as usize + PAGE,
-                0x38_0000,
-                4 * MIB as usize - 1,
-                4 * MIB as usize,
-                6 * MIB as usize - 1
-            ]
-        );
-        assert_eq!(
-            tail_probes(2 * MIB - 1),
-            [2 * MIB as usize, 4 * MIB as usize - 1, 6 * MIB as usize - 1]
-        );
-        assert_eq!(tail_probes(5000)[0], 2 * PAGE);
-    }
-
-    #[test]
-    fn placements_fit_the_file() {
-        for pl in PLACEMENTS {
-            assert!(pl.offset + pl.len <= ANY_FILE, "{}", pl.what);
-            assert!(pl.offset.is_multiple_of(PAGE as u64));
-        }
-        assert!(keeper("rn1") == "keep1" && keeper("rn2") == "keep2");
-    }
-}
-
 /// Zeroing a new 1 GiB unit happens without the filesystem-wide lock:
 /// while one thread's first touch of a fresh GiB is zeroing it, another
 /// thread's `stat()` calls (which take that lock) keep completing at
@@ -1440,4 +1393,51 @@ pub fn zeroing_unlocked(_ctx: &mut Ctx) -> TestResult {
         ));
     }
     Ok(Outcome::Pass)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn order_is_a_permutation_not_starting_at_zero() {
+        let mut rng = Rng::new(0);
+        for n in [2, 3, 512, 4096] {
+            let v = rng.order(n);
+            assert_ne!(v[0], 0);
+            let mut s = v.clone();
+            s.sort_unstable();
+            assert!(s.iter().enumerate().all(|(i, &x)| i as u32 == x));
+        }
+        assert_eq!(Rng::new(7).order(100), Rng::new(7).order(100));
+        assert_ne!(Rng::new(7).order(100), Rng::new(8).order(100));
+    }
+
+    #[test]
+    fn tail_probes_start_past_the_eof_page() {
+        assert_eq!(
+            tail_probes(3 * MIB + 100),
+            [
+                3 * MIB as usize + PAGE,
+                0x38_0000,
+                4 * MIB as usize - 1,
+                4 * MIB as usize,
+                6 * MIB as usize - 1
+            ]
+        );
+        assert_eq!(
+            tail_probes(2 * MIB - 1),
+            [2 * MIB as usize, 4 * MIB as usize - 1, 6 * MIB as usize - 1]
+        );
+        assert_eq!(tail_probes(5000)[0], 2 * PAGE);
+    }
+
+    #[test]
+    fn placements_fit_the_file() {
+        for pl in PLACEMENTS {
+            assert!(pl.offset + pl.len <= ANY_FILE, "{}", pl.what);
+            assert!(pl.offset.is_multiple_of(PAGE as u64));
+        }
+        assert!(keeper("rn1") == "keep1" && keeper("rn2") == "keep2");
+    }
 }
