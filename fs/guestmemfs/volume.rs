@@ -971,7 +971,6 @@ fn fill_hole(vol: &Volume, ino: u64, file_block: u64, unit_only: bool) -> Result
                 }
             };
             let used = bm.used();
-            drop((m, bm));
             g.blocks_used = used;
             r
         }

@@ -14,7 +14,10 @@
 
 mod common;
 
-use common::{inodes_in_use, Store};
+use common::{
+    draw, extent_off, get_u32, get_u64, inode_off, inodes_in_use, name, reseal, set_u32, set_u64,
+    Op, Pick, Store, SB_CHECKSUM,
+};
 use guestmemfs_format::bitmap::words_for;
 use guestmemfs_format::layout::*;
 use guestmemfs_format::meta::format;
@@ -85,9 +88,6 @@ const EXTENT_FIELDS: &[(usize, W)] = &[
     (ext::PHYS_BLOCK, W::U64),
 ];
 
-/// Offset of the superblock's checksum.
-const SB_CHECKSUM: usize = 4092;
-
 fn geometry() -> Geometry {
     Geometry::new(64 * BLOCK_SIZE, 24).unwrap()
 }
@@ -151,53 +151,6 @@ fn contents_into(buf: &[u8], geo: &Geometry, words: &mut [u64]) -> Result<(u64, 
     Ok((common::used_blocks(&rebuilt), store))
 }
 
-/// Operations on an image: building the valid one, and using the mutated
-/// one. Inode arguments pick any record (free, orphan, linked, out of
-/// range); names come from a small set so that lookups hit.
-#[derive(Debug, Clone)]
-enum Op {
-    Create {
-        dir: u8,
-        name: u8,
-        is_dir: bool,
-    },
-    Unlink {
-        dir: u8,
-        name: u8,
-        evict: bool,
-    },
-    Rename {
-        from_dir: u8,
-        from: u8,
-        to_dir: u8,
-        to: u8,
-        noreplace: bool,
-    },
-    Allocate {
-        file: u8,
-        start: u64,
-        count: u64,
-    },
-    SetSize {
-        file: u8,
-        size: u64,
-    },
-    Evict {
-        ino: u8,
-    },
-    Reclaim,
-    /// `chmod` and `touch` as the kernel's setattr does them.
-    SetAttr {
-        ino: u8,
-        perm: u32,
-        nsec: u32,
-    },
-    Read {
-        ino: u8,
-        block: u64,
-    },
-}
-
 fn boundary_u64() -> impl Strategy<Value = u64> {
     prop_oneof![
         4 => 0u64..64,
@@ -210,29 +163,22 @@ fn boundary_u64() -> impl Strategy<Value = u64> {
     ]
 }
 
+/// Operations on an image: building the valid one, and using the mutated
+/// one. Inode arguments pick any record (free, orphan, linked, out of
+/// range); a rename evicts the inode it replaces when the source name's
+/// pick is even.
 fn op() -> impl Strategy<Value = Op> {
+    let name = 0u8..6;
     prop_oneof![
-        4 => (any::<u8>(), 0u8..6, any::<bool>())
-            .prop_map(|(dir, name, is_dir)| Op::Create { dir, name, is_dir }),
-        2 => (any::<u8>(), 0u8..6, any::<bool>())
-            .prop_map(|(dir, name, evict)| Op::Unlink { dir, name, evict }),
-        2 => (any::<u8>(), 0u8..6, any::<u8>(), 0u8..6, any::<bool>()).prop_map(
-            |(from_dir, from, to_dir, to, noreplace)| Op::Rename {
-                from_dir,
-                from,
-                to_dir,
-                to,
-                noreplace,
-            }
-        ),
-        3 => (any::<u8>(), boundary_u64(), prop_oneof![1u64..20, boundary_u64()])
-            .prop_map(|(file, start, count)| Op::Allocate { file, start, count }),
-        2 => (any::<u8>(), prop_oneof![
-                0u64..(40 * BLOCK_SIZE),
-                boundary_u64(),
-                Just(u64::MAX - BLOCK_SIZE),
-            ])
-            .prop_map(|(file, size)| Op::SetSize { file, size }),
+        4 => draw::create((any::<u8>(), name.clone(), any::<bool>())),
+        2 => draw::unlink((any::<u8>(), name.clone(), any::<bool>())),
+        2 => draw::rename(any::<u8>(), name, |from| from % 2 == 0),
+        3 => draw::allocate((any::<u8>(), boundary_u64(), prop_oneof![1u64..20, boundary_u64()])),
+        2 => draw::set_size((any::<u8>(), prop_oneof![
+            0u64..(40 * BLOCK_SIZE),
+            boundary_u64(),
+            Just(u64::MAX - BLOCK_SIZE),
+        ])),
         1 => any::<u8>().prop_map(|ino| Op::Evict { ino }),
         1 => Just(Op::Reclaim),
         1 => (any::<u8>(), any::<u32>(), prop_oneof![0u32..1_000_000_000, any::<u32>()])
@@ -241,98 +187,11 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn name(n: u8) -> [u8; 2] {
-    [b'n', b'0' + n]
-}
-
-/// An inode number: mostly one in use, else any record of the table, 0 or
-/// one past the end.
-fn ino_of(m: &Meta<'_, &mut [u8]>, x: u8) -> u64 {
-    let count = m.geometry().inode_count;
-    if x < 192 {
-        let used: Vec<u64> = (1..=count)
-            .filter(|&i| m.inode_in_use(i).unwrap_or(false))
-            .collect();
-        if !used.is_empty() {
-            return used[x as usize % used.len()];
-        }
-    }
-    x as u64 % (count + 2)
-}
-
-/// Applies `op`. Ordinary errors are fine; an error saying the metadata is
-/// damaged (or a block accounting error) is not, for an image that passed
-/// validation.
+/// Applies `op` (inode arguments picking any record). Ordinary errors are
+/// fine; an error saying the metadata is damaged (or a block accounting
+/// error) is not, for an image that passed validation.
 fn apply(m: &mut Meta<'_, &mut [u8]>, bm: &mut BlockBitmap<'_>, op: &Op) -> Result<(), String> {
-    let res: Result<(), Error> = match *op {
-        Op::Create {
-            dir,
-            name: n,
-            is_dir,
-        } => {
-            let mode = if is_dir {
-                S_IFDIR | 0o755
-            } else {
-                S_IFREG | 0o644
-            };
-            m.create(ino_of(m, dir), &name(n), mode, 1, 2, T)
-                .map(|_| ())
-        }
-        Op::Unlink {
-            dir,
-            name: n,
-            evict,
-        } => match m.unlink(ino_of(m, dir), &name(n), T) {
-            Ok(i) if evict => m.evict(i.ino, bm),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        },
-        Op::Rename {
-            from_dir,
-            from,
-            to_dir,
-            to,
-            noreplace,
-        } => match m.rename(
-            ino_of(m, from_dir),
-            &name(from),
-            ino_of(m, to_dir),
-            &name(to),
-            noreplace,
-            T,
-        ) {
-            Ok(Some(old)) if from % 2 == 0 => m.evict(old.ino, bm),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        },
-        Op::Allocate { file, start, count } => m.allocate(ino_of(m, file), start, count, bm),
-        Op::SetSize { file, size } => m.set_size(ino_of(m, file), size, T, bm),
-        Op::Evict { ino } => m.evict(ino_of(m, ino), bm),
-        Op::Reclaim => m.reclaim_orphans(bm).map(|_| ()),
-        Op::SetAttr { ino, perm, nsec } => m.inode(ino_of(m, ino)).and_then(|mut i| {
-            i.mode = (i.mode & S_IFMT) | (perm & 0o7777);
-            i.mtime = Time { sec: -5, nsec };
-            let res = m.write_inode(&i);
-            if nsec >= 1_000_000_000 {
-                assert_eq!(res, Err(Error::Invalid), "bad time written");
-            }
-            res
-        }),
-        Op::Read { ino, block } => {
-            let ino = ino_of(m, ino);
-            let _ = m.readdir(ino, 0);
-            let _ = m.has_children(ino);
-            let _ = m.map(ino, block);
-            let _ = m.map(ino, block % 64);
-            Ok(())
-        }
-    };
-    match res {
-        Err(
-            e @ (Error::Corrupt(_) | Error::Truncated | Error::Overlap(_) | Error::DoubleFree(_)),
-        ) => Err(format!("{op:?} on a validated image: {e:?}")),
-        _ => Ok(()),
-    }
+    common::apply(m, bm, op, &Pick::Any, T).no_damage(op)
 }
 
 /// The rules of docs/guestmemfs-format.md and of the kernel's VFS, checked
@@ -340,7 +199,7 @@ fn apply(m: &mut Meta<'_, &mut [u8]>, bm: &mut BlockBitmap<'_>, op: &Op) -> Resu
 /// validator lets through must satisfy them.
 fn check_semantics(buf: &[u8], geo: &Geometry, st: &mut Store) -> Result<(), String> {
     let m = Meta::new(buf, *geo, st.index()).unwrap();
-    let next_gen = u64::from_le_bytes(buf[88..96].try_into().unwrap());
+    let next_gen = get_u64(buf, 88);
     let mut inodes = Vec::new();
     for ino in 1..=geo.inode_count {
         if m.inode_in_use(ino).unwrap() {
@@ -481,15 +340,15 @@ fn value() -> impl Strategy<Value = Value> {
 
 fn read(buf: &[u8], off: usize, w: W) -> u64 {
     match w {
-        W::U32 => u32::from_le_bytes(buf[off..off + 4].try_into().unwrap()) as u64,
-        W::U64 => u64::from_le_bytes(buf[off..off + 8].try_into().unwrap()),
+        W::U32 => u64::from(get_u32(buf, off)),
+        W::U64 => get_u64(buf, off),
     }
 }
 
 fn write(buf: &mut [u8], off: usize, w: W, v: u64) {
     match w {
-        W::U32 => buf[off..off + 4].copy_from_slice(&(v as u32).to_le_bytes()),
-        W::U64 => buf[off..off + 8].copy_from_slice(&v.to_le_bytes()),
+        W::U32 => set_u32(buf, off, v as u32),
+        W::U64 => set_u64(buf, off, v),
     }
 }
 
@@ -511,8 +370,6 @@ fn new_value(geo: &Geometry, old: u64, v: &Value) -> u64 {
 /// the checksum itself is the target). Returns false when the target has
 /// no record to change (no extent in use, say).
 fn mutate(buf: &mut [u8], geo: &Geometry, t: &Target, v: &Value) -> bool {
-    let inode_off = |ino: u64| (INODE_OFFSET + (ino - 1) * INODE_SIZE) as usize;
-    let extent_off = |id: u64| (geo.extent_offset() + (id - 1) * EXTENT_SIZE) as usize;
     // In use by the format's definition (at or below the high-water
     // marks, flag set); free records include those above the marks.
     let (used_inodes, free_inodes, used_extents, free_extents) = {
@@ -547,21 +404,20 @@ fn mutate(buf: &mut [u8], geo: &Geometry, t: &Target, v: &Value) -> bool {
                 return false;
             };
             let (o, w) = EXTENT_FIELDS[field];
-            (extent_off(id) + o, w)
+            (extent_off(geo, id) + o, w)
         }
         Target::FreeExtent { pick: p, field } => {
             let Some(id) = pick(&free_extents, p) else {
                 return false;
             };
             let (o, w) = EXTENT_FIELDS[field];
-            (extent_off(id) + o, w)
+            (extent_off(geo, id) + o, w)
         }
     };
     let old = read(buf, off, w);
     write(buf, off, w, new_value(geo, old, v));
     if off < SB_CHECKSUM && matches!(t, Target::Superblock { .. }) {
-        let sum = crc32c(&buf[..SB_CHECKSUM]);
-        buf[SB_CHECKSUM..SB_CHECKSUM + 4].copy_from_slice(&sum.to_le_bytes());
+        reseal(buf);
     }
     true
 }

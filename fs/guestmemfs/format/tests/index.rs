@@ -25,40 +25,10 @@ use std::collections::BTreeSet;
 
 const T: Time = Time { sec: 42, nsec: 1 };
 
-/// Names `n00`..`n47`: enough for the name table to grow past its
-/// smallest size.
-fn name(n: u8) -> Vec<u8> {
-    format!("n{:02}", n % 48).into_bytes()
-}
-
+/// An operation of a sequence: on the metadata, or a kexec.
 #[derive(Debug, Clone)]
-enum Op {
-    Create {
-        dir: u8,
-        name: u8,
-        is_dir: bool,
-    },
-    Unlink {
-        dir: u8,
-        name: u8,
-        evict: bool,
-    },
-    Rename {
-        from_dir: u8,
-        from: u8,
-        to_dir: u8,
-        to: u8,
-        noreplace: bool,
-    },
-    Allocate {
-        file: u8,
-        start: u8,
-        count: u8,
-    },
-    SetSize {
-        file: u8,
-        blocks: u8,
-    },
+enum Step {
+    Op(Op),
     /// A kexec: validate from scratch, adopt the new index as the kernel
     /// does (orphans reclaimed, generation bumped).
     Remount,
@@ -67,26 +37,27 @@ enum Op {
     ToVersion1,
 }
 
-fn op() -> impl Strategy<Value = Op> {
+/// The steps; names from all of `n00`..`n47`, enough for the name table
+/// to grow past its smallest size.
+fn step() -> impl Strategy<Value = Step> {
+    let (dir, name) = (any::<u8>(), any::<u8>());
     prop_oneof![
-        8 => (any::<u8>(), any::<u8>(), prop::bool::weighted(0.3))
-            .prop_map(|(dir, name, is_dir)| Op::Create { dir, name, is_dir }),
-        3 => (any::<u8>(), any::<u8>(), any::<bool>())
-            .prop_map(|(dir, name, evict)| Op::Unlink { dir, name, evict }),
-        2 => (any::<u8>(), any::<u8>(), any::<u8>(), any::<u8>(), any::<bool>()).prop_map(
-            |(from_dir, from, to_dir, to, noreplace)| Op::Rename {
-                from_dir,
-                from,
-                to_dir,
-                to,
-                noreplace,
-            }
-        ),
-        3 => (any::<u8>(), 0u8..24, 1u8..6)
-            .prop_map(|(file, start, count)| Op::Allocate { file, start, count }),
-        1 => (any::<u8>(), 0u8..24).prop_map(|(file, blocks)| Op::SetSize { file, blocks }),
-        1 => Just(Op::Remount),
-        1 => Just(Op::ToVersion1),
+        8 => draw::create((dir, name, prop::bool::weighted(0.3))).prop_map(Step::Op),
+        3 => draw::unlink((dir, name, any::<bool>())).prop_map(Step::Op),
+        2 => draw::rename(dir, name, |_| true).prop_map(Step::Op),
+        3 => draw::allocate((
+            any::<u8>(),
+            (0u8..24).prop_map(u64::from),
+            (1u8..6).prop_map(u64::from),
+        ))
+        .prop_map(Step::Op),
+        1 => draw::set_size((
+            any::<u8>(),
+            (0u8..24).prop_map(|blocks| (u64::from(blocks) * BLOCK_SIZE).saturating_sub(7)),
+        ))
+        .prop_map(Step::Op),
+        1 => Just(Step::Remount),
+        1 => Just(Step::ToVersion1),
     ]
 }
 
@@ -107,10 +78,6 @@ fn dirs_and_files(buf: &[u8], geo: &Geometry) -> (Vec<u64>, Vec<u64>) {
         }
     }
     (dirs, files)
-}
-
-fn pick(list: &[u64], n: u8) -> Option<u64> {
-    (!list.is_empty()).then(|| list[n as usize % list.len()])
 }
 
 /// The lowest free records (inode ids from 2) by the format's definition.
@@ -218,7 +185,7 @@ fn remount(buf: &mut [u8], geo: &Geometry) -> Result<(Store, Vec<u64>), TestCase
     Ok((st, words))
 }
 
-fn run(ops: &[Op], garbage: Option<u8>) -> Result<(), TestCaseError> {
+fn run(steps: &[Step], garbage: Option<u8>) -> Result<(), TestCaseError> {
     let geo = geometry();
     let mut buf = vec![garbage.unwrap_or(0); geo.meta_bytes() as usize];
     // Storage grown on demand as the kernel does, from a tiny start (the
@@ -232,16 +199,14 @@ fn run(ops: &[Op], garbage: Option<u8>) -> Result<(), TestCaseError> {
         .mark_used(0, geo.meta_blocks)
         .unwrap();
     let mut grew = 0;
-    for op in ops {
-        let (dirs, files) = dirs_and_files(&buf, &geo);
-        let used = inodes_in_use(&buf, &geo);
-        let extents = extents_in_use(&buf, &geo);
-        match *op {
-            Op::Remount => {
+    for step in steps {
+        let op = match step {
+            Step::Op(op) => op,
+            Step::Remount => {
                 (st, words) = remount(&mut buf, &geo)?;
                 continue;
             }
-            Op::ToVersion1 => {
+            Step::ToVersion1 => {
                 if garbage.is_some() {
                     continue;
                 }
@@ -252,85 +217,32 @@ fn run(ops: &[Op], garbage: Option<u8>) -> Result<(), TestCaseError> {
                 (st, words) = remount(&mut buf, &geo)?;
                 continue;
             }
-            _ => {}
-        }
+        };
+        let (dirs, files) = dirs_and_files(&buf, &geo);
+        let used = inodes_in_use(&buf, &geo);
+        let extents = extents_in_use(&buf, &geo);
         if st.grow() {
             grew += 1;
         }
         let mut bm = BlockBitmap::attach(&mut words, geo.nr_blocks).unwrap();
         let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
-        match *op {
-            Op::Create {
-                dir,
-                name: n,
-                is_dir,
-            } => {
-                let d = pick(&dirs, dir).unwrap();
-                let mode = if is_dir {
-                    S_IFDIR | 0o755
-                } else {
-                    S_IFREG | 0o644
-                };
-                let want = lowest_free(&used, 2, geo.inode_count, 1);
-                match m.create(d, &name(n), mode, 0, 0, T) {
-                    Ok(i) => prop_assert_eq!(vec![i.ino], want, "not the lowest free inode"),
-                    Err(Error::Exists) | Err(Error::NoInodes) => {}
-                    Err(e) => prop_assert!(false, "create: {:?}", e),
-                }
-            }
-            Op::Unlink {
-                dir,
-                name: n,
-                evict,
-            } => {
-                let d = pick(&dirs, dir).unwrap();
-                if let Ok(i) = m.unlink(d, &name(n), T) {
-                    if evict {
-                        m.evict(i.ino, &mut bm).unwrap();
-                    }
-                }
-            }
-            Op::Rename {
-                from_dir,
-                from,
-                to_dir,
-                to,
-                noreplace,
-            } => {
-                let fd = pick(&dirs, from_dir).unwrap();
-                let td = pick(&dirs, to_dir).unwrap();
-                if let Ok(Some(old)) = m.rename(fd, &name(from), td, &name(to), noreplace, T) {
-                    m.evict(old.ino, &mut bm).unwrap();
-                }
-            }
-            Op::Allocate { file, start, count } => {
-                if let Some(f) = pick(&files, file) {
-                    match m.allocate(f, start as u64, count as u64, &mut bm) {
-                        Ok(()) => {
-                            let now: BTreeSet<u64> =
-                                extents_in_use(m.bytes(), &geo).into_iter().collect();
-                            let before: BTreeSet<u64> = extents.iter().copied().collect();
-                            let new: Vec<u64> = now.difference(&before).copied().collect();
-                            let want = lowest_free(&extents, 1, geo.extent_count, new.len());
-                            prop_assert_eq!(new, want, "not the lowest free extents");
-                        }
-                        Err(Error::NoSpace) | Err(Error::NoExtents) => {}
-                        Err(e) => prop_assert!(false, "allocate: {:?}", e),
-                    }
-                }
-            }
-            Op::SetSize { file, blocks } => {
-                if let Some(f) = pick(&files, file) {
-                    m.set_size(
-                        f,
-                        (blocks as u64 * BLOCK_SIZE).saturating_sub(7),
-                        T,
-                        &mut bm,
-                    )
-                    .unwrap();
-                }
-            }
-            Op::Remount | Op::ToVersion1 => unreachable!(),
+        let pick = Pick::Linked {
+            dirs: &dirs,
+            files: &files,
+        };
+        let done = apply(&mut m, &mut bm, op, &pick, T);
+        done.only_expected(op).map_err(TestCaseError::fail)?;
+        // New records are the lowest free ones.
+        if let Some(i) = &done.created {
+            let want = lowest_free(&used, 2, geo.inode_count, 1);
+            prop_assert_eq!(vec![i.ino], want, "not the lowest free inode");
+        }
+        if let (Op::Allocate { .. }, Ok(())) = (op, done.result) {
+            let now: BTreeSet<u64> = extents_in_use(m.bytes(), &geo).into_iter().collect();
+            let before: BTreeSet<u64> = extents.iter().copied().collect();
+            let new: Vec<u64> = now.difference(&before).copied().collect();
+            let want = lowest_free(&extents, 1, geo.extent_count, new.len());
+            prop_assert_eq!(new, want, "not the lowest free extents");
         }
         agree(&m, &geo)?;
         // Every change went through the superblock: version 2, marks
@@ -357,10 +269,10 @@ proptest! {
 
     #[test]
     fn index_agrees_with_a_scan(
-        ops in prop::collection::vec(op(), 1..120),
+        steps in prop::collection::vec(step(), 1..120),
         garbage in prop_oneof![Just(None), any::<u8>().prop_map(Some)],
     ) {
-        run(&ops, garbage)?;
+        run(&steps, garbage)?;
     }
 }
 

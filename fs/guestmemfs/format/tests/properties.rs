@@ -26,65 +26,19 @@ fn validate_image(buf: &[u8], region_size: u64) -> Result<(u64, u64), Error> {
     Ok((inodes, used_blocks(&words)))
 }
 
-#[derive(Debug, Clone)]
-enum Op {
-    Create {
-        dir: u8,
-        name: u8,
-        is_dir: bool,
-    },
-    Allocate {
-        file: u8,
-        start: u16,
-        count: u16,
-    },
-    SetSize {
-        file: u8,
-        size: u32,
-    },
-    Unlink {
-        dir: u8,
-        name: u8,
-    },
-    Rename {
-        from_dir: u8,
-        from: u8,
-        to_dir: u8,
-        to: u8,
-        noreplace: bool,
-    },
-}
-
 fn op() -> impl Strategy<Value = Op> {
+    let (dir, name, file) = (0u8..8, 0u8..6, 0u8..16);
     prop_oneof![
-        (0u8..8, 0u8..6, any::<bool>()).prop_map(|(dir, name, is_dir)| Op::Create {
-            dir,
-            name,
-            is_dir
-        }),
-        (0u8..16, 0u16..40, 1u16..30).prop_map(|(file, start, count)| Op::Allocate {
-            file,
-            start,
-            count
-        }),
-        (0u8..16, any::<u32>()).prop_map(|(file, size)| Op::SetSize { file, size }),
-        (0u8..8, 0u8..6).prop_map(|(dir, name)| Op::Unlink { dir, name }),
-        (0u8..8, 0u8..6, 0u8..8, 0u8..6, any::<bool>()).prop_map(
-            |(from_dir, from, to_dir, to, noreplace)| {
-                Op::Rename {
-                    from_dir,
-                    from,
-                    to_dir,
-                    to,
-                    noreplace,
-                }
-            }
-        ),
+        draw::create((dir.clone(), name.clone(), any::<bool>())),
+        draw::allocate((
+            file.clone(),
+            (0u16..40).prop_map(u64::from),
+            (1u16..30).prop_map(u64::from),
+        )),
+        draw::set_size((file, any::<u32>().prop_map(|size| u64::from(size) * 64))),
+        draw::unlink((dir.clone(), name.clone(), Just(true))),
+        draw::rename(dir, name, |_| true),
     ]
-}
-
-fn name(n: u8) -> [u8; 2] {
-    [b'n', b'0' + n]
 }
 
 /// Inodes currently in use (linked), by kind.
@@ -95,14 +49,6 @@ fn linked(m: &Meta<'_, &mut [u8]>, want_dir: bool) -> Vec<u64> {
             Err(_) => false,
         })
         .collect()
-}
-
-fn pick(list: &[u64], n: u8) -> Option<u64> {
-    if list.is_empty() {
-        None
-    } else {
-        Some(list[n as usize % list.len()])
-    }
 }
 
 proptest! {
@@ -121,39 +67,10 @@ proptest! {
             let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
             let dirs = linked(&m, true);
             let files = linked(&m, false);
-            match op {
-                Op::Create { dir, name: n, is_dir } => {
-                    let d = pick(&dirs, dir).unwrap();
-                    let mode = if is_dir { S_IFDIR | 0o755 } else { S_IFREG | 0o644 };
-                    let _ = m.create(d, &name(n), mode, 0, 0, T);
-                }
-                Op::Allocate { file, start, count } => {
-                    if let Some(f) = pick(&files, file) {
-                        match m.allocate(f, start as u64, count as u64, &mut bm) {
-                            Ok(()) | Err(Error::NoSpace) | Err(Error::NoExtents) => {}
-                            Err(e) => prop_assert!(false, "allocate: {e:?}"),
-                        }
-                    }
-                }
-                Op::SetSize { file, size } => {
-                    if let Some(f) = pick(&files, file) {
-                        m.set_size(f, size as u64 * 64, T, &mut bm).unwrap();
-                    }
-                }
-                Op::Unlink { dir, name: n } => {
-                    let d = pick(&dirs, dir).unwrap();
-                    if let Ok(i) = m.unlink(d, &name(n), T) {
-                        m.evict(i.ino, &mut bm).unwrap();
-                    }
-                }
-                Op::Rename { from_dir, from, to_dir, to, noreplace } => {
-                    let fd = pick(&dirs, from_dir).unwrap();
-                    let td = pick(&dirs, to_dir).unwrap();
-                    if let Ok(Some(old)) = m.rename(fd, &name(from), td, &name(to), noreplace, T) {
-                        m.evict(old.ino, &mut bm).unwrap();
-                    }
-                }
-            }
+            let pick = Pick::Linked { dirs: &dirs, files: &files };
+            apply(&mut m, &mut bm, &op, &pick, T)
+                .only_expected(&op)
+                .map_err(TestCaseError::fail)?;
             // The image is valid and the allocator agrees with it exactly:
             // no leaked and no double-owned block.
             let (_, used) = validate_image(&buf, geo.region_size).map_err(|e| {

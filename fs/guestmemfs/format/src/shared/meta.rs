@@ -1161,15 +1161,51 @@ mod tests {
         (buf, geo, st)
     }
 
+    /// An image of `blocks` blocks, with the words of its block allocator.
+    struct Image {
+        buf: std::vec::Vec<u8>,
+        geo: Geometry,
+        st: Store,
+        words: std::vec::Vec<u64>,
+    }
+
+    impl Image {
+        /// The image, and its geometry.
+        fn new(blocks: u64) -> (Image, Geometry) {
+            let (buf, geo, st) = image(blocks);
+            let words = std::vec![0u64; super::super::bitmap::words_for(geo.nr_blocks)];
+            let img = Image {
+                buf,
+                geo,
+                st,
+                words,
+            };
+            (img, geo)
+        }
+
+        /// The metadata, and the block allocator with the metadata blocks
+        /// used.
+        fn open(&mut self) -> (Meta<'_, &mut [u8]>, BlockBitmap<'_>) {
+            let mut bm = BlockBitmap::new(&mut self.words, self.geo.nr_blocks).unwrap();
+            bm.mark_used(0, self.geo.meta_blocks).unwrap();
+            let m = Meta::new(&mut self.buf[..], self.geo, self.st.index()).unwrap();
+            (m, bm)
+        }
+
+        /// Those, and a new empty file `f` in the root.
+        fn with_file(&mut self) -> (Meta<'_, &mut [u8]>, BlockBitmap<'_>, InodeData) {
+            let (mut m, bm) = self.open();
+            let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+            (m, bm, f)
+        }
+    }
+
     extern crate std;
 
     #[test]
     fn create_lookup_unlink() {
-        let (mut buf, geo, mut st) = image(16);
-        let mut w = std::vec![0u64; 1];
-        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
-        bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
+        let (mut img, geo) = Image::new(16);
+        let (mut m, mut bm) = img.open();
         let d = m
             .create(ROOT_INO, b"dir", S_IFDIR | 0o700, 1, 2, T)
             .unwrap();
@@ -1228,12 +1264,8 @@ mod tests {
 
     #[test]
     fn truncate_splits_and_frees() {
-        let (mut buf, geo, mut st) = image(64);
-        let mut w = std::vec![0u64; 1];
-        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
-        bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
-        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        let (mut img, geo) = Image::new(64);
+        let (mut m, mut bm, f) = img.with_file();
         m.allocate(f.ino, 0, 10, &mut bm).unwrap();
         m.allocate(f.ino, 20, 5, &mut bm).unwrap();
         m.set_size(f.ino, 25 * BLOCK_SIZE, T, &mut bm).unwrap();
@@ -1243,7 +1275,7 @@ mod tests {
         assert_eq!(bm.used(), geo.meta_blocks + 5);
         assert!(m.map(f.ino, 4).unwrap().is_some());
         assert!(m.map(f.ino, 5).unwrap().is_none());
-        assert!(validate::check(&buf, geo.region_size).is_ok());
+        assert!(validate::check(&img.buf, geo.region_size).is_ok());
     }
 
     #[test]
@@ -1251,12 +1283,8 @@ mod tests {
         // Blocks 0 and 2 backed (physically apart), 1 and 3 holes; the
         // second new run fails to prepare: the old blocks stay, with
         // their extents, and the failed run goes back to the allocator.
-        let (mut buf, geo, mut st) = image(16);
-        let mut w = std::vec![0u64; 1];
-        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
-        bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
-        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        let (mut img, geo) = Image::new(16);
+        let (mut m, mut bm, f) = img.with_file();
         m.allocate(f.ino, 0, 1, &mut bm).unwrap();
         bm.mark_used(geo.meta_blocks + 1, 1).unwrap(); // keep runs apart
         m.allocate(f.ino, 2, 1, &mut bm).unwrap();
@@ -1288,12 +1316,8 @@ mod tests {
 
     #[test]
     fn allocate_with_prepares_new_runs_only() {
-        let (mut buf, geo, mut st) = image(16);
-        let mut w = std::vec![0u64; 1];
-        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
-        bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
-        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        let (mut img, geo) = Image::new(16);
+        let (mut m, mut bm, f) = img.with_file();
         let mut seen = std::vec::Vec::new();
         m.allocate_with(f.ino, 0, 2, &mut bm, |b, n| {
             seen.push((b, n));
@@ -1318,12 +1342,8 @@ mod tests {
 
     #[test]
     fn allocate_reports_no_space_and_rolls_back() {
-        let (mut buf, geo, mut st) = image(8);
-        let mut w = std::vec![0u64; 1];
-        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
-        bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
-        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        let (mut img, _) = Image::new(8);
+        let (mut m, mut bm, f) = img.with_file();
         let free = bm.free();
         assert_eq!(m.allocate(f.ino, 0, free + 1, &mut bm), Err(Error::NoSpace));
         assert_eq!(bm.free(), free);
@@ -1417,12 +1437,8 @@ mod tests {
 
     #[test]
     fn sizes_and_blocks_stay_within_the_largest_file() {
-        let (mut buf, geo, mut st) = image(16);
-        let mut w = std::vec![0u64; 1];
-        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
-        bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
-        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        let (mut img, geo) = Image::new(16);
+        let (mut m, mut bm, f) = img.with_file();
         let max = i64::MAX as u64;
         assert_eq!(m.set_size(f.ino, max + 1, T, &mut bm), Err(Error::TooBig));
         assert_eq!(m.set_size(f.ino, u64::MAX, T, &mut bm), Err(Error::TooBig));
@@ -1454,12 +1470,8 @@ mod tests {
 
     #[test]
     fn unnormalized_times_and_modes_are_not_written() {
-        let (mut buf, geo, mut st) = image(16);
-        let mut w = std::vec![0u64; 1];
-        let mut bm = BlockBitmap::new(&mut w, geo.nr_blocks).unwrap();
-        bm.mark_used(0, geo.meta_blocks).unwrap();
-        let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
-        let f = m.create(ROOT_INO, b"f", S_IFREG | 0o644, 0, 0, T).unwrap();
+        let (mut img, _) = Image::new(16);
+        let (mut m, mut bm, f) = img.with_file();
         let bad = Time {
             sec: 1,
             nsec: 1_000_000_000,
