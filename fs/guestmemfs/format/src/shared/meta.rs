@@ -1046,37 +1046,6 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
         self.write_inode(&i)
     }
 
-    fn remove_extent(&mut self, ino: u64, id: u64) -> Result<(), Error> {
-        let mut i = self.inode(ino)?;
-        let target = self.extent(id)?.ok_or(Error::Invalid)?;
-        let bad_counts = Error::Corrupt(Corruption::BadCounts(ino));
-        let nr_extents = i.nr_extents.checked_sub(1).ok_or(bad_counts)?;
-        let blocks = i.blocks.checked_sub(target.count).ok_or(bad_counts)?;
-        if i.first_extent == id {
-            i.first_extent = target.next;
-        } else {
-            let mut cur = i.first_extent;
-            let mut steps = 0;
-            loop {
-                steps += 1;
-                if cur == 0 || steps > self.geo.extent_count {
-                    return Err(Error::Invalid);
-                }
-                let mut e = self.extent(cur)?.ok_or(Error::Invalid)?;
-                if e.next == id {
-                    e.next = target.next;
-                    self.write_extent(&e)?;
-                    break;
-                }
-                cur = e.next;
-            }
-        }
-        self.free_extent_record(id)?;
-        i.nr_extents = nr_extents;
-        i.blocks = blocks;
-        self.write_inode(&i)
-    }
-
     /// Frees every block of `ino` at or beyond file block `keep`.
     pub fn truncate_blocks(
         &mut self,
@@ -1084,36 +1053,82 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
         keep: u64,
         blocks: &mut BlockBitmap<'_>,
     ) -> Result<(), Error> {
-        loop {
-            // Find the last extent that reaches beyond `keep`.
-            let mut last: Option<(Extent, u64)> = None;
-            self.for_each_extent(ino, |e| {
-                let end = extent_end(ino, e)?;
-                if end > keep {
-                    last = Some((*e, end));
-                }
-                Ok(())
-            })?;
-            let Some((mut e, end)) = last else {
-                return Ok(());
-            };
-            if e.file_block >= keep {
-                self.remove_extent(ino, e.id)?;
-                blocks.mark_free(e.phys_block, e.count)?;
-            } else {
-                // `file_block < keep < end`: 0 < drop < count.
-                let drop = end - keep;
-                let mut i = self.inode(ino)?;
-                i.blocks = i
-                    .blocks
-                    .checked_sub(drop)
-                    .ok_or(Error::Corrupt(Corruption::BadCounts(ino)))?;
-                e.count -= drop;
-                self.write_extent(&e)?;
-                self.write_inode(&i)?;
-                blocks.mark_free(e.phys_block + e.count, drop)?;
+        // One walk, linear in the extents (a fragmented file has many):
+        // the list is sorted and disjoint (validated), so everything from
+        // the first extent that ends past `keep` goes, except the part of
+        // that one before `keep`.
+        let mut i = self.inode(ino)?;
+        let bad = Error::Corrupt(Corruption::BadCounts(ino));
+        let mut prev: Option<Extent> = None;
+        let mut cut: Option<Extent> = None;
+        for e in self.extents(ino)? {
+            let e = e?;
+            if extent_end(ino, &e)? > keep {
+                cut = Some(e);
+                break;
             }
+            prev = Some(e);
         }
+        let Some(first) = cut else {
+            return Ok(());
+        };
+        // The tail, read first: counts, and no cycle.
+        let (mut tail_blocks, mut tail_extents) = (0u64, 0u64);
+        for e in (ExtentWalk {
+            meta: &*self,
+            ino,
+            next: first.next,
+            steps: 0,
+        }) {
+            let e = e?;
+            tail_blocks = tail_blocks.checked_add(e.count).ok_or(bad)?;
+            tail_extents += 1;
+        }
+        // Cut the list, then the counts, then free.
+        let (head_drop, head_freed) = if first.file_block < keep {
+            // `file_block < keep < end`: 0 < drop < count.
+            let drop = extent_end(ino, &first)? - keep;
+            let mut t = first;
+            t.count -= drop;
+            t.next = 0;
+            self.write_extent(&t)?;
+            (drop, 0)
+        } else {
+            match prev {
+                Some(mut p) => {
+                    p.next = 0;
+                    self.write_extent(&p)?;
+                }
+                None => i.first_extent = 0,
+            }
+            (first.count, 1)
+        };
+        i.blocks = i
+            .blocks
+            .checked_sub(tail_blocks)
+            .and_then(|b| b.checked_sub(head_drop))
+            .ok_or(bad)?;
+        i.nr_extents = i
+            .nr_extents
+            .checked_sub(tail_extents + head_freed)
+            .ok_or(bad)?;
+        self.write_inode(&i)?;
+        if head_freed == 1 {
+            self.free_extent_record(first.id)?;
+            blocks.mark_free(first.phys_block, first.count)?;
+        } else {
+            blocks.mark_free(first.phys_block + first.count - head_drop, head_drop)?;
+        }
+        let mut next = first.next;
+        while next != 0 {
+            let e = self
+                .extent(next)?
+                .ok_or(Error::Corrupt(Corruption::BadExtent(next)))?;
+            next = e.next;
+            self.free_extent_record(e.id)?;
+            blocks.mark_free(e.phys_block, e.count)?;
+        }
+        Ok(())
     }
 
     /// Sets the size of a regular file; shrinking frees whole blocks past
