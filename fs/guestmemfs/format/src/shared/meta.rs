@@ -1084,23 +1084,13 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
             tail_blocks = tail_blocks.checked_add(e.count).ok_or(bad)?;
             tail_extents += 1;
         }
-        // Cut the list, then the counts, then free.
-        let (head_drop, head_freed) = if first.file_block < keep {
+        // The new counts first (an error changes nothing), then cut the
+        // list, write the counts, free.
+        let straddles = first.file_block < keep;
+        let (head_drop, head_freed) = if straddles {
             // `file_block < keep < end`: 0 < drop < count.
-            let drop = extent_end(ino, &first)? - keep;
-            let mut t = first;
-            t.count -= drop;
-            t.next = 0;
-            self.write_extent(&t)?;
-            (drop, 0)
+            (extent_end(ino, &first)? - keep, 0)
         } else {
-            match prev {
-                Some(mut p) => {
-                    p.next = 0;
-                    self.write_extent(&p)?;
-                }
-                None => i.first_extent = 0,
-            }
             (first.count, 1)
         };
         i.blocks = i
@@ -1112,6 +1102,20 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
             .nr_extents
             .checked_sub(tail_extents + head_freed)
             .ok_or(bad)?;
+        if straddles {
+            let mut t = first;
+            t.count -= head_drop;
+            t.next = 0;
+            self.write_extent(&t)?;
+        } else {
+            match prev {
+                Some(mut p) => {
+                    p.next = 0;
+                    self.write_extent(&p)?;
+                }
+                None => i.first_extent = 0,
+            }
+        }
         self.write_inode(&i)?;
         if head_freed == 1 {
             self.free_extent_record(first.id)?;
