@@ -123,17 +123,24 @@ pub(crate) unsafe fn republish_locator(base: u64, size: u64, generation: u64) {
     }
 }
 
+/// Test kernels: sets `flag`, read when the locator is rewritten at the
+/// kexec freeze.
+#[cfg(CONFIG_GUESTMEMFS_TEST)]
+fn arm_locator_hook(flag: &AtomicBool) -> kernel::ffi::c_int {
+    if PUBLISHED_LOCATOR.load(Ordering::Acquire).is_null() {
+        return ENOENT.to_errno();
+    }
+    flag.store(true, Ordering::Relaxed);
+    0
+}
+
 /// Test kernels: the locator written at freeze has a damaged generation
 /// byte, so only its checksum is wrong; the next kernel must take no
 /// memory.
 #[cfg(CONFIG_GUESTMEMFS_TEST)]
 #[no_mangle]
 pub extern "C" fn gmfs_rs_test_corrupt_locator() -> kernel::ffi::c_int {
-    if PUBLISHED_LOCATOR.load(Ordering::Acquire).is_null() {
-        return ENOENT.to_errno();
-    }
-    DAMAGE_LOCATOR.store(true, Ordering::Relaxed);
-    0
+    arm_locator_hook(&DAMAGE_LOCATOR)
 }
 
 /// Test kernels: the locator the next kernel gets has a valid checksum
@@ -141,11 +148,7 @@ pub extern "C" fn gmfs_rs_test_corrupt_locator() -> kernel::ffi::c_int {
 #[cfg(CONFIG_GUESTMEMFS_TEST)]
 #[no_mangle]
 pub extern "C" fn gmfs_rs_test_skew_generation() -> kernel::ffi::c_int {
-    if PUBLISHED_LOCATOR.load(Ordering::Acquire).is_null() {
-        return ENOENT.to_errno();
-    }
-    SKEW_GENERATION.store(true, Ordering::Relaxed);
-    0
+    arm_locator_hook(&SKEW_GENERATION)
 }
 
 struct GuestMemFs {

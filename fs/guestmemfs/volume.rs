@@ -908,20 +908,15 @@ fn fill_hole(vol: &Volume, ino: u64, file_block: u64, unit_only: bool) -> Result
             .checked_mul(BLOCK_SIZE)
             .is_some_and(|end| end <= i.size);
         // Without an aligned free GiB the unit would be fragmented: no PUD.
-        let mut free_unit = if covers_unit {
+        let free_unit = if covers_unit {
             bm.find_free(HUGE_BLOCKS, HUGE_BLOCKS)
         } else {
             None
         };
-        if free_unit.is_some() {
-            for e in m.extents(ino).map_err(errno)? {
-                let e = e.map_err(errno)?;
-                if e.file_block < unit + HUGE_BLOCKS && unit < e.file_block + e.count {
-                    free_unit = None;
-                    break;
-                }
-            }
-        }
+        let free_unit = match free_unit {
+            Some(phys) if m.is_hole(ino, unit, unit + HUGE_BLOCKS).map_err(errno)? => Some(phys),
+            _ => None,
+        };
         if let Some(phys) = free_unit {
             bm.mark_used(phys, HUGE_BLOCKS).map_err(errno)?;
             return Ok(Some((unit, phys)));
@@ -1044,34 +1039,21 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(
             (plan, None) => Ok(plan),
         }
     });
-    let out_val = match plan {
-        Ok(Plan::Map { addr, phys, .. }) => FaultOut {
-            addr,
-            phys,
-            action: FAULT_MAP,
-            pad: 0,
-        },
-        Ok(Plan::Fallback) => FaultOut {
-            addr: 0,
-            phys: 0,
-            action: FAULT_FALLBACK,
-            pad: 0,
-        },
-        Err(e) if e == ENOMEM => FaultOut {
-            addr: 0,
-            phys: 0,
-            action: FAULT_OOM,
-            pad: 0,
-        },
-        Ok(Plan::SigBus) | Err(_) => FaultOut {
-            addr: 0,
-            phys: 0,
-            action: FAULT_SIGBUS,
-            pad: 0,
-        },
+    let (action, addr, phys) = match plan {
+        Ok(Plan::Map { addr, phys, .. }) => (FAULT_MAP, addr, phys),
+        Ok(Plan::Fallback) => (FAULT_FALLBACK, 0, 0),
+        Err(e) if e == ENOMEM => (FAULT_OOM, 0, 0),
+        Ok(Plan::SigBus) | Err(_) => (FAULT_SIGBUS, 0, 0),
     };
     // SAFETY: the caller passes a valid pointer.
-    unsafe { out.write(out_val) };
+    unsafe {
+        out.write(FaultOut {
+            addr,
+            phys,
+            action,
+            pad: 0,
+        })
+    };
     0
 }
 

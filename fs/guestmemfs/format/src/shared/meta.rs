@@ -461,6 +461,17 @@ impl<'x, B: AsRef<[u8]>> Meta<'x, B> {
         Ok(None)
     }
 
+    /// True if no extent of `ino` backs a block of `[start, end)`.
+    pub fn is_hole(&self, ino: u64, start: u64, end: u64) -> Result<bool, Error> {
+        for e in self.extents(ino)? {
+            let e = e?;
+            if e.file_block < end && start < e.file_block.saturating_add(e.count) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// The extents of `ino`, in order, passed to `f`.
     pub fn for_each_extent(
         &self,
@@ -982,11 +993,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
         if count == 0 || end > MAX_FILE_BLOCKS {
             return Err(Error::TooBig);
         }
-        for e in self.extents(ino)? {
-            let e = e?;
-            if e.file_block < end && file_block < e.file_block.saturating_add(e.count) {
-                return Err(Error::Exists);
-            }
+        if !self.is_hole(ino, file_block, end)? {
+            return Err(Error::Exists);
         }
         self.insert_extent(ino, file_block, phys, count)
     }

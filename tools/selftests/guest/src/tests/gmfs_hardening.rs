@@ -1234,6 +1234,18 @@ fn timed_mount() -> Result<Duration, String> {
     Ok(start.elapsed())
 }
 
+/// `len` bytes of the file at `rel` from file offset `offset`, mapped
+/// shared (the mapping outlives the fd).
+fn map_range(rel: &str, offset: u64, len: u64) -> Result<Mapping, String> {
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p(rel))
+        .map_err(|e| format!("open {rel}: {e}"))?;
+    Mapping::new(&f, len, offset, libc::MAP_SHARED)
+        .map_err(|e| format!("mmap {rel} at {offset:#x}: {e}"))
+}
+
 fn large_note(r: super::region::Range, s: &gmfs::StatFs) -> String {
     // One command-line token.
     format!(
@@ -1273,14 +1285,7 @@ pub fn large_region_kexec(ctx: &mut Ctx) -> TestResult {
         fallocate(&sparse, SPARSE_ALLOCATED, 2 * MIB)?;
         drop(sparse);
         for &(file, offset, len, seed) in LARGE_DATA {
-            let f = fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(p(file))
-                .map_err(|e| format!("open {file}: {e}"))?;
-            let mut m = Mapping::new(&f, len, offset, libc::MAP_SHARED)
-                .map_err(|e| format!("mmap {file} at {offset:#x}: {e}"))?;
-            pattern::fill(seed, offset, m.bytes());
+            pattern::fill(seed, offset, map_range(file, offset, len)?.bytes());
         }
         let s = statfs(MNT)?;
         diag(&format!(
@@ -1316,14 +1321,9 @@ pub fn large_region_kexec(ctx: &mut Ctx) -> TestResult {
         return Err(format!("large/sparse is {size} bytes, was {SPARSE_SIZE}"));
     }
     for &(file, offset, len, seed) in LARGE_DATA {
-        let f = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(p(file))
-            .map_err(|e| format!("open {file} after the kexec: {e}"))?;
-        let mut m = Mapping::new(&f, len, offset, libc::MAP_SHARED)
-            .map_err(|e| format!("mmap {file} at {offset:#x}: {e}"))?;
-        if let Some(bad) = pattern::first_mismatch(seed, offset, m.bytes()) {
+        if let Some(bad) =
+            pattern::first_mismatch(seed, offset, map_range(file, offset, len)?.bytes())
+        {
             return Err(format!("{file}: byte {bad:#x} changed over the kexec"));
         }
     }
