@@ -98,11 +98,13 @@ fn vma() -> impl Strategy<Value = Vma> {
         })
 }
 
-/// What the kernel does for one fault: PUD, else PMD, else PTE.
-fn fault(vma: &Vma, addr: u64, file: &File, base: u64) -> Plan {
+/// What the kernel does for one fault: PUD, else PMD, else PTE. `bad`
+/// lists region blocks hit by memory errors.
+fn fault(vma: &Vma, addr: u64, file: &File, base: u64, bad: &[u64]) -> Plan {
+    let is_bad = |first: u64, count: u64| bad.iter().any(|&b| first <= b && b - first < count);
     for entry in [Entry::Pud, Entry::Pmd, Entry::Pte] {
         let plan = match target(vma, addr, entry, file.size) {
-            Ok(t) => resolve(&t, file.extent_at(t.file_block()), base),
+            Ok(t) => resolve(&t, file.extent_at(t.file_block()), base, is_bad),
             Err(p) => p,
         };
         if plan != Plan::Fallback {
@@ -113,8 +115,9 @@ fn fault(vma: &Vma, addr: u64, file: &File, base: u64) -> Plan {
     unreachable!()
 }
 
-fn check_entry(vma: &Vma, file: &File, base: u64, addr: u64, plan: Plan) {
+fn check_entry(vma: &Vma, file: &File, base: u64, addr: u64, plan: Plan, bad: &[u64]) {
     let eof = mappable_end(file.size);
+    let region_block = |phys: u64| (phys - base) / BLOCK_SIZE;
     match plan {
         Plan::Map {
             entry,
@@ -146,6 +149,19 @@ fn check_entry(vma: &Vma, file: &File, base: u64, addr: u64, plan: Plan) {
                     "page {p:#x} shows the wrong memory"
                 );
             }
+            let (first, last) = (region_block(phys), region_block(phys + size - 1));
+            assert!(
+                !bad.iter().any(|&b| first <= b && b <= last),
+                "entry maps a bad block"
+            );
+        }
+        Plan::HwPoison => {
+            let off = vma.offset_of(addr).unwrap();
+            let phys = file.phys_of(base, off).expect("hwpoison for a hole");
+            assert!(
+                bad.contains(&region_block(phys)),
+                "hwpoison for a good block"
+            );
         }
         Plan::SigBus => {
             let off = vma.offset_of(addr).unwrap();
@@ -167,11 +183,22 @@ proptest! {
         file in file(),
         at in 0u64..u64::MAX,
         base_gib in 1u64..64,
+        bad_picks in prop::collection::vec(any::<u64>(), 0..3),
     ) {
         let base = base_gib * GIB;
         let addr = vma.start + (at % ((vma.end - vma.start) / PAGE_SIZE)) * PAGE_SIZE + at % PAGE_SIZE;
-        let plan = fault(&vma, addr, &file, base);
-        check_entry(&vma, &file, base, addr, plan);
+        // Bad blocks among the file's own (a pick selects an extent and a
+        // block of it).
+        let bad: Vec<u64> = bad_picks
+            .iter()
+            .filter(|_| !file.extents.is_empty())
+            .map(|&p| {
+                let e = &file.extents[p as usize % file.extents.len()];
+                e.phys_block + (p / 64) % e.count
+            })
+            .collect();
+        let plan = fault(&vma, addr, &file, base, &bad);
+        check_entry(&vma, &file, base, addr, plan, &bad);
     }
 
     #[test]
@@ -195,7 +222,7 @@ proptest! {
         };
         let addr = (k + unit) * GIB + page * PAGE_SIZE;
         prop_assert_eq!(
-            fault(&vma, addr, &file, GIB),
+            fault(&vma, addr, &file, GIB, &[]),
             Plan::Map { entry: Entry::Pud, addr: (k + unit) * GIB, phys: (1 + phys_unit) * GIB }
         );
     }

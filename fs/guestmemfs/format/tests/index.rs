@@ -560,12 +560,46 @@ fn superblock_marks_are_checked() {
     reseal(&mut b);
     assert_eq!(refused(&b), Corruption::BadRoot);
     // Reserved bytes of version 2.
-    for at in [112, 1000, 4091] {
+    for at in [2176, 3000, 4091] {
         let mut b = buf.clone();
         b[at] = 1;
         reseal(&mut b);
         assert_eq!(refused(&b), Corruption::NonZeroReserved, "byte {at}");
     }
+    // The bad-block list: a count without entries, an entry past the
+    // count, padding, a metadata block, an unsorted or repeated entry, a
+    // block past the region, a count over the maximum.
+    let data = geo.meta_blocks;
+    let list = |count: u32, entries: &[u64], pad: u8| {
+        let mut b = buf.clone();
+        set_u32(&mut b, 112, count);
+        b[120] = pad;
+        for (i, &e) in entries.iter().enumerate() {
+            set_u64(&mut b, 128 + 8 * i, e);
+        }
+        reseal(&mut b);
+        b
+    };
+    for (count, entries, pad) in [
+        (1, &[][..], 0),
+        (1, &[data, data + 1][..], 0),
+        (1, &[data][..], 1),
+        (1, &[data - 1][..], 0),
+        (2, &[data + 1, data][..], 0),
+        (2, &[data, data][..], 0),
+        (1, &[geo.nr_blocks][..], 0),
+        (257, &[data][..], 0),
+    ] {
+        assert_eq!(
+            refused(&list(count, entries, pad)),
+            Corruption::BadBlockList,
+            "{count} {entries:?} {pad}"
+        );
+    }
+    // A good list: its blocks are used after adoption, free or not.
+    let good = list(2, &[data, geo.nr_blocks - 1], 0);
+    let (_, words, _) = adopt(&good, geo.region_size).unwrap();
+    assert_eq!(used_blocks(&words), geo.meta_blocks + 2);
     // An extent list reaching above the extent mark.
     let mut b = buf.clone();
     {

@@ -38,6 +38,7 @@ fn op() -> impl Strategy<Value = Op> {
         draw::set_size((file, any::<u32>().prop_map(|size| u64::from(size) * 64))),
         draw::unlink((dir.clone(), name.clone(), Just(true))),
         draw::rename(dir, name, |_| true),
+        draw::poison(0u64..200),
     ]
 }
 
@@ -60,9 +61,15 @@ proptest! {
         let mut buf = vec![0u8; geo.meta_bytes() as usize];
         let mut st = Store::new(&geo);
         format(&mut buf, &geo, T, 1, &mut st.index()).unwrap();
-        let mut words = vec![0u64; 2];
-        let mut bm = BlockBitmap::new(&mut words, geo.nr_blocks).unwrap();
+        let (mut words, mut pins) = (vec![0u64; 2], vec![0u64; 2]);
+        let mut bm = BlockBitmap::new(&mut words, geo.nr_blocks)
+            .unwrap()
+            .with_pins(&mut pins)
+            .unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
+        // Poisoned blocks and who owned them when poisoned (None: free);
+        // an owner may only go away, never come (back).
+        let mut bad: Vec<(u64, Option<(u64, u64)>)> = Vec::new();
         for op in ops {
             let mut m = Meta::new(&mut buf[..], geo, st.index()).unwrap();
             let dirs = linked(&m, true);
@@ -71,8 +78,21 @@ proptest! {
             apply(&mut m, &mut bm, &op, &pick, T)
                 .only_expected(&op)
                 .map_err(TestCaseError::fail)?;
+            if let Op::Poison { block } = op {
+                let b = geo.meta_blocks + block % geo.data_blocks();
+                if !bad.iter().any(|&(x, _)| x == b) {
+                    bad.push((b, m.owner_of(b).unwrap()));
+                }
+            }
+            for (b, owner) in bad.iter_mut() {
+                prop_assert!(bm.is_used(*b) && bm.is_pinned(*b), "bad block {} freed", b);
+                let now = m.owner_of(*b).unwrap();
+                prop_assert!(now.is_none() || now == *owner, "bad block {} reused", b);
+                *owner = now;
+            }
+            prop_assert_eq!(m.bad_count().unwrap(), bad.len());
             // The image is valid and the allocator agrees with it exactly:
-            // no leaked and no double-owned block.
+            // no leaked and no double-owned block; listed blocks are used.
             let (_, used) = validate_image(&buf, geo.region_size).map_err(|e| {
                 TestCaseError::fail(format!("invalid after op: {e}"))
             })?;

@@ -8,6 +8,10 @@
 //! operation works a 64-bit word at a time (full or empty words are
 //! skipped whole), and [`BlockBitmap::resume`] rebuilds the allocator per
 //! call in O(1) from the count the caller kept.
+//!
+//! Blocks hit by a memory error are *pinned* ([`BlockBitmap::pin`]): used
+//! for good. Freeing a range that holds one leaves it used, so no
+//! truncate, evict or orphan reclaim can hand it out again.
 
 use super::layout::HUGE_BLOCKS;
 use super::Error;
@@ -20,6 +24,9 @@ pub fn words_for(nr_blocks: u64) -> usize {
 /// Free/used state of the region's blocks.
 pub struct BlockBitmap<'a> {
     words: &'a mut [u64],
+    /// One bit per pinned block; empty when the caller gave no storage
+    /// (then nothing can be pinned).
+    pins: &'a mut [u64],
     nr_blocks: u64,
     used: u64,
 }
@@ -40,6 +47,7 @@ impl<'a> BlockBitmap<'a> {
         words.iter_mut().for_each(|w| *w = 0);
         Ok(BlockBitmap {
             words,
+            pins: &mut [],
             nr_blocks,
             used: 0,
         })
@@ -56,6 +64,7 @@ impl<'a> BlockBitmap<'a> {
         }
         Ok(BlockBitmap {
             words,
+            pins: &mut [],
             nr_blocks,
             used,
         })
@@ -71,9 +80,87 @@ impl<'a> BlockBitmap<'a> {
         }
         Ok(BlockBitmap {
             words,
+            pins: &mut [],
             nr_blocks,
             used,
         })
+    }
+
+    /// Attaches the pinned-block mask `pins` (at least [`words_for`]
+    /// words, kept by the caller like `words`; bits past `nr_blocks`
+    /// clear). Every pinned block must be marked used.
+    pub fn with_pins(mut self, pins: &'a mut [u64]) -> Result<Self, Error> {
+        if (pins.len() as u64) < self.nr_blocks.div_ceil(64) {
+            return Err(Error::Invalid);
+        }
+        self.pins = pins;
+        Ok(self)
+    }
+
+    /// True if block `b` is pinned.
+    pub fn is_pinned(&self, b: u64) -> bool {
+        self.pin_word(b / 64) & (1 << (b % 64)) != 0
+    }
+
+    /// True if any block of `[start, start + count)` is pinned.
+    pub fn any_pinned(&self, start: u64, count: u64) -> bool {
+        let end = start.saturating_add(count).min(self.nr_blocks);
+        let mut b = start;
+        while b < end {
+            let w = b / 64;
+            let hi = (end - w * 64).min(64);
+            if self.pin_word(w) & bits(b % 64, hi) != 0 {
+                return true;
+            }
+            b = (w + 1) * 64;
+        }
+        false
+    }
+
+    /// Pins block `b`: used from now on, whatever frees it. Returns true
+    /// if it was free (so `free()` dropped by one). `Invalid` out of range
+    /// or without pin storage.
+    pub fn pin(&mut self, b: u64) -> Result<bool, Error> {
+        if b >= self.nr_blocks {
+            return Err(Error::Invalid);
+        }
+        let (w, m) = (
+            usize::try_from(b / 64).map_err(|_| Error::Invalid)?,
+            1u64 << (b % 64),
+        );
+        let pin = self.pins.get_mut(w).ok_or(Error::Invalid)?;
+        *pin |= m;
+        let word = self.words.get_mut(w).ok_or(Error::Invalid)?;
+        let was_free = *word & m == 0;
+        if was_free {
+            *word |= m;
+            self.used = self.used.saturating_add(1);
+        }
+        Ok(was_free)
+    }
+
+    /// Pinned blocks, lowest first, from `from` on.
+    pub fn next_pinned(&self, from: u64) -> Option<u64> {
+        let mut b = from;
+        while b < self.nr_blocks {
+            let w = b / 64;
+            let hits = self.pin_word(w) & bits(b % 64, 64);
+            if hits != 0 {
+                let p = w * 64 + u64::from(hits.trailing_zeros());
+                return (p < self.nr_blocks).then_some(p);
+            }
+            b = (w + 1) * 64;
+        }
+        None
+    }
+
+    /// Pin word `w` (no storage: nothing pinned).
+    fn pin_word(&self, w: u64) -> u64 {
+        usize::try_from(w)
+            .ok()
+            .and_then(|w| self.pins.get(w))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Blocks in the bitmap.
@@ -194,15 +281,25 @@ impl<'a> BlockBitmap<'a> {
         Ok(())
     }
 
-    /// Frees `[start, start + count)`; fails without changing anything if
-    /// any block is already free (a double free, the lowest one reported).
+    /// Frees `[start, start + count)` except its pinned blocks; fails
+    /// without changing anything if any block is already free (a double
+    /// free, the lowest one reported).
     pub fn mark_free(&mut self, start: u64, count: u64) -> Result<(), Error> {
         let end = self.range_ok(start, count)?;
         if let Some(b) = self.first_in(start, end, false) {
             return Err(Error::DoubleFree(b));
         }
-        self.fill(start, end, false);
-        self.used = self.used.saturating_sub(count);
+        let mut b = start;
+        while b < end {
+            let w = b / 64;
+            let hi = (end - w * 64).min(64);
+            let m = bits(b % 64, hi) & !self.pin_word(w);
+            if let Some(word) = usize::try_from(w).ok().and_then(|w| self.words.get_mut(w)) {
+                *word &= !m;
+                self.used = self.used.saturating_sub(u64::from(m.count_ones()));
+            }
+            b = (w + 1) * 64;
+        }
         Ok(())
     }
 
@@ -358,6 +455,37 @@ mod tests {
         assert_eq!(bm.used(), 0);
         assert!(BlockBitmap::resume(&mut w, 100, 101).is_err());
         assert!(BlockBitmap::resume(&mut w, 129, 0).is_err());
+    }
+
+    #[test]
+    fn pinned_blocks_stay_used() {
+        let (mut w, mut p) = ([0u64; 3], [0u64; 3]);
+        let mut bm = BlockBitmap::new(&mut w, 150)
+            .unwrap()
+            .with_pins(&mut p)
+            .unwrap();
+        bm.mark_used(60, 10).unwrap();
+        assert_eq!(bm.pin(65), Ok(false));
+        assert_eq!(bm.pin(140), Ok(true));
+        assert_eq!(bm.pin(150), Err(Error::Invalid));
+        assert_eq!(bm.used(), 11);
+        bm.mark_free(60, 10).unwrap();
+        assert_eq!(bm.used(), 2);
+        assert!(bm.is_used(65) && !bm.is_used(64) && !bm.is_used(66));
+        assert!(bm.any_pinned(0, 66) && !bm.any_pinned(66, 74));
+        assert_eq!(bm.next_pinned(0), Some(65));
+        assert_eq!(bm.next_pinned(66), Some(140));
+        assert_eq!(bm.next_pinned(141), None);
+        // A pinned block is never found free.
+        assert_eq!(bm.find_free(70, 1), Some(66));
+        assert_eq!(bm.find_free(75, 1), None);
+        assert_eq!(bm.mark_free(65, 1), Ok(()));
+        assert!(bm.is_used(65));
+        // Without pin storage nothing can be pinned.
+        let mut w2 = [0u64; 1];
+        let mut plain = BlockBitmap::new(&mut w2, 10).unwrap();
+        assert_eq!(plain.pin(3), Err(Error::Invalid));
+        assert!(!plain.is_used(3));
     }
 
     #[test]

@@ -103,6 +103,9 @@ pub enum Plan {
     Fallback,
     /// The page holds no file data (past EOF, or no memory to back it).
     SigBus,
+    /// The page is backed by a block a memory error hit: the access
+    /// reports the error (`SIGBUS` with `BUS_MCEERR_AR`).
+    HwPoison,
 }
 
 /// Bytes of the file a mapping may show: `i_size` rounded up to a page
@@ -152,8 +155,16 @@ pub fn target(vma: &Vma, addr: u64, entry: Entry, i_size: u64) -> Result<Target,
 
 /// Completes a [`target`] with the extent that backs its first block
 /// (`None`: a hole the kernel could not fill, or, for a PUD, a unit it
-/// would not fill as a whole). `base` is the region's physical address.
-pub fn resolve(t: &Target, extent: Option<&Extent>, base: u64) -> Plan {
+/// would not fill as a whole). `base` is the region's physical address;
+/// `bad(first, count)` says whether a region block of `[first, first +
+/// count)` was hit by a memory error: such a block is never mapped (a PUD
+/// over one falls back, so the unit's good blocks map as PMDs).
+pub fn resolve(
+    t: &Target,
+    extent: Option<&Extent>,
+    base: u64,
+    bad: impl Fn(u64, u64) -> bool,
+) -> Plan {
     let Some(e) = extent else {
         return if t.entry == Entry::Pud {
             Plan::Fallback
@@ -172,7 +183,15 @@ pub fn resolve(t: &Target, extent: Option<&Extent>, base: u64) -> Plan {
             Plan::SigBus
         };
     }
-    let phys = (e.phys_block + (fb - e.file_block))
+    let block = e.phys_block + (fb - e.file_block);
+    if bad(block, t.blocks()) {
+        return if t.entry == Entry::Pud {
+            Plan::Fallback
+        } else {
+            Plan::HwPoison
+        };
+    }
+    let phys = block
         .checked_mul(BLOCK_SIZE)
         .and_then(|p| p.checked_add(base))
         .and_then(|p| p.checked_add(t.file_offset % BLOCK_SIZE));
@@ -246,7 +265,7 @@ mod tests {
         assert_eq!((t.addr, t.file_offset), (5 * GIB, 2 * GIB));
         let e = ext(1024, 512, 512);
         assert_eq!(
-            resolve(&t, Some(&e), 0),
+            resolve(&t, Some(&e), 0, |_, _| false),
             Plan::Map {
                 entry: Entry::Pud,
                 addr: 5 * GIB,
@@ -273,5 +292,31 @@ mod tests {
         assert_eq!(tail_to_zero(size, 4 * MIB), Some((size, 4 * MIB)));
         assert_eq!(tail_to_zero(4 * MIB, 2 * MIB), None);
         assert_eq!(mappable_end(size), 3 * MIB + 4096);
+    }
+
+    #[test]
+    fn bad_blocks_are_never_mapped() {
+        let vma = Vma {
+            start: 0,
+            end: 2 * GIB,
+            file_offset: 0,
+        };
+        let e = ext(0, 512, 1024);
+        // Region block 515 is bad: file block 3.
+        let bad = |first: u64, count: u64| first <= 515 && 515 < first + count;
+        let at = |addr, entry| {
+            resolve(
+                &target(&vma, addr, entry, 2 * GIB).unwrap(),
+                Some(&e),
+                0,
+                bad,
+            )
+        };
+        assert_eq!(at(0, Entry::Pud), Plan::Fallback);
+        assert_eq!(at(6 * MIB, Entry::Pmd), Plan::HwPoison);
+        assert_eq!(at(7 * MIB + 5, Entry::Pte), Plan::HwPoison);
+        assert!(matches!(at(8 * MIB, Entry::Pmd), Plan::Map { .. }));
+        assert!(matches!(at(2 * MIB - 1, Entry::Pte), Plan::Map { .. }));
+        assert!(matches!(at(GIB, Entry::Pud), Plan::Map { .. }));
     }
 }

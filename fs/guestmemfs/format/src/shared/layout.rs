@@ -60,6 +60,9 @@ pub const S_IFREG: u32 = 0o100000;
 /// Record flag: the record is in use.
 pub const FLAG_IN_USE: u32 = 1;
 
+/// Entries of the superblock's bad-block list: 512 MiB of bad memory.
+pub const BAD_MAX: usize = 256;
+
 /// Superblock field offsets.
 pub(crate) mod sb {
     pub(crate) const MAGIC: usize = 0;
@@ -80,9 +83,19 @@ pub(crate) mod sb {
     pub(crate) const INODE_HWM: usize = 96;
     /// Version 2: highest extent record id ever in use.
     pub(crate) const EXTENT_HWM: usize = 104;
+    /// Version 2: bad-block list (blocks hit by a memory error), `u32`
+    /// entries in use.
+    pub(crate) const BAD_COUNT: usize = 112;
+    /// Version 2: `u32` bad blocks the full list could not record
+    /// (informational).
+    pub(crate) const BAD_LOST: usize = 116;
+    /// Version 2: [`super::BAD_MAX`] `u64` entries, the first
+    /// `BAD_COUNT` strictly ascending data blocks, the rest zero; bytes
+    /// 120..128 are zero.
+    pub(crate) const BAD_LIST: usize = 128;
     /// Version 2: end of the defined fields; the bytes from here to the
     /// checksum are reserved and zero.
-    pub(crate) const RESERVED: usize = 112;
+    pub(crate) const RESERVED: usize = BAD_LIST + 8 * super::BAD_MAX;
     pub(crate) const CHECKSUM: usize = 4092;
 }
 
@@ -198,6 +211,23 @@ impl Geometry {
 /// The generation stored in a superblock (checked or not).
 pub fn superblock_generation(buf: &[u8]) -> Result<u64, Error> {
     get_u64(buf, sb::GENERATION)
+}
+
+/// Entries in use in the bad-block list of superblock `buf` (0 for a
+/// version 1 image, which has no list); not validated.
+pub(crate) fn bad_count(buf: &[u8]) -> Result<usize, Error> {
+    if get_u32(buf, sb::VERSION)? == VERSION_1 {
+        return Ok(0);
+    }
+    Ok(get_u32(buf, sb::BAD_COUNT)? as usize)
+}
+
+/// Entry `i` of the bad-block list of superblock `buf`.
+pub(crate) fn bad_entry(buf: &[u8], i: usize) -> Result<u64, Error> {
+    if i >= BAD_MAX {
+        return Err(Error::Invalid);
+    }
+    get_u64(buf, sb::BAD_LIST + 8 * i)
 }
 
 pub(crate) fn get_u32(buf: &[u8], off: usize) -> Result<u32, Error> {

@@ -168,6 +168,17 @@ fn extent_end(ino: u64, e: &Extent) -> Result<u64, Error> {
         .ok_or(Error::Corrupt(Corruption::ExtentOrder(ino)))
 }
 
+/// What [`Meta::record_bad`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRecord {
+    /// The block is now in the list.
+    Added,
+    /// The block was already in the list.
+    Listed,
+    /// The list is full: only the lost count grew.
+    ListFull,
+}
+
 /// A metadata image: the metadata blocks of the region, mapped, with its
 /// in-memory [`Index`].
 pub struct Meta<'x, B> {
@@ -484,6 +495,42 @@ impl<'x, B: AsRef<[u8]>> Meta<'x, B> {
         Ok(())
     }
 
+    /// Entries of the bad-block list (none for a version 1 image).
+    pub fn bad_count(&self) -> Result<usize, Error> {
+        Ok(bad_count(self.buf.as_ref())?.min(BAD_MAX))
+    }
+
+    /// Entry `i` (below [`Meta::bad_count`]) of the bad-block list.
+    pub fn bad_block(&self, i: usize) -> Result<u64, Error> {
+        bad_entry(self.buf.as_ref(), i)
+    }
+
+    /// Bad blocks a full list could not record, as the superblock says.
+    pub fn bad_lost(&self) -> Result<u32, Error> {
+        let b = self.buf.as_ref();
+        if get_u32(b, sb::VERSION)? == VERSION_1 {
+            return Ok(0);
+        }
+        get_u32(b, sb::BAD_LOST)
+    }
+
+    /// The file that owns data block `block`: `(ino, file_block)`, or
+    /// `None` if the block is free. O(extents in use): for the rare
+    /// memory error, so no reverse map is kept.
+    pub fn owner_of(&self, block: u64) -> Result<Option<(u64, u64)>, Error> {
+        let mut next = Some(ROOT_INO);
+        while let Some(ino) = next {
+            next = self.ix.next_inode(ino);
+            for e in self.extents(ino)? {
+                let e = e?;
+                if block >= e.phys_block && block - e.phys_block < e.count {
+                    return Ok(Some((ino, e.file_block + (block - e.phys_block))));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// True if `ancestor` is `ino` or one of its parents.
     pub fn is_ancestor(&self, ancestor: u64, ino: u64) -> Result<bool, Error> {
         let mut cur = ino;
@@ -515,12 +562,18 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
         let b = self.buf.as_mut();
         let c = &mut *self.ix.c;
         if c.sync_superblock {
+            // Version 1 left the bytes after its fields undefined (zero
+            // in practice); version 2 holds the bad-block list there and
+            // reserves the rest as zero. A version 2 image keeps its list.
+            let from = if get_u32(b, sb::VERSION)? == VERSION_1 {
+                sb::BAD_COUNT
+            } else {
+                sb::RESERVED
+            };
             put_u32(b, sb::VERSION, VERSION)?;
             put_u64(b, sb::INODE_HWM, c.inode_hwm)?;
             put_u64(b, sb::EXTENT_HWM, c.extent_hwm)?;
-            // Version 1 left these bytes undefined (zero in practice);
-            // version 2 reserves them as zero.
-            b.get_mut(sb::RESERVED..sb::CHECKSUM)
+            b.get_mut(from..sb::CHECKSUM)
                 .ok_or(Error::Truncated)?
                 .iter_mut()
                 .for_each(|x| *x = 0);
@@ -531,6 +584,44 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
         seal_superblock(b)?;
         c.sync_superblock = false;
         Ok(())
+    }
+
+    /// Records data block `block` in the superblock's bad-block list (a
+    /// memory error hit it), keeping the list sorted. When the list is
+    /// full, only the lost count grows. `Invalid` for a metadata or
+    /// out-of-range block.
+    pub fn record_bad(&mut self, block: u64) -> Result<BadRecord, Error> {
+        if block < self.geo.meta_blocks || block >= self.geo.nr_blocks {
+            return Err(Error::Invalid);
+        }
+        self.prepare_write()?;
+        let b = self.buf.as_mut();
+        let count = bad_count(b)?.min(BAD_MAX);
+        let mut at = count;
+        for i in 0..count {
+            let e = bad_entry(b, i)?;
+            if e == block {
+                return Ok(BadRecord::Listed);
+            }
+            if e > block {
+                at = i;
+                break;
+            }
+        }
+        if count == BAD_MAX {
+            let lost = get_u32(b, sb::BAD_LOST)?.saturating_add(1);
+            put_u32(b, sb::BAD_LOST, lost)?;
+            seal_superblock(b)?;
+            return Ok(BadRecord::ListFull);
+        }
+        for i in (at..count).rev() {
+            let e = bad_entry(b, i)?;
+            put_u64(b, sb::BAD_LIST + 8 * (i + 1), e)?;
+        }
+        put_u64(b, sb::BAD_LIST + 8 * at, block)?;
+        put_u32(b, sb::BAD_COUNT, count as u32 + 1)?;
+        seal_superblock(b)?;
+        Ok(BadRecord::Added)
     }
 
     /// Before any record changes: the pending superblock rewrite, if any.

@@ -21,7 +21,7 @@ pub mod validate;
 pub use bitmap::BlockBitmap;
 pub use index::{Index, IndexCounters, IndexSizes};
 pub use layout::{Geometry, Time};
-pub use meta::{InodeData, Meta};
+pub use meta::{BadRecord, InodeData, Meta};
 
 /// Errors of the format code. Filesystem errors map to errnos in the
 /// kernel; `Corrupt` errors are logged with their reason and refuse the
@@ -103,6 +103,9 @@ pub enum Corruption {
     BadCounts(u64),
     /// Flags or reserved bytes that must be zero are not.
     NonZeroReserved,
+    /// The bad-block list is too long, unsorted, names a metadata or
+    /// out-of-range block, or has stale entries past its count.
+    BadBlockList,
     /// The locator and the superblock name different generations: the
     /// metadata is not the one the previous kernel published.
     GenerationMismatch {
@@ -133,6 +136,7 @@ impl core::fmt::Display for Corruption {
             Corruption::LeakedExtent(e) => write!(f, "extent {e} belongs to no inode"),
             Corruption::BadCounts(i) => write!(f, "block counts of inode {i} are wrong"),
             Corruption::NonZeroReserved => write!(f, "flags or reserved bytes are not zero"),
+            Corruption::BadBlockList => write!(f, "bad-block list is malformed"),
             Corruption::GenerationMismatch {
                 locator,
                 superblock,

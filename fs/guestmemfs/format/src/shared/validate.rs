@@ -59,9 +59,13 @@ pub fn superblock(buf: &[u8], region_size: u64) -> Result<Geometry, Error> {
     if !consistent {
         return corrupt(Corruption::BadGeometry);
     }
-    // Version 2: the high-water marks inside the tables, the rest of the
-    // superblock zero (a field a later version adds is never ignored).
+    // Version 2: the high-water marks inside the tables, a well-formed
+    // bad-block list, the rest of the superblock zero (a field a later
+    // version adds is never ignored).
     limits(buf, &geo)?;
+    if version == VERSION {
+        bad_list(buf, &geo)?;
+    }
     if version == VERSION
         && buf
             .get(sb::RESERVED..sb::CHECKSUM)
@@ -72,6 +76,31 @@ pub fn superblock(buf: &[u8], region_size: u64) -> Result<Geometry, Error> {
         return corrupt(Corruption::NonZeroReserved);
     }
     Ok(geo)
+}
+
+/// Checks the bad-block list of a version 2 superblock: at most
+/// [`BAD_MAX`] entries, strictly ascending data blocks, zero past the
+/// count and in the padding. A listed block may be free or owned by a
+/// file (the file keeps it; its faults there report the error).
+fn bad_list(buf: &[u8], geo: &Geometry) -> Result<(), Error> {
+    let count = get_u32(buf, sb::BAD_COUNT)? as usize;
+    if count > BAD_MAX || get_u64(buf, sb::BAD_LOST + 4)? != 0 {
+        return corrupt(Corruption::BadBlockList);
+    }
+    let mut prev = None;
+    for i in 0..BAD_MAX {
+        let b = bad_entry(buf, i)?;
+        let ok = if i < count {
+            b >= geo.meta_blocks && b < geo.nr_blocks && prev.is_none_or(|p| b > p)
+        } else {
+            b == 0
+        };
+        if !ok {
+            return corrupt(Corruption::BadBlockList);
+        }
+        prev = Some(b);
+    }
+    Ok(())
 }
 
 /// How much of the tables an image uses: its version and the records
@@ -419,6 +448,11 @@ fn build(
             return corrupt(Corruption::BadInode(ino));
         }
     }
+    // Blocks hit by a memory error stay used whoever owns them: pinned,
+    // so that no truncate or evict frees them.
+    for i in 0..bad_count(buf)?.min(BAD_MAX) {
+        scratch.blocks.pin(bad_entry(buf, i)?)?;
+    }
     Ok((used, inode_hwm, extent_hwm))
 }
 
@@ -491,7 +525,8 @@ pub(crate) fn check(buf: &[u8], region_size: u64) -> Result<u64, Error> {
     let mut marks = vec![0u8; s.inode_marks];
     let mut subdirs = vec![0u32; s.subdirs];
     let mut words = vec![0u64; s.block_words];
-    let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?;
+    let mut pins = vec![0u64; s.block_words];
+    let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?.with_pins(&mut pins)?;
     let mut scratch = Scratch {
         inode_marks: &mut marks,
         subdirs: &mut subdirs,

@@ -78,9 +78,10 @@ pub(crate) fn contents(buf: &[u8], geo: &Geometry) -> Result<(Store, Vec<u64>, u
     let mut marks = vec![0u8; s.inode_marks];
     let mut subdirs = vec![0u32; s.subdirs];
     let mut words = vec![0u64; words_for(geo.nr_blocks)];
+    let mut pins = vec![0u64; words_for(geo.nr_blocks)];
     let mut store = Store::sized(geo, IndexSizes::for_image(buf, geo)?);
     let inodes = {
-        let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?;
+        let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?.with_pins(&mut pins)?;
         let mut scratch = Scratch {
             inode_marks: &mut marks,
             subdirs: &mut subdirs,
@@ -231,6 +232,11 @@ pub(crate) enum Op {
         ino: u8,
         block: u64,
     },
+    /// A memory error in data block `meta_blocks + block % data_blocks`:
+    /// pinned and recorded as the kernel does (needs a bitmap with pins).
+    Poison {
+        block: u64,
+    },
 }
 
 /// Strategies for the operations the tests share, one kind each, from
@@ -281,6 +287,11 @@ pub(crate) mod draw {
     /// From (file, size).
     pub(crate) fn set_size(args: impl Of<(u8, u64)>) -> impl Of<Op> {
         args.prop_map(|(file, size)| Op::SetSize { file, size })
+    }
+
+    /// From a block pick.
+    pub(crate) fn poison(block: impl Of<u64>) -> impl Of<Op> {
+        block.prop_map(|block| Op::Poison { block })
     }
 }
 
@@ -473,6 +484,11 @@ pub(crate) fn apply(
                 let _ = m.map(ino, block % 64);
             }
             Ok(())
+        }
+        Op::Poison { block } => {
+            let g = *m.geometry();
+            let b = g.meta_blocks + block % g.data_blocks().max(1);
+            bm.pin(b).and_then(|_| m.record_bad(b)).map(|_| ())
         }
     };
     Applied {
