@@ -61,6 +61,7 @@ static_assert(sizeof(struct gmfs_dirent) == 280);
 #define GMFS_FAULT_FALLBACK	1	/* VM_FAULT_FALLBACK */
 #define GMFS_FAULT_SIGBUS	2	/* VM_FAULT_SIGBUS */
 #define GMFS_FAULT_OOM		3	/* VM_FAULT_OOM: kernel memory short */
+#define GMFS_FAULT_HWPOISON	4	/* VM_FAULT_HWPOISON: a memory error */
 
 struct gmfs_fault {
 	u64 addr;		/* entry's virtual address (aligned) */
@@ -114,6 +115,11 @@ int gmfs_rs_fault(u64 ino, u64 vm_start, u64 vm_end, u64 vm_offset, u64 addr,
 		  u32 entry, struct gmfs_fault *out);
 int gmfs_rs_evict(u64 ino);
 void gmfs_rs_freeze(void);
+/*
+ * A memory error hit region block @block: pins and records it; *ino is
+ * the file owning it (0: free) and *file_block its block in that file.
+ */
+int gmfs_rs_memory_failure(u64 block, u64 *ino, u64 *file_block);
 
 /* Test builds only (CONFIG_GUESTMEMFS_TEST): damage the metadata. */
 #define GMFS_CORRUPT_MAGIC	0	/* superblock magic */
@@ -127,9 +133,16 @@ int gmfs_rs_test_corrupt_locator(void);
 int gmfs_rs_test_skew_generation(void);
 /* crc32c of the 4 MiB after the metadata of a default-format region. */
 int gmfs_rs_test_data_crc(u32 *crc);
+/* Region page of "block <a> <b>" (by_file false) or "file <a> <b>". */
+int gmfs_rs_test_poison_page(bool by_file, u64 a, u64 b, u64 *region_page);
+/* 1 with the first bad block >= from, 0 at the end, or -errno. */
+int gmfs_rs_test_next_bad(u64 from, u64 *block, bool *listed);
 
 /* Rust -> C: helpers the Rust core calls (region.c, vfs_glue.c). */
 int guestmemfs_vfs_register(void);
+/* mf.c: memory errors in the region (no-ops without MEMORY_FAILURE). */
+int guestmemfs_mf_register(void);
+void gmfs_mf_set_sb(struct super_block *sb);
 void *guestmemfs_region_map(u64 offset, u64 len);
 void guestmemfs_region_unmap(void *addr);
 int guestmemfs_zero(u64 offset, u64 len);

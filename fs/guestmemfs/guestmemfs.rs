@@ -40,6 +40,7 @@ struct Region {
 extern "C" {
     fn guestmemfs_vfs_register() -> kernel::ffi::c_int;
     fn guestmemfs_region_get() -> *const Region;
+    fn guestmemfs_mf_register() -> kernel::ffi::c_int;
 }
 
 /// Validates the locator handed over by the previous kernel; called by
@@ -184,6 +185,10 @@ impl kernel::Module for GuestMemFs {
             size: r.size,
             generation: r.handed_over.then_some(r.generation),
         }))?;
+        // Memory errors are handled only once the volume can pin blocks;
+        // failing to register costs that, not the filesystem (mf.c logs).
+        // SAFETY: called once, after the volume is installed.
+        let _ = unsafe { guestmemfs_mf_register() };
         let locator = match region {
             Some(_) if kho::is_enabled() => match publish_locator(&vol) {
                 Ok(mut s) => {

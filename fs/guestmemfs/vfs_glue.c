@@ -374,6 +374,8 @@ static vm_fault_t gmfs_huge_fault(struct vm_fault *vmf, unsigned int order)
 		ret = VM_FAULT_SIGBUS;
 	else if (f.action == GMFS_FAULT_OOM)
 		ret = VM_FAULT_OOM;
+	else if (f.action == GMFS_FAULT_HWPOISON)
+		ret = VM_FAULT_HWPOISON;
 	else if (f.action == GMFS_FAULT_FALLBACK)
 		/* ->fault must never fall back: x86 BUG()s on that. */
 		ret = WARN_ON_ONCE(entry == GMFS_ENTRY_PTE) ? VM_FAULT_SIGBUS :
@@ -544,6 +546,7 @@ static int gmfs_fill_super(struct super_block *sb, struct fs_context *fc)
 	if (!sb->s_root)
 		return -ENOMEM;
 	WRITE_ONCE(gmfs_mounted, true);
+	gmfs_mf_set_sb(sb);
 	return 0;
 }
 
@@ -561,6 +564,7 @@ static int gmfs_get_tree(struct fs_context *fc)
 
 static void gmfs_kill_sb(struct super_block *sb)
 {
+	gmfs_mf_set_sb(NULL);
 	kill_anon_super(sb);
 	WRITE_ONCE(gmfs_mounted, false);
 }

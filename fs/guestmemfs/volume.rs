@@ -11,7 +11,7 @@ use crate::format::{
     layout::{Geometry, Time, BLOCK_SHIFT, BLOCK_SIZE, HUGE_BLOCKS, NAME_MAX, S_IFMT},
     meta::InodeData,
     validate::{self, Scratch, ScratchSizes},
-    BlockBitmap, Corruption, Error as FmtError, Index, IndexCounters, IndexSizes, Meta,
+    BadRecord, BlockBitmap, Corruption, Error as FmtError, Index, IndexCounters, IndexSizes, Meta,
 };
 use core::sync::atomic::{AtomicPtr, Ordering};
 use kernel::{
@@ -64,6 +64,9 @@ struct Inner {
     /// One bit per block; rebuilt from the extents after a kexec. kvmalloc:
     /// a TiB region needs more than kmalloc gives.
     bitmap: KVVec<u64>,
+    /// One bit per block hit by a memory error: used for good (listed in
+    /// the superblock, or in memory only when that was not possible).
+    pins: KVVec<u64>,
     /// Blocks in use in `bitmap`, kept so that the allocator is rebuilt
     /// per call in O(1) (`BlockBitmap::resume`), not by counting bits.
     blocks_used: u64,
@@ -178,6 +181,7 @@ impl Inner {
         let index = Index::new(&mut self.index_words, &mut self.index, &geo).map_err(errno)?;
         let meta = Meta::new(bytes, geo, index).map_err(errno)?;
         let bm = BlockBitmap::resume(&mut self.bitmap, geo.nr_blocks, self.blocks_used)
+            .and_then(|bm| bm.with_pins(&mut self.pins))
             .map_err(errno)?;
         Ok((meta, bm))
     }
@@ -205,11 +209,15 @@ impl Inner {
         let geo = Geometry::new(size, Geometry::default_inodes(size)).ok_or(EINVAL)?;
         // Allocate first: a failed reformat leaves the old filesystem.
         let mut index_words = KVVec::from_elem(0u64, IndexSizes::initial(&geo).words, GFP_KERNEL)?;
-        let mut bitmap = KVVec::from_elem(
-            0u64,
-            ScratchSizes::for_geometry(&geo).block_words,
-            GFP_KERNEL,
-        )?;
+        let words = ScratchSizes::for_geometry(&geo).block_words;
+        let mut bitmap = KVVec::from_elem(0u64, words, GFP_KERNEL)?;
+        // Blocks hit by memory errors stay bad through a reformat (same
+        // region, same geometry): kept pinned and listed again below.
+        let mut pins = if self.pins.len() == words {
+            core::mem::take(&mut self.pins)
+        } else {
+            KVVec::from_elem(0u64, words, GFP_KERNEL)?
+        };
         // From here on the old metadata is gone: unusable until done.
         let was = self.state;
         self.state = State::Refused(FmtError::NoMemory);
@@ -222,6 +230,7 @@ impl Inner {
         }
         self.index_words = core::mem::take(&mut index_words);
         self.bitmap = core::mem::take(&mut bitmap);
+        self.pins = core::mem::take(&mut pins);
         // A new index in small storage; a previous one (a reformat) is
         // forgotten, its seed kept.
         self.index.discard();
@@ -229,11 +238,25 @@ impl Inner {
         // SAFETY: just mapped, `meta_len` bytes, exclusive under the lock.
         let bytes = unsafe { core::slice::from_raw_parts_mut(self.meta, self.meta_len) };
         format::meta::format(bytes, &geo, now(), generation, &mut index).map_err(errno)?;
-        let mut bm = BlockBitmap::new(&mut self.bitmap, geo.nr_blocks).map_err(errno)?;
+        let mut bm = BlockBitmap::new(&mut self.bitmap, geo.nr_blocks)
+            .and_then(|bm| bm.with_pins(&mut self.pins))
+            .map_err(errno)?;
         bm.mark_used(0, geo.meta_blocks).map_err(errno)?;
+        let mut meta = Meta::new(bytes, geo, index).map_err(errno)?;
+        let mut bad = 0;
+        let mut next = bm.next_pinned(0);
+        while let Some(b) = next {
+            next = bm.next_pinned(b + 1);
+            bm.pin(b).map_err(errno)?;
+            meta.record_bad(b).map_err(errno)?;
+            bad += 1;
+        }
         self.blocks_used = bm.used();
         self.geo = Some(geo);
         self.state = State::Ready;
+        if bad > 0 {
+            pr_warn!("kept {} bad blocks (memory errors) out of use\n", bad);
+        }
         pr_info!(
             "formatted {} MiB: {} data blocks of 2 MiB, {} inodes\n",
             size >> 20,
@@ -281,12 +304,14 @@ impl Inner {
             KVVec::from_elem(0u32, sizes.subdirs, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
         let mut words =
             KVVec::from_elem(0u64, sizes.block_words, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
+        let mut pins =
+            KVVec::from_elem(0u64, sizes.block_words, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
         let mut index_words =
             KVVec::from_elem(0u64, index_sizes.words, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
         // The scratch borrows `words`, which becomes the allocator's bitmap;
         // validation builds the index in `index_words`.
         let (inodes, used) = {
-            let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?;
+            let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?.with_pins(&mut pins)?;
             let mut scratch = Scratch {
                 inode_marks: &mut marks,
                 subdirs: &mut subdirs,
@@ -299,18 +324,27 @@ impl Inner {
             (inodes, scratch.blocks.used())
         };
         self.bitmap = words;
+        self.pins = pins;
         self.blocks_used = used;
         self.index_words = index_words;
         self.geo = Some(geo);
         self.state = State::Ready;
         // The first change: a version 1 image becomes version 2 here.
-        let (orphans, generation, used_now) = {
+        let (orphans, generation, used_now, bad, lost) = {
             let (mut meta, mut bm) = self.meta().map_err(|_| FmtError::Truncated)?;
             let orphans = meta.reclaim_orphans(&mut bm)?;
             let generation = meta.generation()?.wrapping_add(1);
             meta.set_generation(generation)?;
-            (orphans, generation, bm.used())
+            let (bad, lost) = (meta.bad_count()?, meta.bad_lost()?);
+            (orphans, generation, bm.used(), bad, lost)
         };
+        if bad > 0 || lost > 0 {
+            pr_warn!(
+                "{} bad blocks (memory errors) stay out of use; {} more were lost by a full list\n",
+                bad,
+                lost
+            );
+        }
         self.blocks_used = used_now;
         // SAFETY: reads the monotonic clock.
         let took = unsafe { guestmemfs_clock_ns() }.saturating_sub(start);
@@ -374,6 +408,7 @@ impl Volume {
             meta_len: 0,
             geo: None,
             bitmap: KVVec::new(),
+            pins: KVVec::new(),
             blocks_used: 0,
             index_words: KVVec::new(),
             // The name hash's key: names stored by a previous kernel or
@@ -782,13 +817,25 @@ pub(crate) unsafe extern "C" fn gmfs_rs_setattr(ino: u64, attr: *const SetAttr) 
 /// Zeroes the rest of the block that holds the smaller of a file's old
 /// and new sizes ([`fault::tail_to_zero`]), so that shrinking to a size
 /// inside a block and growing again shows zeros, as POSIX wants.
-fn zero_tail(m: &Meta<'_, &mut [u8]>, ino: u64, old: u64, new: u64) -> Result {
+/// A block hit by a memory error is left alone (its faults report the
+/// error; touching it could raise another).
+fn zero_tail(
+    m: &Meta<'_, &mut [u8]>,
+    bm: &BlockBitmap<'_>,
+    ino: u64,
+    old: u64,
+    new: u64,
+) -> Result {
     let Some((start, end)) = fault::tail_to_zero(old, new) else {
         return Ok(());
     };
     let block = start / BLOCK_SIZE;
     if let Some(e) = m.map(ino, block).map_err(errno)? {
-        let offset = ((e.phys_block + (block - e.file_block)) << BLOCK_SHIFT) + start % BLOCK_SIZE;
+        let phys_block = e.phys_block + (block - e.file_block);
+        if bm.is_pinned(phys_block) {
+            return Ok(());
+        }
+        let offset = (phys_block << BLOCK_SHIFT) + start % BLOCK_SIZE;
         // SAFETY: zeroes part of a block this file owns.
         if unsafe { guestmemfs_zero(offset, end - start) } != 0 {
             return Err(ENOMEM);
@@ -813,7 +860,7 @@ fn set_size_locked(
     if size > format::meta::MAX_FILE_SIZE {
         return Err(EFBIG);
     }
-    zero_tail(m, ino, i.size, size)?;
+    zero_tail(m, bm, ino, i.size, size)?;
     m.set_size(ino, size, now, bm).map_err(errno)
 }
 
@@ -859,7 +906,7 @@ pub(crate) extern "C" fn gmfs_rs_fallocate(
         // block's tail) come first; the allocation rolls itself back; the
         // size change after it cannot fail.
         if grow {
-            zero_tail(m, ino, i.size, end)?;
+            zero_tail(m, bm, ino, i.size, end)?;
         }
         m.allocate_with(ino, first, last - first, bm, zero_blocks)
             .map_err(errno)?;
@@ -889,6 +936,7 @@ const FAULT_MAP: u32 = 0;
 const FAULT_FALLBACK: u32 = 1;
 const FAULT_SIGBUS: u32 = 2;
 const FAULT_OOM: u32 = 3;
+const FAULT_HWPOISON: u32 = 4;
 
 /// Fills the hole at `file_block` of `ino` if there is one, with the
 /// caller holding `vol.alloc`: with the whole aligned 1 GiB unit around
@@ -972,9 +1020,12 @@ fn fill_hole(vol: &Volume, ino: u64, file_block: u64, unit_only: bool) -> Result
         Err(e) => {
             // Cannot happen while mounted; still, never leak the unit.
             let (used, nr) = (g.blocks_used, g.geo.map_or(0, |geo| geo.nr_blocks));
-            if let Ok(mut bm) = BlockBitmap::resume(&mut g.bitmap, nr, used) {
+            let inner = &mut *g;
+            if let Ok(mut bm) = BlockBitmap::resume(&mut inner.bitmap, nr, used)
+                .and_then(|bm| bm.with_pins(&mut inner.pins))
+            {
                 if bm.mark_free(phys, HUGE_BLOCKS).is_ok() {
-                    g.blocks_used = bm.used();
+                    inner.blocks_used = bm.used();
                 }
             }
             Err(e)
@@ -1016,7 +1067,7 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(
     let plan = volume().and_then(|vol| {
         // The plan, and the file block to fill first if it is a hole.
         let decide = || {
-            with_meta_read(|m, _, frozen| {
+            with_meta_read(|m, bm, frozen| {
                 let i = m.inode(ino).map_err(errno)?;
                 if !i.is_reg() {
                     return Ok((Plan::SigBus, None));
@@ -1027,7 +1078,8 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(
                 };
                 let e = m.map(ino, t.file_block()).map_err(errno)?;
                 let hole = (e.is_none() && !frozen).then_some(t.file_block());
-                Ok((fault::resolve(&t, e.as_ref(), vol.base), hole))
+                let bad = |first, count| bm.any_pinned(first, count);
+                Ok((fault::resolve(&t, e.as_ref(), vol.base, bad), hole))
             })
         };
         match decide()? {
@@ -1042,6 +1094,7 @@ pub(crate) unsafe extern "C" fn gmfs_rs_fault(
     let (action, addr, phys) = match plan {
         Ok(Plan::Map { addr, phys, .. }) => (FAULT_MAP, addr, phys),
         Ok(Plan::Fallback) => (FAULT_FALLBACK, 0, 0),
+        Ok(Plan::HwPoison) => (FAULT_HWPOISON, 0, 0),
         Err(e) if e == ENOMEM => (FAULT_OOM, 0, 0),
         Ok(Plan::SigBus) | Err(_) => (FAULT_SIGBUS, 0, 0),
     };
@@ -1071,6 +1124,88 @@ pub(crate) extern "C" fn gmfs_rs_freeze() {
             unsafe { crate::republish_locator(vol.base, vol.size, generation) };
             pr_info!("metadata frozen for kexec at generation {}\n", generation);
         }
+    }
+}
+
+/// A memory error hit region block `block` (`mf.c`, from
+/// `memory_failure()`): pins the block so that no allocation hands it
+/// out again, records it in the superblock's bad-block list for the next
+/// kernels (not once frozen for kexec: the handed-over superblock must
+/// not change), and says which file owns it, `(ino, file block)`, or
+/// `None` for a free block. `EIO` for a metadata block: nothing can
+/// recover that, only the log says so.
+fn memory_failure(g: &mut Inner, block: u64) -> Result<Option<(u64, u64)>> {
+    let frozen = g.frozen;
+    let (owner, used) = {
+        let (mut m, mut bm) = g.open(false)?;
+        let geo = *m.geometry();
+        if block < geo.meta_blocks {
+            pr_crit!(
+                "memory error in metadata block {}: the filesystem may be damaged; it is not touched\n",
+                block
+            );
+            return Err(EIO);
+        }
+        if block >= geo.nr_blocks {
+            return Err(EINVAL);
+        }
+        let again = bm.is_pinned(block);
+        bm.pin(block).map_err(errno)?;
+        let owner = m.owner_of(block).map_err(errno)?;
+        let record = if frozen {
+            "not listed: frozen for kexec, kept out of use until reboot"
+        } else {
+            match m.record_bad(block).map_err(errno)? {
+                BadRecord::Added | BadRecord::Listed => "listed",
+                BadRecord::ListFull => "not listed: the bad-block list is full",
+            }
+        };
+        let again = if again { " (again)" } else { "" };
+        match owner {
+            Some((ino, file_block)) => pr_err!(
+                "memory error in block {}{}, inode {} file offset {:#x}: {}\n",
+                block,
+                again,
+                ino,
+                file_block << BLOCK_SHIFT,
+                record
+            ),
+            None => pr_err!(
+                "memory error in free block {}{}: {}\n",
+                block,
+                again,
+                record
+            ),
+        }
+        (owner, bm.used())
+    };
+    g.blocks_used = used;
+    Ok(owner)
+}
+
+/// [`memory_failure`] for `mf.c`: `*ino` is the owner (0 for none) and
+/// `*file_block` its file block.
+///
+/// # Safety
+/// `ino` and `file_block` must be valid for writes.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_memory_failure(
+    block: u64,
+    ino: *mut u64,
+    file_block: *mut u64,
+) -> c_int {
+    let owner = volume().and_then(|vol| memory_failure(&mut vol.inner.lock(), block));
+    match owner {
+        Ok(owner) => {
+            let (i, fb) = owner.unwrap_or((0, 0));
+            // SAFETY: valid per the contract.
+            unsafe {
+                ino.write(i);
+                file_block.write(fb);
+            }
+            0
+        }
+        Err(e) => e.to_errno(),
     }
 }
 
@@ -1159,4 +1294,83 @@ pub(crate) unsafe extern "C" fn gmfs_rs_test_data_crc(crc: *mut u32) -> c_int {
 pub(crate) extern "C" fn gmfs_rs_test_freeze() -> c_int {
     gmfs_rs_freeze();
     0
+}
+
+/// Test kernels: the region page a `poison` write names: page `page` of
+/// region block `a` (`by_file` false), or the page at byte offset `b` of
+/// file `a` (`by_file`; `ENXIO` for a hole or past EOF).
+///
+/// # Safety
+/// `region_page` must be valid for writes.
+#[cfg(CONFIG_GUESTMEMFS_TEST)]
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_test_poison_page(
+    by_file: bool,
+    a: u64,
+    b: u64,
+    region_page: *mut u64,
+) -> c_int {
+    const PAGES: u64 = BLOCK_SIZE >> 12;
+    let page = with_meta_read(|m, _, _| {
+        let geo = *m.geometry();
+        if !by_file {
+            return if a < geo.nr_blocks && b < PAGES {
+                Ok(a * PAGES + b)
+            } else {
+                Err(EINVAL)
+            };
+        }
+        let i = m.inode(a).map_err(errno)?;
+        if !i.is_reg() || b >= i.size {
+            return Err(ENXIO);
+        }
+        let fb = b >> BLOCK_SHIFT;
+        let e = m.map(a, fb).map_err(errno)?.ok_or(ENXIO)?;
+        Ok((e.phys_block + (fb - e.file_block)) * PAGES + (b % BLOCK_SIZE >> 12))
+    });
+    match page {
+        Ok(p) => {
+            // SAFETY: valid per the contract.
+            unsafe { region_page.write(p) };
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// Test kernels: the first bad block at or after `from`: returns 1 with
+/// `*block` and `*listed` (in the superblock's list, not only in
+/// memory) set, 0 when there is none.
+///
+/// # Safety
+/// `block` and `listed` must be valid for writes.
+#[cfg(CONFIG_GUESTMEMFS_TEST)]
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_test_next_bad(
+    from: u64,
+    block: *mut u64,
+    listed: *mut bool,
+) -> c_int {
+    let next = with_meta_read(|m, bm, _| {
+        let Some(b) = bm.next_pinned(from) else {
+            return Ok(None);
+        };
+        let mut on_list = false;
+        for i in 0..m.bad_count().map_err(errno)? {
+            on_list |= m.bad_block(i).map_err(errno)? == b;
+        }
+        Ok(Some((b, on_list)))
+    });
+    match next {
+        Ok(Some((b, on_list))) => {
+            // SAFETY: valid per the contract.
+            unsafe {
+                block.write(b);
+                listed.write(on_list);
+            }
+            1
+        }
+        Ok(None) => 0,
+        Err(e) => e.to_errno(),
+    }
 }

@@ -36,8 +36,28 @@ pub enum Line {
     Other,
 }
 
+/// `line` without a kernel message glued to its end: the console thread
+/// prints asynchronously, so `[    0.89] guestmemfs: ...` can land on
+/// the line a test is writing.
+fn without_printk(line: &str) -> &str {
+    let mut from = 1;
+    while let Some(i) = line.get(from..).and_then(|r| r.find('[')).map(|i| i + from) {
+        let stamp = line[i + 1..].trim_start_matches(' ');
+        let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let secs = digits(stamp);
+        if secs > 0 && stamp[secs..].starts_with('.') {
+            let frac = digits(&stamp[secs + 1..]);
+            if frac > 0 && stamp[secs + 1 + frac..].starts_with(']') {
+                return &line[..i];
+            }
+        }
+        from = i + 1;
+    }
+    line
+}
+
 pub fn classify(raw: &str) -> Line {
-    let line = raw.trim_end_matches(['\r', '\n']);
+    let line = without_printk(raw.trim_end_matches(['\r', '\n']));
     if let Some(rest) = line.strip_prefix("# gtest: start ") {
         let name = rest.split_whitespace().next().unwrap_or("").to_owned();
         return Line::Start(name);
@@ -106,6 +126,20 @@ mod tests {
             Line::Result(t) => assert!(!t.ok && !t.skipped()),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn printk_glued_to_a_result() {
+        let l = "ok 5 guestmemfs_poison_after_freeze[    0.890652] guestmemfs: memory error";
+        match classify(l) {
+            Line::Result(t) => assert_eq!(t.name, "guestmemfs_poison_after_freeze"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(classify("# gtest: done[   12.5] x"), Line::Done);
+        assert_eq!(
+            without_printk("ok 1 a[b] [1.x] [ 2.]"),
+            "ok 1 a[b] [1.x] [ 2.]"
+        );
     }
 
     #[test]

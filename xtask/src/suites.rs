@@ -127,6 +127,22 @@ pub const SUITES: &[Suite] = &[
         expect: Expect::Pass,
     },
     Suite {
+        name: "guestmemfs_memory_errors",
+        about: "guestmemfs=2G: simulated memory errors: SIGBUS to mappers, bad blocks never reused, kept over 2 kexecs",
+        // The freeze test goes last: nothing changes after it.
+        tests: &[
+            "guestmemfs_poison_mapped",
+            "guestmemfs_poison_never_reused",
+            "guestmemfs_poison_unmapped",
+            "guestmemfs_poison_kexec",
+            "guestmemfs_poison_after_freeze",
+        ],
+        add: &["guestmemfs=2G"],
+        remove: &[],
+        memory: None,
+        expect: Expect::Pass,
+    },
+    Suite {
         name: "guestmemfs_hardening",
         about: "guestmemfs=4G in 8G: huge mappings at any offset/first touch, EOF, full-fs SIGBUS, races, GUP",
         // The mapping tests need two whole free GiBs, so they run first,

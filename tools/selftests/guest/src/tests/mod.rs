@@ -12,6 +12,7 @@ pub mod bench;
 mod demo;
 mod gmfs;
 mod gmfs_hardening;
+mod gmfs_memory_errors;
 mod harness;
 mod kselftest;
 mod luo;
@@ -262,6 +263,36 @@ pub const CATALOG: &[Test] = &[
         summary: "hangs on purpose: the host must kill the VM at this timeout",
         timeout_s: 15,
         run: harness::hang,
+    },
+    Test {
+        name: "guestmemfs_poison_mapped",
+        summary: "memory error in a PUD-mapped page: consumer BUS_MCEERR_AR, early mapper _AO, later touches _AR, rest intact",
+        timeout_s: 240,
+        run: gmfs_memory_errors::poison_mapped,
+    },
+    Test {
+        name: "guestmemfs_poison_never_reused",
+        summary: "bad blocks (in a file, free) leave statfs and are never allocated again, also after unlink and a fill",
+        timeout_s: 240,
+        run: gmfs_memory_errors::poison_never_reused,
+    },
+    Test {
+        name: "guestmemfs_poison_unmapped",
+        summary: "memory error in an unmapped file block and a metadata block; hook refuses holes (ENXIO)",
+        timeout_s: 120,
+        run: gmfs_memory_errors::poison_unmapped,
+    },
+    Test {
+        name: "guestmemfs_poison_kexec",
+        summary: "bad blocks stay listed and raise BUS_MCEERR_AR after two kexecs; data around them intact",
+        timeout_s: 400,
+        run: gmfs_memory_errors::poison_kexec,
+    },
+    Test {
+        name: "guestmemfs_poison_after_freeze",
+        summary: "after the kexec freeze a bad block is kept out of use in memory only (superblock unchanged)",
+        timeout_s: 120,
+        run: gmfs_memory_errors::poison_after_freeze,
     },
 ];
 
