@@ -242,6 +242,16 @@ fn top_free_block(bad: &[u64]) -> Result<u64, String> {
     Ok(b)
 }
 
+/// Removes the file at `rel` when dropped, so that a failing test leaves
+/// the next ones their free blocks.
+struct Remove(&'static str);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(p(self.0));
+    }
+}
+
 fn open_rw(rel: &str) -> Result<File, String> {
     fs::OpenOptions::new()
         .read(true)
@@ -264,6 +274,7 @@ fn ino_of(rel: &str) -> Result<u64, String> {
 pub fn poison_mapped(_ctx: &mut Ctx) -> TestResult {
     mount()?;
     let rel = "mf-mapped";
+    let _remove = Remove(rel);
     let f = create_sized(&p(rel), 512 * BLOCK)?;
     let ino = ino_of(rel)?;
     let mut m = Mapping::new(&f, 512 * BLOCK, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
@@ -329,8 +340,6 @@ pub fn poison_mapped(_ctx: &mut Ctx) -> TestResult {
     if !listed.iter().any(|&(_, l)| l) {
         return Err(format!("bad_blocks lists nothing: {listed:?}"));
     }
-    drop(m);
-    fs::remove_file(p(rel)).map_err(|e| e.to_string())?;
     Ok(Outcome::Pass)
 }
 
@@ -342,6 +351,7 @@ pub fn poison_never_reused(_ctx: &mut Ctx) -> TestResult {
     mount()?;
     let s0 = statfs(MNT)?;
     let rel = "mf-reuse";
+    let _remove = (Remove(rel), Remove("mf-fill"));
     let f = create_sized(&p(rel), 0)?;
     fallocate(&f, 0, 4 * MIB)?;
     let ino = ino_of(rel)?;
@@ -435,6 +445,7 @@ pub fn poison_never_reused(_ctx: &mut Ctx) -> TestResult {
 pub fn poison_unmapped(_ctx: &mut Ctx) -> TestResult {
     mount()?;
     let rel = "mf-unmapped";
+    let _remove = Remove(rel);
     let f = create_sized(&p(rel), 8 * MIB)?;
     fallocate(&f, 0, 4 * MIB)?;
     let ino = ino_of(rel)?;
@@ -461,9 +472,6 @@ pub fn poison_unmapped(_ctx: &mut Ctx) -> TestResult {
     }
     // The good block still works.
     m.bytes()[0] = 5;
-    drop(m);
-    drop(f);
-    fs::remove_file(p(rel)).map_err(|e| e.to_string())?;
     Ok(Outcome::Pass)
 }
 
