@@ -120,6 +120,8 @@ void gmfs_rs_freeze(void);
  * the file owning it (0: free) and *file_block its block in that file.
  */
 int gmfs_rs_memory_failure(u64 block, u64 *ino, u64 *file_block);
+/* True if file block @file_block of @ino is region block @block. */
+bool gmfs_rs_block_is(u64 ino, u64 file_block, u64 block);
 
 /* Test builds only (CONFIG_GUESTMEMFS_TEST): damage the metadata. */
 #define GMFS_CORRUPT_MAGIC	0	/* superblock magic */
@@ -142,7 +144,7 @@ int gmfs_rs_test_next_bad(u64 from, u64 *block, bool *listed);
 int guestmemfs_vfs_register(void);
 /* mf.c: memory errors in the region (no-ops without MEMORY_FAILURE). */
 int guestmemfs_mf_register(void);
-void gmfs_mf_set_sb(struct super_block *sb);
+void gmfs_mf_set_sb(struct super_block *sb, struct super_block *old);
 void *guestmemfs_region_map(u64 offset, u64 len);
 void guestmemfs_region_unmap(void *addr);
 int guestmemfs_zero(u64 offset, u64 len);
@@ -150,6 +152,6 @@ void guestmemfs_now(s64 *sec, u32 *nsec);
 u64 guestmemfs_clock_ns(void);	/* monotonic, for the logs' durations */
 /* Validates a handed-over locator: 0 with the out fields set, or -errno. */
 int guestmemfs_locator_decode(const u8 *buf, size_t len, u64 *base,
-			      u64 *size, u64 *generation);
+			      u64 *size, u64 *generation, u32 *flags);
 
 #endif /* _GUESTMEMFS_ABI_H */

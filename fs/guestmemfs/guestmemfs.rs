@@ -18,7 +18,7 @@ use kernel::{c_str, kho, prelude::*};
 pub mod format;
 mod volume;
 
-use format::locator::{Locator, LOCATOR_SIZE};
+use format::locator::{Locator, LOCATOR_FLAG_META_POISONED, LOCATOR_SIZE};
 
 module! {
     type: GuestMemFs,
@@ -35,6 +35,7 @@ struct Region {
     size: u64,
     generation: u64,
     handed_over: bool,
+    metadata_poisoned: bool,
 }
 
 extern "C" {
@@ -49,8 +50,8 @@ extern "C" {
 ///
 /// # Safety
 ///
-/// `buf` must point to `len` readable bytes; `base`, `size` and
-/// `generation` must be valid for writes.
+/// `buf` must point to `len` readable bytes; `base`, `size`,
+/// `generation` and `flags` must be valid for writes.
 #[no_mangle]
 pub unsafe extern "C" fn guestmemfs_locator_decode(
     buf: *const u8,
@@ -58,6 +59,7 @@ pub unsafe extern "C" fn guestmemfs_locator_decode(
     base: *mut u64,
     size: *mut u64,
     generation: *mut u64,
+    flags: *mut u32,
 ) -> kernel::ffi::c_int {
     // SAFETY: the caller maps `len` bytes at `buf`.
     let bytes = unsafe { core::slice::from_raw_parts(buf, len) };
@@ -68,6 +70,7 @@ pub unsafe extern "C" fn guestmemfs_locator_decode(
                 *base = loc.base;
                 *size = loc.size;
                 *generation = loc.generation;
+                *flags = loc.flags;
             }
             0
         }
@@ -98,7 +101,7 @@ static DAMAGE_LOCATOR: AtomicBool = AtomicBool::new(false);
 ///
 /// The caller holds the volume lock: it serialises the writers of the
 /// locator.
-pub(crate) unsafe fn republish_locator(base: u64, size: u64, generation: u64) {
+pub(crate) unsafe fn republish_locator(base: u64, size: u64, generation: u64, meta_poisoned: bool) {
     let p = PUBLISHED_LOCATOR.load(Ordering::Acquire);
     if p.is_null() {
         return;
@@ -111,6 +114,7 @@ pub(crate) unsafe fn republish_locator(base: u64, size: u64, generation: u64) {
         base,
         size,
         generation: generation.wrapping_add(skew),
+        flags: locator_flags(meta_poisoned),
     };
     // SAFETY: `p` points to the LOCATOR_SIZE-byte preserved buffer, which
     // is never freed; the caller's volume lock serialises writers.
@@ -158,14 +162,23 @@ struct GuestMemFs {
     _locator: Option<kho::Subtree>,
 }
 
+fn locator_flags(meta_poisoned: bool) -> u32 {
+    if meta_poisoned {
+        LOCATOR_FLAG_META_POISONED
+    } else {
+        0
+    }
+}
+
 /// Publishes where the region is, for the next kernel's `setup_arch()`.
 fn publish_locator(vol: &volume::Volume) -> Result<kho::Subtree> {
     let mut buf = kho::PreservedBuffer::new(LOCATOR_SIZE)?;
-    let (base, size, generation) = vol.locator_fields();
+    let (base, size, generation, meta_poisoned) = vol.locator_fields();
     let loc = Locator {
         base,
         size,
         generation,
+        flags: locator_flags(meta_poisoned),
     };
     loc.encode(buf.as_mut_slice()).map_err(|_| EINVAL)?;
     kho::Subtree::publish(c_str!("guestmemfs"), buf)
@@ -184,6 +197,7 @@ impl kernel::Module for GuestMemFs {
             base: r.base,
             size: r.size,
             generation: r.handed_over.then_some(r.generation),
+            meta_poisoned: r.metadata_poisoned,
         }))?;
         // Memory errors are handled only once the volume can pin blocks;
         // failing to register costs that, not the filesystem (mf.c logs).

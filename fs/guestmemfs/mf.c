@@ -13,7 +13,9 @@
  *
  * Lock order: mf_mutex -> pfn_space_lock -> volume mutex (released before
  * the next) -> gmfs_sb_lock -> invalidate_lock -> i_mmap_rwsem. Nothing in
- * guestmemfs calls memory_failure() with one of its locks held.
+ * guestmemfs calls memory_failure() with one of its locks held. The cost:
+ * while a fault zeroes a new 1 GiB unit (holding the invalidate lock) or
+ * fallocate zeroes under the volume mutex, other memory errors wait.
  */
 
 #define pr_fmt(fmt) "guestmemfs: " fmt
@@ -31,10 +33,12 @@
 static DEFINE_MUTEX(gmfs_sb_lock);
 static struct super_block *gmfs_sb;
 
-void gmfs_mf_set_sb(struct super_block *sb)
+/* @sb mounted, or @old going away (NULL): publish it for gmfs_get_mapping. */
+void gmfs_mf_set_sb(struct super_block *sb, struct super_block *old)
 {
 	mutex_lock(&gmfs_sb_lock);
-	gmfs_sb = sb;
+	if (sb || gmfs_sb == old)
+		gmfs_sb = sb;
 	mutex_unlock(&gmfs_sb_lock);
 }
 
@@ -43,8 +47,8 @@ void gmfs_mf_set_sb(struct super_block *sb)
 #define GMFS_BLOCK_PAGES	(1UL << (GMFS_BLOCK_SHIFT - PAGE_SHIFT))
 
 /*
- * The event being handled, for gmfs_pfn_to_vma_pgoff(): memory_failure()
- * serializes events with mf_mutex, so one slot is enough.
+ * The event being handled, for gmfs_pfn_to_vma_pgoff(): pfn_space_lock is
+ * held from ->get_mapping() to ->put_mapping(), so one slot is enough.
  */
 static unsigned long gmfs_mf_pfn;
 static pgoff_t gmfs_mf_pgoff;
@@ -56,12 +60,16 @@ static struct address_space *gmfs_get_mapping(struct pfn_address_space *space,
 					      unsigned long pfn, int flags)
 {
 	unsigned long page = pfn - gmfs_base_pfn;
-	u64 ino, file_block;
+	u64 block = page / GMFS_BLOCK_PAGES, ino, file_block;
 	struct inode *inode;
 	loff_t start;
+	int err;
 
-	if (gmfs_rs_memory_failure(page / GMFS_BLOCK_PAGES, &ino, &file_block) ||
-	    !ino)
+	err = gmfs_rs_memory_failure(block, &ino, &file_block);
+	/* The metadata: nothing can recover it (the core reports a failure). */
+	if (err == -EIO)
+		return ERR_PTR(err);
+	if (err || !ino)
 		return NULL;
 
 	mutex_lock(&gmfs_sb_lock);
@@ -79,6 +87,19 @@ static struct address_space *gmfs_get_mapping(struct pfn_address_space *space,
 	 */
 	start = (loff_t)file_block << GMFS_BLOCK_SHIFT;
 	filemap_invalidate_lock(inode->i_mapping);
+	/*
+	 * The owner was found under the volume lock, since dropped: a
+	 * truncate (which takes the invalidate lock) may have taken the block
+	 * from the file, and the number may name a new file by now. A pinned
+	 * block is never given to anyone else, so this check stays true until
+	 * the unlock.
+	 */
+	if (!gmfs_rs_block_is(ino, file_block, block)) {
+		filemap_invalidate_unlock(inode->i_mapping);
+		iput(inode);
+		mutex_unlock(&gmfs_sb_lock);
+		return NULL;
+	}
 	unmap_mapping_range(inode->i_mapping, start, 1UL << GMFS_BLOCK_SHIFT, 1);
 	filemap_invalidate_unlock(inode->i_mapping);
 

@@ -82,6 +82,7 @@ static void __init guestmemfs_reserve_handed_over(void)
 {
 	u64 base, size, generation;
 	phys_addr_t phys;
+	u32 flags;
 	size_t len;
 	void *loc;
 	int err;
@@ -106,7 +107,7 @@ static void __init guestmemfs_reserve_handed_over(void)
 		return;
 	}
 	err = guestmemfs_locator_decode(loc, GUESTMEMFS_LOCATOR_SIZE, &base,
-					&size, &generation);
+					&size, &generation, &flags);
 	early_memunmap(loc, GUESTMEMFS_LOCATOR_SIZE);
 	if (err) {
 		/*
@@ -129,6 +130,8 @@ static void __init guestmemfs_reserve_handed_over(void)
 		pr_warn("guestmemfs=%lluM ignored: keeping the handed-over %lluM region\n",
 			guestmemfs_requested >> 20, size >> 20);
 	guestmemfs_region.generation = generation;
+	guestmemfs_region.metadata_poisoned =
+		flags & GUESTMEMFS_LOCATOR_META_POISONED;
 	guestmemfs_carve(base, size, true);
 }
 

@@ -15,6 +15,7 @@
 #include <linux/init.h>
 #include <linux/mm.h>
 #include <linux/seq_file.h>
+#include <linux/set_memory.h>
 #include <linux/string.h>
 #include <linux/uaccess.h>
 
@@ -104,8 +105,14 @@ static ssize_t gmfs_poison_write(struct file *file, const char __user *ubuf,
 	if (err)
 		return err;
 	pr_warn("test hook: simulated memory error at region page %llu\n", page);
-	/* No guestmemfs lock is held here: the handler takes them. */
+	/*
+	 * No guestmemfs lock is held here: the handler takes them. Then what
+	 * the x86 machine-check handler does after a recovered error
+	 * (kill_me_maybe()): drop the pfn from the direct map.
+	 */
 	err = memory_failure(PHYS_PFN(r->base) + page, MF_SW_SIMULATED);
+	if (!err)
+		set_mce_nospec(PHYS_PFN(r->base) + page);
 	return err ?: count;
 }
 

@@ -546,7 +546,7 @@ static int gmfs_fill_super(struct super_block *sb, struct fs_context *fc)
 	if (!sb->s_root)
 		return -ENOMEM;
 	WRITE_ONCE(gmfs_mounted, true);
-	gmfs_mf_set_sb(sb);
+	gmfs_mf_set_sb(sb, NULL);
 	return 0;
 }
 
@@ -564,7 +564,7 @@ static int gmfs_get_tree(struct fs_context *fc)
 
 static void gmfs_kill_sb(struct super_block *sb)
 {
-	gmfs_mf_set_sb(NULL);
+	gmfs_mf_set_sb(NULL, sb);
 	kill_anon_super(sb);
 	WRITE_ONCE(gmfs_mounted, false);
 }

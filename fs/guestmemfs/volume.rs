@@ -66,7 +66,14 @@ struct Inner {
     bitmap: KVVec<u64>,
     /// One bit per block hit by a memory error: used for good (listed in
     /// the superblock, or in memory only when that was not possible).
+    /// Sized for the region at install, whatever the state, so that an
+    /// error is remembered also while the filesystem is refused, and
+    /// kept by a reformat.
     pins: KVVec<u64>,
+    /// A memory error hit the metadata blocks (in this kernel, or the
+    /// previous one said so): no more metadata changes, and the next
+    /// kernel is told not to read them.
+    meta_poisoned: bool,
     /// Blocks in use in `bitmap`, kept so that the allocator is rebuilt
     /// per call in O(1) (`BlockBitmap::resume`), not by counting bits.
     blocks_used: u64,
@@ -148,6 +155,9 @@ impl Inner {
         if change && self.frozen {
             return Err(EBUSY);
         }
+        if change && self.meta_poisoned {
+            return Err(EIO);
+        }
         match self.state {
             State::Ready => {}
             State::NoRegion => return Err(ENODEV),
@@ -212,12 +222,22 @@ impl Inner {
         let words = ScratchSizes::for_geometry(&geo).block_words;
         let mut bitmap = KVVec::from_elem(0u64, words, GFP_KERNEL)?;
         // Blocks hit by memory errors stay bad through a reformat (same
-        // region, same geometry): kept pinned and listed again below.
+        // region): kept pinned and listed again below. The metadata must
+        // not land on one (an adopted image may have had fewer inodes,
+        // so fewer metadata blocks).
         let mut pins = if self.pins.len() == words {
             core::mem::take(&mut self.pins)
         } else {
             KVVec::from_elem(0u64, words, GFP_KERNEL)?
         };
+        if let Some(b) = (0..geo.meta_blocks).find(|&b| pin_bit(&pins, b)) {
+            pr_err!(
+                "cannot format: block {} of the new metadata had a memory error\n",
+                b
+            );
+            self.pins = pins;
+            return Err(EIO);
+        }
         // From here on the old metadata is gone: unusable until done.
         let was = self.state;
         self.state = State::Refused(FmtError::NoMemory);
@@ -248,12 +268,15 @@ impl Inner {
         while let Some(b) = next {
             next = bm.next_pinned(b + 1);
             bm.pin(b).map_err(errno)?;
-            meta.record_bad(b).map_err(errno)?;
+            if let Err(e) = meta.record_bad(b) {
+                pr_warn!("bad block {} kept out of use but not listed: {:?}\n", b, e);
+            }
             bad += 1;
         }
         self.blocks_used = bm.used();
         self.geo = Some(geo);
         self.state = State::Ready;
+        self.meta_poisoned = false;
         if bad > 0 {
             pr_warn!("kept {} bad blocks (memory errors) out of use\n", bad);
         }
@@ -283,6 +306,11 @@ impl Inner {
         // Scratch and index follow the superblock's high-water marks (the
         // records ever used), not the tables: read them before `first` is
         // unmapped.
+        // The bad-block list is valid now: remember it even if the rest
+        // is refused, so that a reformat keeps those blocks out of use.
+        for i in 0..format::layout::bad_count(first)? {
+            set_pin_bit(&mut self.pins, format::layout::bad_entry(first, i)?);
+        }
         let sizes = ScratchSizes::for_image(first, &geo)?;
         let index_sizes = IndexSizes::for_image(first, &geo)?;
         let superblock = format::layout::superblock_generation(first)?;
@@ -304,14 +332,12 @@ impl Inner {
             KVVec::from_elem(0u32, sizes.subdirs, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
         let mut words =
             KVVec::from_elem(0u64, sizes.block_words, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
-        let mut pins =
-            KVVec::from_elem(0u64, sizes.block_words, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
         let mut index_words =
             KVVec::from_elem(0u64, index_sizes.words, GFP_KERNEL | __GFP_NOWARN).map_err(alloc)?;
         // The scratch borrows `words`, which becomes the allocator's bitmap;
         // validation builds the index in `index_words`.
         let (inodes, used) = {
-            let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?.with_pins(&mut pins)?;
+            let blocks = BlockBitmap::new(&mut words, geo.nr_blocks)?.with_pins(&mut self.pins)?;
             let mut scratch = Scratch {
                 inode_marks: &mut marks,
                 subdirs: &mut subdirs,
@@ -324,7 +350,6 @@ impl Inner {
             (inodes, scratch.blocks.used())
         };
         self.bitmap = words;
-        self.pins = pins;
         self.blocks_used = used;
         self.index_words = index_words;
         self.geo = Some(geo);
@@ -370,6 +395,8 @@ pub(crate) struct RegionInfo {
     /// `Some(generation the previous kernel's locator names)` when the
     /// region holds a filesystem handed over through KHO.
     pub(crate) generation: Option<u64>,
+    /// The previous kernel saw a memory error in the metadata.
+    pub(crate) meta_poisoned: bool,
 }
 
 impl Inner {
@@ -409,6 +436,7 @@ impl Volume {
             geo: None,
             bitmap: KVVec::new(),
             pins: KVVec::new(),
+            meta_poisoned: false,
             blocks_used: 0,
             index_words: KVVec::new(),
             // The name hash's key: names stored by a previous kernel or
@@ -428,7 +456,20 @@ impl Volume {
         )?;
         if let Some(r) = region {
             let mut g = vol.inner.lock();
+            g.pins = KVVec::from_elem(
+                0u64,
+                format::bitmap::words_for(size / BLOCK_SIZE),
+                GFP_KERNEL,
+            )?;
             match r.generation {
+                Some(generation) if r.meta_poisoned => {
+                    // Reading it could consume the poison again: a machine
+                    // check in the kernel at every boot.
+                    g.handed_generation = generation;
+                    g.meta_poisoned = true;
+                    pr_err!("refusing the filesystem handed over by the previous kernel: its metadata had a memory error, so it is not read; the region stays reserved, mount with -o reformat to start over\n");
+                    g.state = State::Refused(FmtError::Corrupt(Corruption::MetadataPoisoned));
+                }
                 Some(generation) => {
                     g.handed_generation = generation;
                     // SAFETY: reads the monotonic clock.
@@ -448,9 +489,16 @@ impl Volume {
         Ok(vol)
     }
 
-    /// Base and size of the region, and the generation to hand on.
-    pub(crate) fn locator_fields(&self) -> (u64, u64, u64) {
-        (self.base, self.size, self.inner.lock().current_generation())
+    /// Base and size of the region, the generation to hand on, and
+    /// whether the metadata had a memory error.
+    pub(crate) fn locator_fields(&self) -> (u64, u64, u64, bool) {
+        let g = self.inner.lock();
+        (
+            self.base,
+            self.size,
+            g.current_generation(),
+            g.meta_poisoned,
+        )
     }
 }
 
@@ -1121,43 +1169,93 @@ pub(crate) extern "C" fn gmfs_rs_freeze() {
             g.frozen = true;
             let generation = g.current_generation();
             // SAFETY: `g` is the volume lock's guard.
-            unsafe { crate::republish_locator(vol.base, vol.size, generation) };
+            unsafe { crate::republish_locator(vol.base, vol.size, generation, g.meta_poisoned) };
             pr_info!("metadata frozen for kexec at generation {}\n", generation);
         }
     }
 }
 
-/// A memory error hit region block `block` (`mf.c`, from
-/// `memory_failure()`): pins the block so that no allocation hands it
-/// out again, records it in the superblock's bad-block list for the next
-/// kernels (not once frozen for kexec: the handed-over superblock must
-/// not change), and says which file owns it, `(ino, file block)`, or
-/// `None` for a free block. `EIO` for a metadata block: nothing can
-/// recover that, only the log says so.
-fn memory_failure(g: &mut Inner, block: u64) -> Result<Option<(u64, u64)>> {
-    let frozen = g.frozen;
+/// Bit `b` of a pinned-block mask.
+fn pin_bit(pins: &[u64], b: u64) -> bool {
+    usize::try_from(b / 64)
+        .ok()
+        .and_then(|w| pins.get(w))
+        .is_some_and(|w| w & (1 << (b % 64)) != 0)
+}
+
+/// Sets bit `b` of a pinned-block mask (`b` below the region's blocks).
+fn set_pin_bit(pins: &mut [u64], b: u64) {
+    if let Some(w) = usize::try_from(b / 64).ok().and_then(|w| pins.get_mut(w)) {
+        *w |= 1 << (b % 64);
+    }
+}
+
+/// A memory error hit region block `block` of a region of `region_size`
+/// bytes (`mf.c`, from `memory_failure()`). Pins the block so that no
+/// allocation hands it out again and lists it in the superblock for the
+/// next kernels (not once frozen for kexec: the handed-over superblock
+/// must not change); says which file owns it, `(ino, file block)`, or
+/// `None`. Once the block is pinned nothing fails: the count follows and
+/// the owner is returned whatever the listing did, so that its mappings
+/// go. A metadata block cannot be recovered: `EIO`, no more metadata
+/// changes, and the next kernel is told not to read the metadata.
+fn memory_failure(g: &mut Inner, region_size: u64, block: u64) -> Result<Option<(u64, u64)>> {
+    let nr_blocks = region_size / BLOCK_SIZE;
+    if block >= nr_blocks || g.pins.is_empty() {
+        return Err(EINVAL);
+    }
+    let meta_blocks = match (g.state, g.geo) {
+        (State::Ready, Some(geo)) => geo.meta_blocks,
+        // Not in use: as many metadata blocks as an accepted image has.
+        _ => {
+            let most = Geometry::default_inodes(region_size).saturating_mul(4);
+            Geometry::new(region_size, most)
+                .or_else(|| Geometry::new(region_size, Geometry::default_inodes(region_size)))
+                .map_or(1, |geo| geo.meta_blocks)
+        }
+    };
+    if block < meta_blocks {
+        g.meta_poisoned = true;
+        if g.frozen {
+            // The locator was written at the freeze: say it again.
+            let generation = g.current_generation();
+            if let Ok(vol) = volume() {
+                // SAFETY: the caller holds the volume lock (`g`).
+                unsafe { crate::republish_locator(vol.base, vol.size, generation, true) };
+            }
+        }
+        pr_crit!(
+            "memory error in metadata block {}: no more metadata changes, and the next kernel will not read this filesystem\n",
+            block
+        );
+        return Err(EIO);
+    }
+    if !matches!(g.state, State::Ready) {
+        set_pin_bit(&mut g.pins, block);
+        pr_err!(
+            "memory error in block {} of a filesystem not in use: kept out of use until reboot or reformat\n",
+            block
+        );
+        return Ok(None);
+    }
+    let (frozen, meta_poisoned) = (g.frozen, g.meta_poisoned);
     let (owner, used) = {
         let (mut m, mut bm) = g.open(false)?;
-        let geo = *m.geometry();
-        if block < geo.meta_blocks {
-            pr_crit!(
-                "memory error in metadata block {}: the filesystem may be damaged; it is not touched\n",
-                block
-            );
-            return Err(EIO);
-        }
-        if block >= geo.nr_blocks {
-            return Err(EINVAL);
-        }
         let again = bm.is_pinned(block);
         bm.pin(block).map_err(errno)?;
-        let owner = m.owner_of(block).map_err(errno)?;
+        let owner = m.owner_of(block).unwrap_or_else(|e| {
+            pr_err!("cannot find the owner of bad block {}: {:?}\n", block, e);
+            None
+        });
         let record = if frozen {
             "not listed: frozen for kexec, kept out of use until reboot"
+        } else if meta_poisoned {
+            "not listed: the metadata had a memory error"
         } else {
-            match m.record_bad(block).map_err(errno)? {
-                BadRecord::Added | BadRecord::Listed => "listed",
-                BadRecord::ListFull => "not listed: the bad-block list is full",
+            match m.record_bad(block) {
+                Ok(BadRecord::Added | BadRecord::Listed) => "listed",
+                Ok(BadRecord::ListFull) => "not listed: the bad-block list is full",
+                Err(_) => "not listed: the superblock cannot be written",
             }
         };
         let again = if again { " (again)" } else { "" };
@@ -1171,7 +1269,7 @@ fn memory_failure(g: &mut Inner, block: u64) -> Result<Option<(u64, u64)>> {
                 record
             ),
             None => pr_err!(
-                "memory error in free block {}{}: {}\n",
+                "memory error in block {}{}, free or being allocated: {}\n",
                 block,
                 again,
                 record
@@ -1181,6 +1279,19 @@ fn memory_failure(g: &mut Inner, block: u64) -> Result<Option<(u64, u64)>> {
     };
     g.blocks_used = used;
     Ok(owner)
+}
+
+/// True if file block `file_block` of `ino` is region block `block`:
+/// `mf.c` checks under the file's invalidate lock that the owner it was
+/// told is still the owner (truncate takes that lock; a block that is
+/// pinned cannot be given to anyone else).
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_block_is(ino: u64, file_block: u64, block: u64) -> bool {
+    with_meta_read(|m, _, _| {
+        let e = m.map(ino, file_block).map_err(errno)?;
+        Ok(e.is_some_and(|e| e.phys_block + (file_block - e.file_block) == block))
+    })
+    .unwrap_or(false)
 }
 
 /// [`memory_failure`] for `mf.c`: `*ino` is the owner (0 for none) and
@@ -1194,7 +1305,7 @@ pub(crate) unsafe extern "C" fn gmfs_rs_memory_failure(
     ino: *mut u64,
     file_block: *mut u64,
 ) -> c_int {
-    let owner = volume().and_then(|vol| memory_failure(&mut vol.inner.lock(), block));
+    let owner = volume().and_then(|vol| memory_failure(&mut vol.inner.lock(), vol.size, block));
     match owner {
         Ok(owner) => {
             let (i, fb) = owner.unwrap_or((0, 0));
@@ -1326,7 +1437,7 @@ pub(crate) unsafe extern "C" fn gmfs_rs_test_poison_page(
         }
         let fb = b >> BLOCK_SHIFT;
         let e = m.map(a, fb).map_err(errno)?.ok_or(ENXIO)?;
-        Ok((e.phys_block + (fb - e.file_block)) * PAGES + (b % BLOCK_SIZE >> 12))
+        Ok((e.phys_block + (fb - e.file_block)) * PAGES + ((b % BLOCK_SIZE) >> 12))
     });
     match page {
         Ok(p) => {

@@ -11,12 +11,15 @@
  * @generation: superblock generation the previous kernel's locator names
  *	(0 unless @handed_over); the metadata must carry the same one
  * @handed_over: the region came from the previous kernel through KHO
+ * @metadata_poisoned: the previous kernel saw a memory error in the
+ *	metadata: the filesystem must not be read
  */
 struct guestmemfs_region {
 	u64 base;
 	u64 size;
 	u64 generation;
 	bool handed_over;
+	bool metadata_poisoned;
 };
 
 #ifdef CONFIG_GUESTMEMFS

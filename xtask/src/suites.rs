@@ -135,6 +135,8 @@ pub const SUITES: &[Suite] = &[
             "guestmemfs_poison_never_reused",
             "guestmemfs_poison_unmapped",
             "guestmemfs_poison_kexec",
+            "guestmemfs_poison_reformat",
+            "guestmemfs_poison_metadata_kexec",
             "guestmemfs_poison_after_freeze",
         ],
         add: &["guestmemfs=2G"],

@@ -120,12 +120,15 @@ fn time_contents(buf: &[u8], region: u64) -> (Duration, u64) {
     let mut marks: Vec<u8> = zeroed(s.inode_marks);
     let mut subdirs: Vec<u32> = zeroed(s.subdirs);
     let mut bwords: Vec<u64> = zeroed(s.block_words);
+    let mut pins: Vec<u64> = zeroed(s.block_words);
     let mut counters = IndexCounters::new(SEED);
     let mut index = Index::new(&mut words, &mut counters, &geo).unwrap();
     let mut scratch = Scratch {
         inode_marks: &mut marks,
         subdirs: &mut subdirs,
-        blocks: BlockBitmap::new(&mut bwords, geo.nr_blocks).unwrap(),
+        blocks: BlockBitmap::new(&mut bwords, geo.nr_blocks)
+            .and_then(|b| b.with_pins(&mut pins))
+            .unwrap(),
     };
     let t = Instant::now();
     let n = validate::contents(buf, &geo, &mut scratch, &mut index).unwrap();

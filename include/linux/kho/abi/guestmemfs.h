@@ -17,7 +17,7 @@
  *   16      base        u64   physical base address of the region
  *   24      size        u64   size in bytes
  *   32      generation  u64   superblock generation at publication
- *   40      flags       u32   0
+ *   40      flags       u32   GUESTMEMFS_LOCATOR_* bits, unknown ones refused
  *   44      reserved    16 bytes of zero
  *   60      crc32c      u32   over bytes 0..59
  *
@@ -25,7 +25,8 @@
  * a new version; a kernel refuses any version it does not know. A
  * locator is refused as a whole (no memory is taken on its word) unless
  * the subtree is exactly 64 bytes, magic, version, length and checksum
- * match, flags and reserved bytes are zero and the region is aligned;
+ * match, no unknown flag is set, the reserved bytes are zero and the
+ * region is aligned;
  * the superblock in the region must then carry the same generation, or
  * the filesystem is refused (region kept, mount fails until reformat).
  * The outgoing kernel rewrites the generation when it freezes the
@@ -35,5 +36,13 @@
 
 #define GUESTMEMFS_KHO_NODE	"guestmemfs"
 #define GUESTMEMFS_LOCATOR_SIZE	64
+
+/*
+ * A memory error hit the metadata blocks: the next kernel keeps the region
+ * reserved but neither reads nor adopts the filesystem (reading could
+ * consume the error again, in the kernel). A kernel that does not know
+ * this flag refuses the whole locator and takes no region.
+ */
+#define GUESTMEMFS_LOCATOR_META_POISONED	(1U << 0)
 
 #endif /* _LINUX_KHO_ABI_GUESTMEMFS_H */

@@ -930,12 +930,15 @@ pub(crate) mod testing {
             let mut st = Store::new(geo);
             let s = ScratchSizes::for_image(buf, geo).unwrap();
             let mut words = std::vec![0u64; s.block_words];
+            let mut pins = std::vec![0u64; s.block_words];
             let mut marks = std::vec![0u8; s.inode_marks];
             let mut subdirs = std::vec![0u32; s.subdirs];
             let mut scratch = Scratch {
                 inode_marks: &mut marks,
                 subdirs: &mut subdirs,
-                blocks: BlockBitmap::new(&mut words, geo.nr_blocks).unwrap(),
+                blocks: BlockBitmap::new(&mut words, geo.nr_blocks)
+                    .and_then(|b| b.with_pins(&mut pins))
+                    .unwrap(),
             };
             validate::contents(buf, geo, &mut scratch, &mut st.index()).unwrap();
             (st, words)

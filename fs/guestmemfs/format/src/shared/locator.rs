@@ -14,7 +14,7 @@
 //! 16  base       u64  physical address of the region
 //! 24  size       u64  bytes
 //! 32  generation u64  superblock generation when published
-//! 40  flags      u32  0
+//! 40  flags      u32  LOCATOR_FLAG_*; unknown bits refused
 //! 44  reserved   [u8; 16], zero
 //! 60  crc32c     u32  over bytes 0..60
 //! ```
@@ -28,6 +28,12 @@ pub const LOCATOR_SIZE: usize = 64;
 pub const LOCATOR_MAGIC: u64 = u64::from_le_bytes(*b"GMFSLOC1");
 /// Locator version written and accepted.
 pub const LOCATOR_VERSION: u32 = 1;
+/// Flag: a memory error hit the metadata blocks. The next kernel keeps
+/// the region reserved but does not read (or adopt) the filesystem. A
+/// kernel that does not know the flag refuses the locator whole (takes
+/// no region), which is also safe.
+pub const LOCATOR_FLAG_META_POISONED: u32 = 1;
+const LOCATOR_FLAGS_KNOWN: u32 = LOCATOR_FLAG_META_POISONED;
 
 /// Where the region is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +44,8 @@ pub struct Locator {
     pub size: u64,
     /// Superblock generation at publication.
     pub generation: u64,
+    /// `LOCATOR_FLAG_*`.
+    pub flags: u32,
 }
 
 /// Alignment the region must have: 1 GiB when its size is a multiple of
@@ -75,6 +83,7 @@ impl Locator {
         put_u64(out, 16, self.base)?;
         put_u64(out, 24, self.size)?;
         put_u64(out, 32, self.generation)?;
+        put_u32(out, 40, self.flags)?;
         let sum = crc32c(out.get(..60).ok_or(Error::Truncated)?);
         put_u32(out, 60, sum)
     }
@@ -97,13 +106,15 @@ impl Locator {
         if crc32c(buf.get(..60).ok_or(Error::Truncated)?) != get_u32(buf, 60)? {
             return corrupt(Corruption::BadChecksum);
         }
-        // Flags and reserved bytes: zero in version 1, so a field added
+        // Unknown flags and reserved bytes: refused, so a field added
         // later cannot be silently ignored.
-        if buf
-            .get(40..60)
-            .ok_or(Error::Truncated)?
-            .iter()
-            .any(|&b| b != 0)
+        let flags = get_u32(buf, 40)?;
+        if flags & !LOCATOR_FLAGS_KNOWN != 0
+            || buf
+                .get(44..60)
+                .ok_or(Error::Truncated)?
+                .iter()
+                .any(|&b| b != 0)
         {
             return corrupt(Corruption::NonZeroReserved);
         }
@@ -111,6 +122,7 @@ impl Locator {
             base: get_u64(buf, 16)?,
             size: get_u64(buf, 24)?,
             generation: get_u64(buf, 32)?,
+            flags,
         };
         Self::check_region(loc.base, loc.size)?;
         Ok(loc)
@@ -127,6 +139,7 @@ mod tests {
             base: 1 << 32,
             size: 2 << 30,
             generation: 9,
+            flags: 0,
         };
         let mut buf = [0u8; 64];
         loc.encode(&mut buf).unwrap();
@@ -142,10 +155,24 @@ mod tests {
             base: (1 << 32) + (2 << 20),
             size: 1 << 30,
             generation: 0,
+            flags: 0,
         };
         odd.encode(&mut buf).unwrap();
         assert!(Locator::decode(&buf).is_err());
         assert_eq!(region_alignment(3 << 20), 2 << 20);
+    }
+
+    #[test]
+    fn poisoned_flag_roundtrips() {
+        let loc = Locator {
+            base: 1 << 32,
+            size: 2 << 30,
+            generation: 4,
+            flags: LOCATOR_FLAG_META_POISONED,
+        };
+        let mut buf = [0u8; 64];
+        loc.encode(&mut buf).unwrap();
+        assert_eq!(Locator::decode(&buf), Ok(loc));
     }
 
     #[test]
@@ -154,8 +181,9 @@ mod tests {
             base: 1 << 32,
             size: 2 << 30,
             generation: 1,
+            flags: 0,
         };
-        for at in [40, 43, 44, 59] {
+        for at in [41, 43, 44, 59] {
             let mut buf = [0u8; 64];
             loc.encode(&mut buf).unwrap();
             buf[at] = 1;

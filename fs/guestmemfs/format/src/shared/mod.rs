@@ -106,6 +106,9 @@ pub enum Corruption {
     /// The bad-block list is too long, unsorted, names a metadata or
     /// out-of-range block, or has stale entries past its count.
     BadBlockList,
+    /// The previous kernel saw a memory error in the metadata: it is not
+    /// read (that could consume the error again, in the kernel).
+    MetadataPoisoned,
     /// The locator and the superblock name different generations: the
     /// metadata is not the one the previous kernel published.
     GenerationMismatch {
@@ -137,6 +140,9 @@ impl core::fmt::Display for Corruption {
             Corruption::BadCounts(i) => write!(f, "block counts of inode {i} are wrong"),
             Corruption::NonZeroReserved => write!(f, "flags or reserved bytes are not zero"),
             Corruption::BadBlockList => write!(f, "bad-block list is malformed"),
+            Corruption::MetadataPoisoned => {
+                write!(f, "the previous kernel saw a memory error in the metadata")
+            }
             Corruption::GenerationMismatch {
                 locator,
                 superblock,

@@ -61,16 +61,19 @@ extern "C" fn report_sigbus(_sig: i32, info: *mut libc::siginfo_t, _ctx: *mut li
 struct Child {
     pid: libc::pid_t,
     report: File,
+    /// `f`'s result, written when it returned (a sleeper is then ready).
+    ready: File,
 }
 
 impl Child {
     /// Forks a child that installs the SIGBUS reporter, sets the
-    /// early-kill policy if `early`, runs `f` and exits 0 (or sleeps 60 s
-    /// if `f` returns false, to be signalled or killed).
-    fn spawn(early: bool, f: impl FnOnce() -> bool) -> Result<Child, String> {
-        let mut fds = [0; 2];
-        // SAFETY: valid array of two fds.
-        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+    /// early-kill policy if `early` and runs `f`, which returns a value
+    /// for [`Child::ready`] and whether it is done: then the child exits
+    /// 0, else it sleeps 60 s, to be signalled or killed.
+    fn spawn(early: bool, f: impl FnOnce() -> (usize, bool)) -> Result<Child, String> {
+        let (mut fds, mut rfds) = ([0; 2], [0; 2]);
+        // SAFETY: valid arrays of two fds.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) != 0 || libc::pipe(rfds.as_mut_ptr()) != 0 } {
             return Err("pipe".into());
         }
         // SAFETY: single-threaded; the child only makes system calls and
@@ -98,7 +101,9 @@ impl Child {
                     );
                 }
             }
-            let done = f();
+            let (value, done) = f();
+            // SAFETY: writing to our pipe.
+            unsafe { libc::write(rfds[1], value.to_le_bytes().as_ptr().cast(), 8) };
             if !done {
                 std::thread::sleep(Duration::from_secs(60));
             }
@@ -106,11 +111,21 @@ impl Child {
             unsafe { libc::_exit(0) };
         }
         // SAFETY: closing our copy of the write end; the read end is ours.
-        let report = unsafe {
+        let (report, ready) = unsafe {
             libc::close(fds[1]);
-            File::from_raw_fd(fds[0])
+            libc::close(rfds[1]);
+            (File::from_raw_fd(fds[0]), File::from_raw_fd(rfds[0]))
         };
-        Ok(Child { pid, report })
+        Ok(Child { pid, report, ready })
+    }
+
+    /// Waits until `f` returned; its value.
+    fn ready(&mut self) -> Result<usize, String> {
+        let mut b = [0u8; 8];
+        self.ready
+            .read_exact(&mut b)
+            .map_err(|e| format!("child not ready: {e}"))?;
+        Ok(usize::from_le_bytes(b))
     }
 
     /// Waits for the child's end: `Some(info)` if it reported a SIGBUS,
@@ -167,7 +182,7 @@ fn touch(addr: usize) -> Result<Option<BusInfo>, String> {
     Child::spawn(false, || {
         // SAFETY: inside a mapping of the caller's; a SIGBUS is reported.
         unsafe { std::ptr::read_volatile(addr as *const u8) };
-        true
+        (0, true)
     })?
     .wait()
 }
@@ -266,11 +281,67 @@ fn ino_of(rel: &str) -> Result<u64, String> {
         .ino())
 }
 
+/// A child with early kill that unmaps the `inherited` mapping (address,
+/// length) of its parent, maps `len` bytes of the file at `rel` from
+/// `offset`, touches them and sleeps; with its mapping's address.
+fn early_mapper(
+    rel: &'static str,
+    offset: u64,
+    len: u64,
+    inherited: (usize, usize),
+) -> Result<(Child, usize), String> {
+    let mut c = Child::spawn(true, move || {
+        // SAFETY: the parent's mapping, copied at fork; unused here.
+        unsafe { libc::munmap(inherited.0 as *mut libc::c_void, inherited.1) };
+        let Ok(f) = open_rw(rel) else {
+            return (0, true);
+        };
+        match Mapping::new(&f, len, offset, libc::MAP_SHARED) {
+            Ok(mut m) => {
+                m.bytes()[0] = m.bytes()[0].wrapping_add(0);
+                let addr = m.ptr as usize;
+                std::mem::forget(m);
+                (addr, false)
+            }
+            Err(_) => (0, true),
+        }
+    })?;
+    match c.ready()? {
+        0 => Err(format!("early mapper could not map {rel} at {offset:#x}")),
+        addr => Ok((c, addr)),
+    }
+}
+
+/// The region block a `memory error in block N, inode I file offset X`
+/// line of `log` names for `ino`.
+fn logged_block(log: &[String], ino: u64) -> Result<u64, String> {
+    let key = format!(", inode {ino} file offset");
+    log.iter()
+        .find_map(|l| {
+            let rest = l.split("memory error in block ").nth(1)?;
+            rest.contains(&key)
+                .then(|| rest.split([',', ' ']).next()?.parse().ok())?
+        })
+        .ok_or(format!("no memory error logged for inode {ino}: {log:?}"))
+}
+
+/// `block` is listed in the superblock's bad-block list.
+fn expect_listed(block: u64) -> Result<(), String> {
+    let list = bad_blocks()?;
+    if list.contains(&(block, true)) {
+        Ok(())
+    } else {
+        Err(format!("block {block} not listed: {list:?}"))
+    }
+}
+
 /// A memory error in a page of a 1 GiB file mapped with a PUD: the
 /// process that consumed it (the hook's writer) gets `BUS_MCEERR_AR` at
-/// that page with lsb 12, an early-kill mapper `BUS_MCEERR_AO`, a default
-/// mapper nothing; any later touch of the block `BUS_MCEERR_AR`; the other
-/// 511 blocks keep their data.
+/// that page with lsb 12; early-kill mappers whose mapping covers the
+/// page get `BUS_MCEERR_AO` at their own address of it, one whose mapping
+/// does not cover it nothing (not even SIGKILL); a default mapper
+/// nothing; any later touch of the block `BUS_MCEERR_AR`; the other 511
+/// blocks keep their data; the block is listed.
 pub fn poison_mapped(_ctx: &mut Ctx) -> TestResult {
     mount()?;
     let rel = "mf-mapped";
@@ -283,13 +354,17 @@ pub fn poison_mapped(_ctx: &mut Ctx) -> TestResult {
     let bad_off = 2 * MIB + 12 * 1024;
     let log0 = log_len()?;
 
-    let early = Child::spawn(true, || false)?;
-    let late = Child::spawn(false, || false)?;
-    std::thread::sleep(Duration::from_millis(200));
+    let mut early = Child::spawn(true, || (1, false))?;
+    early.ready()?;
+    let inherited = (base, 512 * BLOCK as usize);
+    let (near, near_base) = early_mapper(rel, 2 * MIB, 2 * MIB, inherited)?;
+    let (early_far, _) = early_mapper(rel, 4 * MIB, 2 * MIB, inherited)?;
+    let mut late = Child::spawn(false, || (1, false))?;
+    late.ready()?;
     let cmd = format!("file {ino} {bad_off}");
     let consumer = Child::spawn(false, move || {
         // The writer maps the page (inherited mapping): it is "current".
-        fs::write(POISON, &cmd).is_ok()
+        (0, fs::write(POISON, &cmd).is_ok())
     })?;
     let got = consumer.wait()?;
     let want = BusInfo {
@@ -307,10 +382,22 @@ pub fn poison_mapped(_ctx: &mut Ctx) -> TestResult {
             want.addr
         ));
     }
+    let got = near.wait()?;
+    let near_want = near_base + 12 * 1024;
+    if got.map(|i| (i.code, i.addr)) != Some((BUS_MCEERR_AO, near_want)) {
+        return Err(format!(
+            "early-kill mapper of file offset 2 MiB: {got:?}, expected BUS_MCEERR_AO at {near_want:#x}"
+        ));
+    }
     if !late.alive() {
         return Err("a default (late-kill) mapper was signalled".into());
     }
-    drop(late);
+    if !early_far.alive() {
+        return Err(
+            "an early-kill mapper whose mapping misses the page was signalled or killed".into(),
+        );
+    }
+    drop((late, early_far));
     diag("consumer BUS_MCEERR_AR at the page (lsb 12), early mapper BUS_MCEERR_AO, late mapper untouched");
 
     let again = base + 3 * MIB as usize + 5;
@@ -336,10 +423,7 @@ pub fn poison_mapped(_ctx: &mut Ctx) -> TestResult {
     let log = log_since(log0)?;
     expect_log(&log, &format!("inode {ino} file offset 0x200000: listed"))?;
     expect_log(&log, "Recovered")?;
-    let listed = bad_blocks()?;
-    if !listed.iter().any(|&(_, l)| l) {
-        return Err(format!("bad_blocks lists nothing: {listed:?}"));
-    }
+    expect_listed(logged_block(&log, ino)?)?;
     Ok(Outcome::Pass)
 }
 
@@ -414,7 +498,7 @@ pub fn poison_never_reused(_ctx: &mut Ctx) -> TestResult {
             // SAFETY: inside the mapping.
             unsafe { std::ptr::write_volatile((ptr + b * BLOCK as usize) as *mut u8, 1) };
         }
-        true
+        (0, true)
     })?
     .wait()?;
     if got.is_some() {
@@ -438,10 +522,10 @@ pub fn poison_never_reused(_ctx: &mut Ctx) -> TestResult {
     Ok(Outcome::Pass)
 }
 
-/// A block of a file nobody maps and a metadata block: the event is
-/// handled without signalling anyone; the file's block is recorded and a
-/// later mapping of it gets `BUS_MCEERR_AR`. Holes and offsets past EOF
-/// are refused by the hook (`ENXIO`).
+/// A block of a file nobody maps, also while the filesystem is not
+/// mounted: the event is handled without signalling anyone; the file's
+/// block is listed and a later mapping of it gets `BUS_MCEERR_AR`. Holes
+/// and offsets past EOF are refused by the hook (`ENXIO`).
 pub fn poison_unmapped(_ctx: &mut Ctx) -> TestResult {
     mount()?;
     let rel = "mf-unmapped";
@@ -460,18 +544,147 @@ pub fn poison_unmapped(_ctx: &mut Ctx) -> TestResult {
     }
     let log0 = log_len()?;
     poison(&format!("file {ino} {}", 2 * MIB + 8192))?;
-    poison("block 0")?;
     let log = log_since(log0)?;
     expect_log(&log, &format!("inode {ino} file offset 0x200000: listed"))?;
-    expect_log(&log, "memory error in metadata block 0")?;
-    let mut m = Mapping::new(&f, 8 * MIB, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
-    let at = m.ptr as usize + 2 * MIB as usize + 100;
+    expect_listed(logged_block(&log, ino)?)?;
+    bad_block_signals(&f, 2 * MIB + 100)?;
+    drop(f);
+
+    // Not mounted: no inode in core, nothing to zap; still listed.
+    let rel2 = "mf-umounted";
+    let _remove2 = Remove(rel2);
+    let f2 = create_sized(&p(rel2), 0)?;
+    fallocate(&f2, 0, 4 * MIB)?;
+    let ino2 = ino_of(rel2)?;
+    drop(f2);
+    sys::umount(MNT).map_err(|e| format!("umount: {e}"))?;
+    let log0 = log_len()?;
+    let poisoned = poison(&format!("file {ino2} {}", 3 * MIB));
+    mount()?;
+    poisoned?;
+    let log = log_since(log0)?;
+    expect_listed(logged_block(&log, ino2)?)?;
+    bad_block_signals(&open_rw(rel2)?, 2 * MIB + 4096)?;
+    Ok(Outcome::Pass)
+}
+
+/// A new mapping of `f` gets `BUS_MCEERR_AR` (lsb 12) at file offset
+/// `bad`, and its first block still works.
+fn bad_block_signals(f: &File, bad: u64) -> Result<(), String> {
+    let mut m = Mapping::new(f, 4 * MIB, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    let at = m.ptr as usize + bad as usize;
     let got = touch(at)?;
-    if got.map(|i| (i.code, i.lsb)) != Some((BUS_MCEERR_AR, PAGE_SHIFT)) {
-        return Err(format!("touch after an unmapped error: {got:?}"));
+    if got
+        != Some(BusInfo {
+            code: BUS_MCEERR_AR,
+            addr: at,
+            lsb: PAGE_SHIFT,
+        })
+    {
+        return Err(format!("touch of the bad block at {at:#x}: {got:?}"));
     }
-    // The good block still works.
     m.bytes()[0] = 5;
+    Ok(())
+}
+
+/// `mount -o reformat` keeps every bad block: listed again, out of use.
+pub fn poison_reformat(_ctx: &mut Ctx) -> TestResult {
+    mount()?;
+    let before = bad_blocks()?;
+    if before.is_empty() || before.iter().any(|&(_, listed)| !listed) {
+        return Err(format!(
+            "expected listed bad blocks from the earlier tests: {before:?}"
+        ));
+    }
+    sys::umount(MNT).map_err(|e| format!("umount: {e}"))?;
+    let log0 = log_len()?;
+    sys::mount("guestmemfs", MNT, "guestmemfs", 0, "reformat")
+        .map_err(|e| format!("mount -o reformat: {e}"))?;
+    let after = bad_blocks()?;
+    if after != before {
+        return Err(format!(
+            "bad blocks after reformat {after:?}, before {before:?}"
+        ));
+    }
+    expect_log(
+        &log_since(log0)?,
+        &format!(
+            "kept {} bad blocks (memory errors) out of use",
+            before.len()
+        ),
+    )?;
+    let s = statfs(MNT)?;
+    if s.bfree != s.blocks - before.len() as u64 {
+        return Err(format!(
+            "after reformat: {} of {} blocks free, {} bad",
+            s.bfree,
+            s.blocks,
+            before.len()
+        ));
+    }
+    diag(&format!(
+        "reformat kept {} bad blocks listed and out of use",
+        before.len()
+    ));
+    Ok(Outcome::Pass)
+}
+
+/// A memory error in the metadata: reported as not recovered (`EBUSY`
+/// from the hook: `memory_failure()` says Failed), no metadata change
+/// after it (`EIO`), existing data still readable; the next kernel keeps
+/// the region but neither reads nor adopts the filesystem (mount
+/// `EUCLEAN`, the reason logged); `-o reformat` starts over.
+pub fn poison_metadata_kexec(ctx: &mut Ctx) -> TestResult {
+    let rel = "mf-meta";
+    if ctx.stage == 1 {
+        mount()?;
+        let f = create_sized(&p(rel), 2 * MIB)?;
+        let mut m = Mapping::new(&f, 2 * MIB, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+        pattern::fill(0x6d, 0, m.bytes());
+        let log0 = log_len()?;
+        match fs::write(POISON, "block 0 3") {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            other => {
+                return Err(format!(
+                    "poison of metadata block 0: {other:?}, expected EBUSY"
+                ))
+            }
+        }
+        let log = log_since(log0)?;
+        expect_log(&log, "memory error in metadata block 0")?;
+        expect_log(&log, "Failed")?;
+        match File::create(p("mf-meta-new")) {
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {}
+            other => {
+                return Err(format!(
+                    "create after a metadata error: {other:?}, expected EIO"
+                ))
+            }
+        }
+        drop(m);
+        let mut m = Mapping::new(&f, 2 * MIB, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+        if let Some(at) = pattern::first_mismatch(0x6d, 0, m.bytes()) {
+            return Err(format!("data changed at {at:#x} after a metadata error"));
+        }
+        return Ok(Outcome::Kexec);
+    }
+    let log = sys::kernel_log().map_err(|e| e.to_string())?;
+    expect_log(&log, "its metadata had a memory error, so it is not read")?;
+    fs::create_dir_all(MNT).map_err(|e| e.to_string())?;
+    match sys::mount("guestmemfs", MNT, "guestmemfs", 0, "") {
+        Err(e) if e.raw_os_error() == Some(libc::EUCLEAN) => {}
+        other => {
+            return Err(format!(
+                "mount after a metadata error: {other:?}, expected EUCLEAN"
+            ))
+        }
+    }
+    sys::mount("guestmemfs", MNT, "guestmemfs", 0, "reformat")
+        .map_err(|e| format!("mount -o reformat: {e}"))?;
+    if fs::metadata(p(rel)).is_ok() {
+        return Err("the reformatted filesystem still has the old file".into());
+    }
+    diag("metadata error: refused after kexec without reading it, reformat works");
     Ok(Outcome::Pass)
 }
 

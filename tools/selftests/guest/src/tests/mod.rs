@@ -289,6 +289,18 @@ pub const CATALOG: &[Test] = &[
         run: gmfs_memory_errors::poison_kexec,
     },
     Test {
+        name: "guestmemfs_poison_reformat",
+        summary: "mount -o reformat keeps every bad block listed and out of use",
+        timeout_s: 120,
+        run: gmfs_memory_errors::poison_reformat,
+    },
+    Test {
+        name: "guestmemfs_poison_metadata_kexec",
+        summary: "memory error in the metadata: Failed, no more changes (EIO); next kernel refuses without reading; reformat works",
+        timeout_s: 300,
+        run: gmfs_memory_errors::poison_metadata_kexec,
+    },
+    Test {
         name: "guestmemfs_poison_after_freeze",
         summary: "after the kexec freeze a bad block is kept out of use in memory only (superblock unchanged)",
         timeout_s: 120,
