@@ -118,6 +118,7 @@ void gmfs_rs_freeze(void);
 /*
  * A memory error hit region block @block: pins and records it; *ino is
  * the file owning it (0: free) and *file_block its block in that file.
+ * -EHWPOISON: it cannot be recovered (metadata, or owner unknown).
  */
 int gmfs_rs_memory_failure(u64 block, u64 *ino, u64 *file_block);
 /* True if file block @file_block of @ino is region block @block. */

@@ -66,8 +66,11 @@ static struct address_space *gmfs_get_mapping(struct pfn_address_space *space,
 	int err;
 
 	err = gmfs_rs_memory_failure(block, &ino, &file_block);
-	/* The metadata: nothing can recover it (the core reports a failure). */
-	if (err == -EIO)
+	/*
+	 * Not recoverable (the metadata, or a block whose owner is unknown):
+	 * the core reports a failure and the consumer is killed.
+	 */
+	if (err == -EHWPOISON)
 		return ERR_PTR(err);
 	if (err || !ino)
 		return NULL;

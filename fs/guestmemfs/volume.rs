@@ -71,9 +71,13 @@ struct Inner {
     /// kept by a reformat.
     pins: KVVec<u64>,
     /// A memory error hit the metadata blocks (in this kernel, or the
-    /// previous one said so): no more metadata changes, and the next
-    /// kernel is told not to read them.
+    /// previous one said so): no more metadata changes, no reformat (where
+    /// the error is may be unknown), and the next kernel is told not to
+    /// read them.
     meta_poisoned: bool,
+    /// The superblock's generation while Ready (kept here so that the
+    /// freeze never reads metadata that may hold a memory error).
+    generation: u64,
     /// Blocks in use in `bitmap`, kept so that the allocator is rebuilt
     /// per call in O(1) (`BlockBitmap::resume`), not by counting bits.
     blocks_used: u64,
@@ -216,6 +220,10 @@ impl Inner {
 
     /// Writes an empty filesystem over the metadata blocks.
     fn format(&mut self, size: u64, generation: u64) -> Result {
+        if self.meta_poisoned {
+            pr_err!("cannot format: a memory error hit the metadata blocks, which a format would reuse; the region needs a cold boot\n");
+            return Err(EIO);
+        }
         let geo = Geometry::new(size, Geometry::default_inodes(size)).ok_or(EINVAL)?;
         // Allocate first: a failed reformat leaves the old filesystem.
         let mut index_words = KVVec::from_elem(0u64, IndexSizes::initial(&geo).words, GFP_KERNEL)?;
@@ -276,7 +284,7 @@ impl Inner {
         self.blocks_used = bm.used();
         self.geo = Some(geo);
         self.state = State::Ready;
-        self.meta_poisoned = false;
+        self.generation = generation;
         if bad > 0 {
             pr_warn!("kept {} bad blocks (memory errors) out of use\n", bad);
         }
@@ -363,6 +371,7 @@ impl Inner {
             let (bad, lost) = (meta.bad_count()?, meta.bad_lost()?);
             (orphans, generation, bm.used(), bad, lost)
         };
+        self.generation = generation;
         if bad > 0 || lost > 0 {
             pr_warn!(
                 "{} bad blocks (memory errors) stay out of use; {} more were lost by a full list\n",
@@ -403,13 +412,8 @@ impl Inner {
     /// The generation to hand on: the superblock's while the metadata is
     /// in use, else the one this kernel was handed.
     fn current_generation(&self) -> u64 {
-        match (self.state, self.geo) {
-            (State::Ready, Some(_)) if !self.meta.is_null() => {
-                // SAFETY: `meta` maps at least the superblock while Ready;
-                // the caller holds the lock.
-                let sb = unsafe { core::slice::from_raw_parts(self.meta, self.meta_len) };
-                format::layout::superblock_generation(sb).unwrap_or(0)
-            }
+        match self.state {
+            State::Ready => self.generation,
             _ => self.handed_generation,
         }
     }
@@ -437,6 +441,7 @@ impl Volume {
             bitmap: KVVec::new(),
             pins: KVVec::new(),
             meta_poisoned: false,
+            generation: 0,
             blocks_used: 0,
             index_words: KVVec::new(),
             // The name hash's key: names stored by a previous kernel or
@@ -456,18 +461,19 @@ impl Volume {
         )?;
         if let Some(r) = region {
             let mut g = vol.inner.lock();
-            g.pins = KVVec::from_elem(
-                0u64,
-                format::bitmap::words_for(size / BLOCK_SIZE),
-                GFP_KERNEL,
-            )?;
+            let words = format::bitmap::words_for(size / BLOCK_SIZE);
+            match KVVec::from_elem(0u64, words, GFP_KERNEL | __GFP_NOWARN) {
+                Ok(pins) => g.pins = pins,
+                // The filesystem still works; memory errors are not handled.
+                Err(_) => pr_err!("out of memory for the bad-block mask: memory errors in the region will not be handled\n"),
+            }
             match r.generation {
                 Some(generation) if r.meta_poisoned => {
                     // Reading it could consume the poison again: a machine
                     // check in the kernel at every boot.
                     g.handed_generation = generation;
                     g.meta_poisoned = true;
-                    pr_err!("refusing the filesystem handed over by the previous kernel: its metadata had a memory error, so it is not read; the region stays reserved, mount with -o reformat to start over\n");
+                    pr_err!("refusing the filesystem handed over by the previous kernel: its metadata had a memory error, so it is not read; the region stays reserved, a cold boot is needed to use it again\n");
                     g.state = State::Refused(FmtError::Corrupt(Corruption::MetadataPoisoned));
                 }
                 Some(generation) => {
@@ -1197,8 +1203,9 @@ fn set_pin_bit(pins: &mut [u64], b: u64) {
 /// must not change); says which file owns it, `(ino, file block)`, or
 /// `None`. Once the block is pinned nothing fails: the count follows and
 /// the owner is returned whatever the listing did, so that its mappings
-/// go. A metadata block cannot be recovered: `EIO`, no more metadata
-/// changes, and the next kernel is told not to read the metadata.
+/// go. `EHWPOISON` when the error cannot be recovered: a metadata block
+/// (no more metadata changes, and the next kernel is told not to read
+/// the metadata), or an owner that cannot be found.
 fn memory_failure(g: &mut Inner, region_size: u64, block: u64) -> Result<Option<(u64, u64)>> {
     let nr_blocks = region_size / BLOCK_SIZE;
     if block >= nr_blocks || g.pins.is_empty() {
@@ -1215,6 +1222,8 @@ fn memory_failure(g: &mut Inner, region_size: u64, block: u64) -> Result<Option<
         }
     };
     if block < meta_blocks {
+        // Pinned too: a reformat must not reuse it (it refuses anyway).
+        set_pin_bit(&mut g.pins, block);
         g.meta_poisoned = true;
         if g.frozen {
             // The locator was written at the freeze: say it again.
@@ -1228,7 +1237,7 @@ fn memory_failure(g: &mut Inner, region_size: u64, block: u64) -> Result<Option<
             "memory error in metadata block {}: no more metadata changes, and the next kernel will not read this filesystem\n",
             block
         );
-        return Err(EIO);
+        return Err(EHWPOISON);
     }
     if !matches!(g.state, State::Ready) {
         set_pin_bit(&mut g.pins, block);
@@ -1239,14 +1248,21 @@ fn memory_failure(g: &mut Inner, region_size: u64, block: u64) -> Result<Option<
         return Ok(None);
     }
     let (frozen, meta_poisoned) = (g.frozen, g.meta_poisoned);
+    let mut lost_owner = false;
     let (owner, used) = {
         let (mut m, mut bm) = g.open(false)?;
         let again = bm.is_pinned(block);
         bm.pin(block).map_err(errno)?;
-        let owner = m.owner_of(block).unwrap_or_else(|e| {
-            pr_err!("cannot find the owner of bad block {}: {:?}\n", block, e);
-            None
-        });
+        // Without the owner its mappings cannot go: report the error as
+        // not recovered (the consumer is killed, not sent back to it).
+        let owner = match m.owner_of(block) {
+            Ok(owner) => owner,
+            Err(e) => {
+                pr_err!("cannot find the owner of bad block {}: {:?}\n", block, e);
+                lost_owner = true;
+                None
+            }
+        };
         let record = if frozen {
             "not listed: frozen for kexec, kept out of use until reboot"
         } else if meta_poisoned {
@@ -1278,6 +1294,9 @@ fn memory_failure(g: &mut Inner, region_size: u64, block: u64) -> Result<Option<
         (owner, bm.used())
     };
     g.blocks_used = used;
+    if lost_owner {
+        return Err(EHWPOISON);
+    }
     Ok(owner)
 }
 
