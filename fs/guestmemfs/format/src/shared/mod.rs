@@ -12,6 +12,7 @@
 
 pub mod bitmap;
 pub mod fault;
+pub mod holds;
 pub mod index;
 pub mod layout;
 pub mod locator;
@@ -63,6 +64,8 @@ pub enum Error {
     DoubleFree(u64),
     /// The metadata failed validation.
     Corrupt(Corruption),
+    /// A DMA hold keeps the range (`holds`).
+    Busy,
 }
 
 /// Why metadata (from the previous kernel, or damaged) was refused.
