@@ -121,6 +121,10 @@ void gmfs_rs_freeze(void);
  * -EHWPOISON: it cannot be recovered (metadata, or owner unknown).
  */
 int gmfs_rs_memory_failure(u64 block, u64 *ino, u64 *file_block);
+/* DMA holds (dma.c): take, read the runs (struct phys_vec), release. */
+int gmfs_rs_dma_hold(u64 ino, u64 start, u64 len, u64 *id, u32 *nr_runs);
+int gmfs_rs_dma_runs(u64 id, struct phys_vec *out, u32 nr);
+void gmfs_rs_dma_release(u64 id);
 /* True if file block @file_block of @ino is region block @block. */
 bool gmfs_rs_block_is(u64 ino, u64 file_block, u64 block);
 

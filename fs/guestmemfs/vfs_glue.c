@@ -15,6 +15,7 @@
 #include <linux/fs.h>
 #include <linux/falloc.h>
 #include <linux/fs_context.h>
+#include <linux/guestmemfs.h>
 #include <linux/fs_parser.h>
 #include <linux/huge_mm.h>
 #include <linux/init.h>
@@ -494,6 +495,18 @@ static const struct file_operations gmfs_file_fops = {
 	.fallocate		= gmfs_fallocate,
 	.llseek			= generic_file_llseek,
 };
+
+/**
+ * guestmemfs_file_is_reg() - is @file a regular guestmemfs file
+ * @file: any file
+ *
+ * For iommufd, which maps such files by physical address (dma.c).
+ */
+bool guestmemfs_file_is_reg(struct file *file)
+{
+	return file->f_op == &gmfs_file_fops;
+}
+EXPORT_SYMBOL_NS_GPL(guestmemfs_file_is_reg, "GUESTMEMFS");
 
 struct gmfs_fs_context {
 	bool reformat;

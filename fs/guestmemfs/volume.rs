@@ -8,14 +8,15 @@
 use crate::format::{
     self,
     fault::{self, Entry, Plan, Vma},
+    holds::{self, Hold},
     layout::{Geometry, Time, BLOCK_SHIFT, BLOCK_SIZE, HUGE_BLOCKS, NAME_MAX, S_IFMT},
     meta::InodeData,
     validate::{self, Scratch, ScratchSizes},
     BadRecord, BlockBitmap, Corruption, Error as FmtError, Index, IndexCounters, IndexSizes, Meta,
 };
-use core::sync::atomic::{AtomicPtr, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use kernel::{
-    alloc::{flags::__GFP_NOWARN, KVVec},
+    alloc::{flags::__GFP_NOWARN, KVVec, KVec},
     ffi::{c_int, c_void},
     new_mutex,
     prelude::*,
@@ -78,6 +79,8 @@ struct Inner {
     /// The superblock's generation while Ready (kept here so that the
     /// freeze never reads metadata that may hold a memory error).
     generation: u64,
+    /// DMA holds (`format::holds`): file ranges an IOMMU maps.
+    holds: KVec<Hold>,
     /// Blocks in use in `bitmap`, kept so that the allocator is rebuilt
     /// per call in O(1) (`BlockBitmap::resume`), not by counting bits.
     blocks_used: u64,
@@ -144,6 +147,7 @@ fn errno(e: FmtError) -> Error {
         FmtError::BadName | FmtError::Invalid => EINVAL,
         FmtError::TooBig => EFBIG,
         FmtError::Corrupt(_) => EUCLEAN,
+        FmtError::Busy => EBUSY,
         FmtError::Truncated | FmtError::Overlap(_) | FmtError::DoubleFree(_) => EIO,
     }
 }
@@ -442,6 +446,7 @@ impl Volume {
             pins: KVVec::new(),
             meta_poisoned: false,
             generation: 0,
+            holds: KVec::new(),
             blocks_used: 0,
             index_words: KVVec::new(),
             // The name hash's key: names stored by a previous kernel or
@@ -534,6 +539,26 @@ fn with_access<T>(
         let r = f(&mut meta, &mut bm, frozen);
         (r, bm.used())
     };
+    g.blocks_used = used;
+    r
+}
+
+/// [`with_meta`], also given the DMA holds.
+fn with_meta_holds<T>(
+    f: impl FnOnce(&mut Meta<'_, &mut [u8]>, &mut BlockBitmap<'_>, &mut KVec<Hold>) -> Result<T>,
+) -> Result<T> {
+    let mut g = volume()?.inner.lock();
+    // Out of `g` while `open()` borrows it whole; always put back.
+    let mut list = core::mem::take(&mut g.holds);
+    let res = match g.open(true) {
+        Ok((mut meta, mut bm)) => {
+            let r = f(&mut meta, &mut bm, &mut list);
+            Ok((r, bm.used()))
+        }
+        Err(e) => Err(e),
+    };
+    g.holds = list;
+    let (r, used) = res?;
     g.blocks_used = used;
     r
 }
@@ -659,6 +684,13 @@ pub(crate) extern "C" fn gmfs_rs_mount(reformat: bool) -> c_int {
         }
         _ if reformat => {
             if g.frozen {
+                return EBUSY.to_errno();
+            }
+            if !g.holds.is_empty() {
+                pr_err!(
+                    "cannot reformat: an IOMMU maps {} file ranges\n",
+                    g.holds.len()
+                );
                 return EBUSY.to_errno();
             }
             let generation = g.current_generation().wrapping_add(1);
@@ -922,7 +954,9 @@ fn set_size_locked(
 /// unmapped everything past the new EOF page.
 #[no_mangle]
 pub(crate) extern "C" fn gmfs_rs_set_size(ino: u64, size: u64, sec: i64, nsec: u32) -> c_int {
-    ret(with_meta(|m, bm| {
+    ret(with_meta_holds(|m, bm, list| {
+        // A device may be writing the blocks a shrink would free or zero.
+        holds::check_size(list, ino, size).map_err(errno)?;
         set_size_locked(m, bm, ino, size, Time { sec, nsec })
     }))
 }
@@ -1342,11 +1376,154 @@ pub(crate) unsafe extern "C" fn gmfs_rs_memory_failure(
 /// Frees an inode with no links once the VFS drops its last reference.
 #[no_mangle]
 pub(crate) extern "C" fn gmfs_rs_evict(ino: u64) -> c_int {
-    ret(with_meta(|m, bm| match m.inode(ino) {
+    ret(with_meta_holds(|m, bm, list| match m.inode(ino) {
+        // An IOMMU still maps it: the last release evicts it.
+        Ok(i) if i.nlink == 0 && holds::defer_evict(list, ino) => Ok(()),
         Ok(i) if i.nlink == 0 => m.evict(ino, bm).map_err(errno),
         Ok(_) | Err(FmtError::NotFound) => Ok(()),
         Err(e) => Err(errno(e)),
     }))
+}
+
+/// Longest physical run handed to iommufd: its batches count pages in a
+/// `u32` (`holds::phys_runs` rounds this down to whole GiBs).
+const MAX_RUN: u64 = (u32::MAX as u64) << 12;
+
+/// Takes a DMA hold on bytes `[start, start + len)` of `ino` for an
+/// IOMMU mapping (`dma.c`): page aligned, inside the file (`EINVAL`), a
+/// regular file; holes are filled with zeroed blocks first (`ENOSPC`).
+/// From now on the range's blocks keep their place until
+/// [`gmfs_rs_dma_release`]. `*id` names the hold, `*nr_runs` is the
+/// number of physical runs [`gmfs_rs_dma_runs`] reports.
+///
+/// # Safety
+/// `id` and `nr_runs` must be valid for writes.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_dma_hold(
+    ino: u64,
+    start: u64,
+    len: u64,
+    id: *mut u64,
+    nr_runs: *mut u32,
+) -> c_int {
+    let vol = match volume() {
+        Ok(vol) => vol,
+        Err(e) => return e.to_errno(),
+    };
+    // Not while a fault zeroes a unit it reserved in this range.
+    let _alloc = vol.alloc.lock();
+    let mut new_id = 0;
+    let r = with_meta_holds(|m, bm, list| {
+        let i = m.inode(ino).map_err(errno)?;
+        if !i.is_reg() {
+            return Err(EINVAL);
+        }
+        let end = holds::check_range(start, len, i.size).map_err(errno)?;
+        let (first, last) = (start >> BLOCK_SHIFT, end.div_ceil(BLOCK_SIZE));
+        m.allocate_with(ino, first, last - first, bm, zero_blocks)
+            .map_err(errno)?;
+        let h = Hold {
+            id: 0,
+            ino,
+            start,
+            end,
+            evict_pending: false,
+        };
+        let n = holds::phys_runs(m, ino, start, end, MAX_RUN, |_, _| {}).map_err(errno)?;
+        let n = u32::try_from(n).map_err(|_| ENOMEM)?;
+        new_id = NEXT_HOLD.fetch_add(1, Ordering::Relaxed);
+        list.push(Hold { id: new_id, ..h }, GFP_KERNEL)?;
+        Ok(n)
+    });
+    match r {
+        Ok(n) => {
+            // SAFETY: valid per the contract.
+            unsafe {
+                id.write(new_id);
+                nr_runs.write(n);
+            }
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// Hold ids: unique for the boot.
+static NEXT_HOLD: AtomicU64 = AtomicU64::new(1);
+
+/// `struct phys_vec` of `include/linux/types.h` on 64-bit.
+#[repr(C)]
+pub(crate) struct PhysVec {
+    paddr: u64,
+    len: u64,
+}
+
+/// Writes the `nr` physical runs of hold `id` to `out` (`EINVAL` for an
+/// unknown hold, `EIO` if the count differs from what the hold said).
+///
+/// # Safety
+/// `out` must be valid for `nr` writes.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_dma_runs(id: u64, out: *mut PhysVec, nr: u32) -> c_int {
+    let base = match volume() {
+        Ok(vol) => vol.base,
+        Err(e) => return e.to_errno(),
+    };
+    ret(with_meta_holds(|m, _, list| {
+        let h = *list.iter().find(|h| h.id == id).ok_or(EINVAL)?;
+        let mut k = 0u32;
+        let n = holds::phys_runs(m, h.ino, h.start, h.end, MAX_RUN, |p, l| {
+            if k < nr {
+                // SAFETY: `k < nr`, valid per the contract.
+                unsafe {
+                    out.add(k as usize).write(PhysVec {
+                        paddr: base + p,
+                        len: l,
+                    })
+                };
+            }
+            k += 1;
+        })
+        .map_err(errno)?;
+        if n != u64::from(nr) {
+            return Err(EIO);
+        }
+        Ok(())
+    }))
+}
+
+/// Releases hold `id`; evicts its inode if that was pending and this was
+/// its last hold. Never fails for the caller: an eviction that cannot
+/// happen now (frozen for kexec) leaves an orphan the next boot frees.
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_dma_release(id: u64) {
+    let Ok(vol) = volume() else { return };
+    let mut g = vol.inner.lock();
+    let Some(at) = g.holds.iter().position(|h| h.id == id) else {
+        pr_err!("release of unknown DMA hold {}\n", id);
+        return;
+    };
+    let released = g.holds.remove(at);
+    let Ok(released) = released else { return };
+    if !holds::evict_after_release(&g.holds, &released) {
+        return;
+    }
+    let used = match g.open(true) {
+        Ok((mut m, mut bm)) => {
+            if let Err(e) = m.evict(released.ino, &mut bm) {
+                pr_err!(
+                    "cannot evict inode {} after its last DMA hold: {:?}\n",
+                    released.ino,
+                    e
+                );
+            }
+            Some(bm.used())
+        }
+        Err(_) => None,
+    };
+    if let Some(used) = used {
+        g.blocks_used = used;
+    }
 }
 
 /// Damages the metadata on purpose (test kernels only): the next kernel

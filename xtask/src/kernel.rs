@@ -22,9 +22,13 @@ const CONFIG_FRAGMENT: &str = "kconfig/guestmemfs.config";
 /// Top-level directories of the repository that overlay the kernel tree.
 const OVERLAY_ROOTS: &[&str] = &[
     "arch", "drivers", "fs", "include", "kernel", "lib", "mm", "rust",
+    "tools/testing",
 ];
 /// Upstream kselftest directories built and copied into the initramfs.
-pub const KSELFTESTS: &[(&str, &[&str])] = &[("iommu", &["iommufd", "iommufd_fail_nth"])];
+pub const KSELFTESTS: &[(&str, &[&str])] = &[(
+    "iommu",
+    &["iommufd", "iommufd_fail_nth", "iommufd_guestmemfs"],
+)];
 
 /// The unpacked upstream source.
 pub struct Source {
@@ -520,6 +524,14 @@ const NEW_FILE_COMMITS: &[(&str, &str, &str)] = &[
         "Safe wrappers over the Kexec HandOver C API for Rust users: preserved\n\
          buffers, published subtrees (withdrawn on drop) and retrieval of\n\
          handed-over subtrees. Wired into the kernel crate by a later patch.",
+    ),
+    (
+        "tools/testing/",
+        "selftests/iommu: add iommufd_guestmemfs",
+        "kselftest-harness tests of IOMMU_IOAS_MAP_FILE on guestmemfs files, on\n\
+         the mock domain: translation, bad ranges, EBUSY on a shrink into a\n\
+         mapped range, an unlinked file kept until the last unmap, IOAS_COPY,\n\
+         in-kernel access refused. Built by a later patch.",
     ),
     (
         "",

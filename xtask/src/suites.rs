@@ -51,6 +51,15 @@ pub const SUITES: &[Suite] = &[
         expect: Expect::Pass,
     },
     Suite {
+        name: "iommufd_guestmemfs",
+        about: "guestmemfs=2G: IOMMU_IOAS_MAP_FILE of guestmemfs files (kselftest, mock domain)",
+        tests: &["kselftest_iommufd_guestmemfs"],
+        add: &["guestmemfs=2G"],
+        remove: &[],
+        memory: None,
+        expect: Expect::Pass,
+    },
+    Suite {
         name: "guestmemfs_region",
         about: "guestmemfs=2G: reserved, aligned, not in the direct map, kept over kexec",
         tests: &[

@@ -56,3 +56,10 @@ pub fn iommufd(_ctx: &mut Ctx) -> TestResult {
 pub fn iommufd_fail_nth(_ctx: &mut Ctx) -> TestResult {
     run("iommufd_fail_nth")
 }
+
+/// `IOMMU_IOAS_MAP_FILE` of guestmemfs files (issue 7), on a mounted
+/// guestmemfs (the test skips without one).
+pub fn iommufd_guestmemfs(_ctx: &mut Ctx) -> TestResult {
+    super::gmfs::mount()?;
+    run("iommufd_guestmemfs")
+}

@@ -89,6 +89,12 @@ pub const CATALOG: &[Test] = &[
         run: kselftest::iommufd_fail_nth,
     },
     Test {
+        name: "kselftest_iommufd_guestmemfs",
+        summary: "IOMMU_IOAS_MAP_FILE of guestmemfs files on the mock domain: translation, bad ranges, EBUSY shrink, unlink keeps memory",
+        timeout_s: 120,
+        run: kselftest::iommufd_guestmemfs,
+    },
+    Test {
         name: "guestmemfs_region_reserved",
         summary: "guestmemfs=<size> reserves an aligned region, not System RAM",
         timeout_s: 30,

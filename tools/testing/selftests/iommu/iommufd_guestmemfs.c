@@ -1,0 +1,286 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * IOMMU_IOAS_MAP_FILE of guestmemfs files (memory without struct pages),
+ * on the mock domain: the IOVAs translate to the file's memory, bad
+ * ranges are refused, and the memory stays in place while mapped (a
+ * shrink into a mapped range fails with EBUSY; an unlinked file keeps
+ * its blocks until the last unmap).
+ *
+ * Needs a mounted guestmemfs: $GUESTMEMFS_DIR, default /mnt/gmfs
+ * (mount -t guestmemfs guestmemfs /mnt/gmfs, boot with guestmemfs=2G).
+ * Skips without one.
+ */
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/statfs.h>
+
+#include "iommufd_utils.h"
+
+#define GUESTMEMFS_MAGIC 0x474d4653
+#define MIB (1UL << 20)
+#define BLOCK (2 * MIB)
+
+static __attribute__((constructor)) void setup_sizes(void)
+{
+	PAGE_SIZE = sysconf(_SC_PAGE_SIZE);
+	BUFFER_SIZE = PAGE_SIZE * 16;
+	buffer = mmap(NULL, BUFFER_SIZE, PROT_READ | PROT_WRITE,
+		      MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	assert(buffer != MAP_FAILED);
+	/* Shared helpers' memfd: not used here */
+	(void)mfd;
+	(void)mfd_buffer;
+}
+
+static const char *gmfs_dir(void)
+{
+	const char *dir = getenv("GUESTMEMFS_DIR");
+
+	return dir ? dir : "/mnt/gmfs";
+}
+
+static long gmfs_bfree(struct __test_metadata *_metadata)
+{
+	struct statfs s;
+
+	ASSERT_EQ(0, statfs(gmfs_dir(), &s));
+	return s.f_bfree;
+}
+
+/* Have the kernel check that the file's memory made it to the domain */
+#define check_mock_iova(_ptr, _iova, _length)                                \
+	({                                                                   \
+		struct iommu_test_cmd check_map_cmd = {                      \
+			.size = sizeof(check_map_cmd),                       \
+			.op = IOMMU_TEST_OP_MD_CHECK_MAP,                    \
+			.id = self->hwpt_id,                                 \
+			.check_map = { .iova = _iova,                        \
+				       .length = _length,                    \
+				       .uptr = (uintptr_t)(_ptr) },          \
+		};                                                           \
+		ASSERT_EQ(0,                                                 \
+			  ioctl(self->fd,                                    \
+				_IOMMU_TEST_CMD(IOMMU_TEST_OP_MD_CHECK_MAP), \
+				&check_map_cmd));                            \
+	})
+
+FIXTURE(guestmemfs)
+{
+	int fd;
+	uint32_t ioas_id;
+	uint32_t stdev_id;
+	uint32_t hwpt_id;
+	uint32_t idev_id;
+	char path[256];
+	int gfd;
+};
+
+FIXTURE_SETUP(guestmemfs)
+{
+	struct statfs s;
+
+	if (statfs(gmfs_dir(), &s) || s.f_type != GUESTMEMFS_MAGIC)
+		SKIP(return, "no guestmemfs mounted at %s", gmfs_dir());
+	snprintf(self->path, sizeof(self->path), "%s/iommufd-%d", gmfs_dir(),
+		 getpid());
+	self->gfd = open(self->path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	ASSERT_NE(-1, self->gfd);
+	ASSERT_EQ(0, ftruncate(self->gfd, 8 * MIB));
+
+	self->fd = open("/dev/iommu", O_RDWR);
+	ASSERT_NE(-1, self->fd);
+	test_ioctl_ioas_alloc(&self->ioas_id);
+	test_cmd_mock_domain(self->ioas_id, &self->stdev_id, &self->hwpt_id,
+			     &self->idev_id);
+}
+
+FIXTURE_TEARDOWN(guestmemfs)
+{
+	if (!self->path[0])
+		return;
+	teardown_iommufd(self->fd, _metadata);
+	close(self->gfd);
+	unlink(self->path);
+}
+
+/* The mapping shows the file: every page translates to the file's page */
+TEST_F(guestmemfs, map_translates)
+{
+	uint8_t *map;
+	__u64 iova;
+
+	map = mmap(NULL, 8 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   self->gfd, 0);
+	ASSERT_NE(MAP_FAILED, map);
+	memset(map, 0x5a, 8 * MIB);
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 8 * MIB, &iova);
+	check_mock_iova(map, iova, 8 * MIB);
+	/* A range inside the file, at an offset */
+	test_ioctl_ioas_map_file(self->gfd, 3 * MIB + PAGE_SIZE, MIB, &iova);
+	check_mock_iova(map + 3 * MIB + PAGE_SIZE, iova, MIB);
+	ASSERT_EQ(0, munmap(map, 8 * MIB));
+}
+
+/* Holes are filled at map time, and the file memory is what is mapped */
+TEST_F(guestmemfs, holes_filled)
+{
+	long before = gmfs_bfree(_metadata);
+	uint8_t *map;
+	__u64 iova;
+
+	test_ioctl_ioas_map_file(self->gfd, 2 * MIB, 4 * MIB, &iova);
+	ASSERT_EQ(before - 2, gmfs_bfree(_metadata));
+	map = mmap(NULL, 8 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   self->gfd, 0);
+	ASSERT_NE(MAP_FAILED, map);
+	/* Zeroed, and the CPU sees the same memory */
+	ASSERT_EQ(0, map[2 * MIB]);
+	ASSERT_EQ(0, map[6 * MIB - 1]);
+	map[2 * MIB] = 1;
+	map[6 * MIB - PAGE_SIZE] = 1;
+	check_mock_iova(map + 2 * MIB, iova, 4 * MIB);
+	ASSERT_EQ(0, munmap(map, 8 * MIB));
+}
+
+/* Bad ranges: not page aligned, empty, past EOF */
+TEST_F(guestmemfs, bad_ranges)
+{
+	__u64 iova;
+
+	test_err_ioctl_ioas_map_file(EINVAL, self->gfd, 1, PAGE_SIZE, &iova);
+	test_err_ioctl_ioas_map_file(EINVAL, self->gfd, 0, PAGE_SIZE + 1,
+				     &iova);
+	test_err_ioctl_ioas_map_file(EINVAL, self->gfd, 0, 0, &iova);
+	test_err_ioctl_ioas_map_file(EINVAL, self->gfd, 0, 8 * MIB + PAGE_SIZE,
+				     &iova);
+	test_err_ioctl_ioas_map_file(EINVAL, self->gfd, 8 * MIB, PAGE_SIZE,
+				     &iova);
+	test_err_ioctl_ioas_map_file(EOVERFLOW, self->gfd, 2 * PAGE_SIZE,
+				     (size_t)-PAGE_SIZE, &iova);
+}
+
+/* A writable map needs a writable fd */
+TEST_F(guestmemfs, read_only_fd)
+{
+	__u64 iova;
+	int rfd;
+
+	rfd = open(self->path, O_RDONLY);
+	ASSERT_NE(-1, rfd);
+	test_err_ioctl_ioas_map_file(EACCES, rfd, 0, PAGE_SIZE, &iova);
+	close(rfd);
+}
+
+/* While mapped, no shrink into the range; outside it is fine */
+TEST_F(guestmemfs, shrink_busy)
+{
+	__u64 iova;
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 4 * MIB, &iova);
+	EXPECT_ERRNO(EBUSY, ftruncate(self->gfd, 2 * MIB));
+	EXPECT_ERRNO(EBUSY, ftruncate(self->gfd, 4 * MIB - PAGE_SIZE));
+	ASSERT_EQ(0, ftruncate(self->gfd, 4 * MIB));
+	ASSERT_EQ(0, ftruncate(self->gfd, 16 * MIB));
+	test_ioctl_ioas_unmap(iova, 4 * MIB);
+	ASSERT_EQ(0, ftruncate(self->gfd, 0));
+}
+
+/* An unlinked, closed file keeps its memory until the last unmap */
+TEST_F(guestmemfs, unlink_keeps_memory)
+{
+	long before = gmfs_bfree(_metadata);
+	__u64 iova;
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 8 * MIB, &iova);
+	ASSERT_EQ(before - 4, gmfs_bfree(_metadata));
+	ASSERT_EQ(0, close(self->gfd));
+	self->gfd = -1;
+	ASSERT_EQ(0, unlink(self->path));
+	ASSERT_EQ(before - 4, gmfs_bfree(_metadata));
+	test_ioctl_ioas_unmap(iova, 8 * MIB);
+	ASSERT_EQ(before, gmfs_bfree(_metadata));
+}
+
+/* Mapped before any domain exists; a domain attached later is filled */
+TEST_F(guestmemfs, map_then_attach)
+{
+	uint32_t ioas_id, stdev_id, hwpt_id;
+	uint8_t *map;
+	__u64 iova;
+
+	test_ioctl_ioas_alloc(&ioas_id);
+	/* Inside the mock domain's aperture, which is not known yet */
+	iova = MOCK_APERTURE_START;
+	ASSERT_EQ(0, _test_ioctl_ioas_map_file(self->fd, ioas_id, self->gfd, 0,
+					       4 * MIB, &iova,
+					       IOMMU_IOAS_MAP_FIXED_IOVA |
+						       IOMMU_IOAS_MAP_WRITEABLE |
+						       IOMMU_IOAS_MAP_READABLE));
+	test_cmd_mock_domain(ioas_id, &stdev_id, &hwpt_id, NULL);
+	map = mmap(NULL, 4 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   self->gfd, 0);
+	ASSERT_NE(MAP_FAILED, map);
+	map[0] = 1;
+	map[4 * MIB - 1] = 1;
+	self->hwpt_id = hwpt_id;
+	check_mock_iova(map, iova, 4 * MIB);
+	ASSERT_EQ(0, munmap(map, 4 * MIB));
+}
+
+/* IOAS_COPY shares the mapping; the memory stays until both are gone */
+TEST_F(guestmemfs, copy)
+{
+	struct iommu_ioas_copy copy = {
+		.size = sizeof(copy),
+		.flags = IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE,
+		.src_ioas_id = self->ioas_id,
+		.length = 2 * MIB,
+	};
+	uint32_t ioas_id, stdev_id, hwpt_id;
+	uint8_t *map;
+	__u64 iova;
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 2 * MIB, &iova);
+	test_ioctl_ioas_alloc(&ioas_id);
+	test_cmd_mock_domain(ioas_id, &stdev_id, &hwpt_id, NULL);
+	copy.dst_ioas_id = ioas_id;
+	copy.src_iova = iova;
+	ASSERT_EQ(0, ioctl(self->fd, IOMMU_IOAS_COPY, &copy));
+	test_ioctl_ioas_unmap(iova, 2 * MIB);
+	EXPECT_ERRNO(EBUSY, ftruncate(self->gfd, 0));
+	map = mmap(NULL, 2 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED,
+		   self->gfd, 0);
+	ASSERT_NE(MAP_FAILED, map);
+	map[0] = 1;
+	self->hwpt_id = hwpt_id;
+	check_mock_iova(map, copy.dst_iova, 2 * MIB);
+	ASSERT_EQ(0, munmap(map, 2 * MIB));
+	test_ioctl_ioas_unmap_id(ioas_id, copy.dst_iova, 2 * MIB);
+	ASSERT_EQ(0, ftruncate(self->gfd, 0));
+}
+
+/* In-kernel access needs struct pages: refused */
+TEST_F(guestmemfs, access_refused)
+{
+	struct iommu_test_cmd access_cmd = {
+		.size = sizeof(access_cmd),
+		.op = IOMMU_TEST_OP_ACCESS_RW,
+	};
+	uint8_t tmp[16];
+	uint32_t access_id;
+	__u64 iova;
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 2 * MIB, &iova);
+	test_cmd_create_access(self->ioas_id, &access_id, 0);
+	access_cmd.id = access_id;
+	access_cmd.access_rw.iova = iova;
+	access_cmd.access_rw.length = sizeof(tmp);
+	access_cmd.access_rw.uptr = (uintptr_t)tmp;
+	EXPECT_ERRNO(EINVAL, ioctl(self->fd,
+				   _IOMMU_TEST_CMD(IOMMU_TEST_OP_ACCESS_RW),
+				   &access_cmd));
+	test_cmd_destroy_access(access_id);
+}
+
+TEST_HARNESS_MAIN
