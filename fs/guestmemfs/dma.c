@@ -27,16 +27,22 @@ struct guestmemfs_dma_hold {
 	struct phys_vec runs[] __counted_by(nr_runs);
 };
 
+/* The Rust core writes struct phys_vec as two u64 (volume.rs PhysVec) */
+static_assert(sizeof(struct phys_vec) == 16);
+
 /**
  * guestmemfs_dma_hold_file() - hold a range of a guestmemfs file for DMA
  * @file: a regular guestmemfs file (guestmemfs_file_is_reg())
  * @start: first byte, page aligned
  * @len: bytes, page aligned, not 0; @start + @len at most the file size
- * @writable: the device will write; needs @file open for writing
+ * @writable: the device will write
+ *
+ * @file must be open for writing whatever @writable says: a hold fills
+ * holes and blocks the file's shrinking, which a reader may not do.
  *
  * Return: the hold, or ERR_PTR(-EINVAL) for a bad range or file,
- * -EACCES for a writable hold of a read-only file, -ENOSPC when holes
- * cannot be filled, -EBUSY while frozen for kexec, -ENOMEM.
+ * -EACCES for a file not open for writing, -ENOSPC when holes cannot be
+ * filled, -EBUSY while frozen for kexec, -ENOMEM.
  */
 struct guestmemfs_dma_hold *guestmemfs_dma_hold_file(struct file *file,
 						     u64 start, u64 len,
@@ -49,7 +55,7 @@ struct guestmemfs_dma_hold *guestmemfs_dma_hold_file(struct file *file,
 
 	if (!guestmemfs_file_is_reg(file))
 		return ERR_PTR(-EINVAL);
-	if (writable && !(file->f_mode & FMODE_WRITE))
+	if (!(file->f_mode & FMODE_WRITE))
 		return ERR_PTR(-EACCES);
 	err = gmfs_rs_dma_hold(file_inode(file)->i_ino, start, len, &id, &nr);
 	if (err)

@@ -547,10 +547,18 @@ fn with_access<T>(
 fn with_meta_holds<T>(
     f: impl FnOnce(&mut Meta<'_, &mut [u8]>, &mut BlockBitmap<'_>, &mut KVec<Hold>) -> Result<T>,
 ) -> Result<T> {
+    with_holds(true, f)
+}
+
+/// [`with_access`] with the DMA holds.
+fn with_holds<T>(
+    change: bool,
+    f: impl FnOnce(&mut Meta<'_, &mut [u8]>, &mut BlockBitmap<'_>, &mut KVec<Hold>) -> Result<T>,
+) -> Result<T> {
     let mut g = volume()?.inner.lock();
     // Out of `g` while `open()` borrows it whole; always put back.
     let mut list = core::mem::take(&mut g.holds);
-    let res = match g.open(true) {
+    let res = match g.open(change) {
         Ok((mut meta, mut bm)) => {
             let r = f(&mut meta, &mut bm, &mut list);
             Ok((r, bm.used()))
@@ -1469,7 +1477,8 @@ pub(crate) unsafe extern "C" fn gmfs_rs_dma_runs(id: u64, out: *mut PhysVec, nr:
         Ok(vol) => vol.base,
         Err(e) => return e.to_errno(),
     };
-    ret(with_meta_holds(|m, _, list| {
+    // Only reads: also while frozen or after a metadata error.
+    ret(with_holds(false, |m, _, list| {
         let h = *list.iter().find(|h| h.id == id).ok_or(EINVAL)?;
         let mut k = 0u32;
         let n = holds::phys_runs(m, h.ino, h.start, h.end, MAX_RUN, |p, l| {

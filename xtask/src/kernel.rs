@@ -21,7 +21,14 @@ const SOURCE_TARBALL: &str = "usr/src/linux-source-7.3.tar.xz";
 const CONFIG_FRAGMENT: &str = "kconfig/guestmemfs.config";
 /// Top-level directories of the repository that overlay the kernel tree.
 const OVERLAY_ROOTS: &[&str] = &[
-    "arch", "drivers", "fs", "include", "kernel", "lib", "mm", "rust",
+    "arch",
+    "drivers",
+    "fs",
+    "include",
+    "kernel",
+    "lib",
+    "mm",
+    "rust",
     "tools/testing",
 ];
 /// Upstream kselftest directories built and copied into the initramfs.

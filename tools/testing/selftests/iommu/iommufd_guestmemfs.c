@@ -7,7 +7,7 @@
  * its blocks until the last unmap).
  *
  * Needs a mounted guestmemfs: $GUESTMEMFS_DIR, default /mnt/gmfs
- * (mount -t guestmemfs guestmemfs /mnt/gmfs, boot with guestmemfs=2G).
+ * (boot with guestmemfs=2G, then: mount -t guestmemfs none /mnt/gmfs).
  * Skips without one.
  */
 #include <stdlib.h>
@@ -37,6 +37,23 @@ static const char *gmfs_dir(void)
 	const char *dir = getenv("GUESTMEMFS_DIR");
 
 	return dir ? dir : "/mnt/gmfs";
+}
+
+/*
+ * A shared mapping of the file's first @len bytes with every page present
+ * (MD_CHECK_MAP reads the CPU page table; MAP_POPULATE skips VM_PFNMAP).
+ */
+static uint8_t *gmfs_map(int gfd, size_t len)
+{
+	uint8_t *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED,
+			    gfd, 0);
+	size_t i;
+
+	if (map == MAP_FAILED)
+		return map;
+	for (i = 0; i < len; i += PAGE_SIZE)
+		(void)__atomic_load_n(map + i, __ATOMIC_RELAXED);
+	return map;
 }
 
 static long gmfs_bfree(struct __test_metadata *_metadata)
@@ -109,8 +126,7 @@ TEST_F(guestmemfs, map_translates)
 	uint8_t *map;
 	__u64 iova;
 
-	map = mmap(NULL, 8 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED,
-		   self->gfd, 0);
+	map = gmfs_map(self->gfd, 8 * MIB);
 	ASSERT_NE(MAP_FAILED, map);
 	memset(map, 0x5a, 8 * MIB);
 
@@ -131,8 +147,7 @@ TEST_F(guestmemfs, holes_filled)
 
 	test_ioctl_ioas_map_file(self->gfd, 2 * MIB, 4 * MIB, &iova);
 	ASSERT_EQ(before - 2, gmfs_bfree(_metadata));
-	map = mmap(NULL, 8 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED,
-		   self->gfd, 0);
+	map = gmfs_map(self->gfd, 8 * MIB);
 	ASSERT_NE(MAP_FAILED, map);
 	/* Zeroed, and the CPU sees the same memory */
 	ASSERT_EQ(0, map[2 * MIB]);
@@ -160,7 +175,10 @@ TEST_F(guestmemfs, bad_ranges)
 				     (size_t)-PAGE_SIZE, &iova);
 }
 
-/* A writable map needs a writable fd */
+/*
+ * Mapping needs a writable fd, even read-only: it fills holes and keeps
+ * the owner from shrinking the file.
+ */
 TEST_F(guestmemfs, read_only_fd)
 {
 	__u64 iova;
@@ -169,6 +187,9 @@ TEST_F(guestmemfs, read_only_fd)
 	rfd = open(self->path, O_RDONLY);
 	ASSERT_NE(-1, rfd);
 	test_err_ioctl_ioas_map_file(EACCES, rfd, 0, PAGE_SIZE, &iova);
+	EXPECT_ERRNO(EACCES, _test_ioctl_ioas_map_file(self->fd, self->ioas_id,
+						       rfd, 0, PAGE_SIZE, &iova,
+						       IOMMU_IOAS_MAP_READABLE));
 	close(rfd);
 }
 
@@ -218,8 +239,7 @@ TEST_F(guestmemfs, map_then_attach)
 						       IOMMU_IOAS_MAP_WRITEABLE |
 						       IOMMU_IOAS_MAP_READABLE));
 	test_cmd_mock_domain(ioas_id, &stdev_id, &hwpt_id, NULL);
-	map = mmap(NULL, 4 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED,
-		   self->gfd, 0);
+	map = gmfs_map(self->gfd, 4 * MIB);
 	ASSERT_NE(MAP_FAILED, map);
 	map[0] = 1;
 	map[4 * MIB - 1] = 1;
@@ -249,8 +269,7 @@ TEST_F(guestmemfs, copy)
 	ASSERT_EQ(0, ioctl(self->fd, IOMMU_IOAS_COPY, &copy));
 	test_ioctl_ioas_unmap(iova, 2 * MIB);
 	EXPECT_ERRNO(EBUSY, ftruncate(self->gfd, 0));
-	map = mmap(NULL, 2 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED,
-		   self->gfd, 0);
+	map = gmfs_map(self->gfd, 2 * MIB);
 	ASSERT_NE(MAP_FAILED, map);
 	map[0] = 1;
 	self->hwpt_id = hwpt_id;
@@ -281,6 +300,131 @@ TEST_F(guestmemfs, access_refused)
 				   _IOMMU_TEST_CMD(IOMMU_TEST_OP_ACCESS_RW),
 				   &access_cmd));
 	test_cmd_destroy_access(access_id);
+}
+
+/* Physically fragmented file, mapped from and to the middle of blocks */
+TEST_F(guestmemfs, fragmented)
+{
+	char other[300];
+	uint8_t *map;
+	__u64 iova;
+	int ofd;
+
+	snprintf(other, sizeof(other), "%s-other", self->path);
+	ofd = open(other, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	ASSERT_NE(-1, ofd);
+	/* Block 0 of the file, then another file's block, then the rest */
+	ASSERT_EQ(0, fallocate(self->gfd, 0, 0, BLOCK));
+	ASSERT_EQ(0, fallocate(ofd, 0, 0, BLOCK));
+	test_ioctl_ioas_map_file(self->gfd, MIB, 6 * MIB, &iova);
+	map = gmfs_map(self->gfd, 8 * MIB);
+	ASSERT_NE(MAP_FAILED, map);
+	check_mock_iova(map + MIB, iova, 6 * MIB);
+	ASSERT_EQ(0, munmap(map, 8 * MIB));
+	close(ofd);
+	unlink(other);
+}
+
+/* Partial unmap of a mapping: ENOENT, the memory stays held */
+TEST_F(guestmemfs, partial_unmap)
+{
+	__u64 iova;
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 4 * MIB, &iova);
+	test_err_ioctl_ioas_unmap(ENOENT, iova, 2 * MIB);
+	EXPECT_ERRNO(EBUSY, ftruncate(self->gfd, 0));
+	test_ioctl_ioas_unmap(iova, 4 * MIB);
+	ASSERT_EQ(0, ftruncate(self->gfd, 0));
+}
+
+/* A copy of a sub-range outlives the original map, the fd and the name */
+TEST_F(guestmemfs, copy_outlives_file)
+{
+	struct iommu_ioas_copy copy = {
+		.size = sizeof(copy),
+		.flags = IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE,
+		.src_ioas_id = self->ioas_id,
+		.length = 4 * MIB,
+	};
+	long before = gmfs_bfree(_metadata);
+	uint32_t ioas_id, stdev_id, hwpt_id;
+	uint8_t *map;
+	__u64 iova;
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 8 * MIB, &iova);
+	test_ioctl_ioas_alloc(&ioas_id);
+	test_cmd_mock_domain(ioas_id, &stdev_id, &hwpt_id, NULL);
+	copy.dst_ioas_id = ioas_id;
+	copy.src_iova = iova + 2 * MIB;
+	ASSERT_EQ(0, ioctl(self->fd, IOMMU_IOAS_COPY, &copy));
+	map = gmfs_map(self->gfd, 8 * MIB);
+	ASSERT_NE(MAP_FAILED, map);
+	self->hwpt_id = hwpt_id;
+	check_mock_iova(map + 2 * MIB, copy.dst_iova, 4 * MIB);
+	ASSERT_EQ(0, munmap(map, 8 * MIB));
+	test_ioctl_ioas_unmap(iova, 8 * MIB);
+	ASSERT_EQ(0, close(self->gfd));
+	self->gfd = -1;
+	ASSERT_EQ(0, unlink(self->path));
+	/* The copy shares the whole original hold: 4 blocks stay used */
+	ASSERT_EQ(before - 4, gmfs_bfree(_metadata));
+	test_ioctl_ioas_unmap_id(ioas_id, copy.dst_iova, 4 * MIB);
+	ASSERT_EQ(before, gmfs_bfree(_metadata));
+}
+
+/* The storage domain goes; the other domain keeps the translation */
+TEST_F(guestmemfs, two_domains)
+{
+	uint32_t stdev_id, hwpt_id;
+	uint8_t *map;
+	__u64 iova;
+
+	test_cmd_mock_domain(self->ioas_id, &stdev_id, &hwpt_id, NULL);
+	test_ioctl_ioas_map_file(self->gfd, 0, 4 * MIB, &iova);
+	test_ioctl_destroy(self->stdev_id);
+	map = gmfs_map(self->gfd, 4 * MIB);
+	ASSERT_NE(MAP_FAILED, map);
+	self->hwpt_id = hwpt_id;
+	check_mock_iova(map, iova, 4 * MIB);
+	test_ioctl_ioas_unmap(iova, 4 * MIB);
+	ASSERT_EQ(0, munmap(map, 4 * MIB));
+}
+
+/* Nothing is charged, so moving the charge to another process works */
+TEST_F(guestmemfs, change_process)
+{
+	struct iommu_ioas_change_process cmd = {
+		.size = sizeof(cmd),
+	};
+	__u64 iova;
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 2 * MIB, &iova);
+	ASSERT_EQ(0, ioctl(self->fd, IOMMU_IOAS_CHANGE_PROCESS, &cmd));
+}
+
+/* Pinning pages for an emulated device needs struct pages: refused */
+TEST_F(guestmemfs, access_pages_refused)
+{
+	struct iommu_test_cmd access_cmd = {
+		.size = sizeof(access_cmd),
+		.op = IOMMU_TEST_OP_ACCESS_PAGES,
+		.access_pages = { .length = PAGE_SIZE },
+	};
+	uint8_t *map;
+	__u64 iova;
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 2 * MIB, &iova);
+	map = gmfs_map(self->gfd, 2 * MIB);
+	ASSERT_NE(MAP_FAILED, map);
+	test_cmd_create_access(self->ioas_id, &access_cmd.id,
+			       MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
+	access_cmd.access_pages.iova = iova;
+	access_cmd.access_pages.uptr = (uintptr_t)map;
+	EXPECT_ERRNO(EINVAL,
+		     ioctl(self->fd, _IOMMU_TEST_CMD(IOMMU_TEST_OP_ACCESS_PAGES),
+			   &access_cmd));
+	test_cmd_destroy_access(access_cmd.id);
+	ASSERT_EQ(0, munmap(map, 2 * MIB));
 }
 
 TEST_HARNESS_MAIN
