@@ -427,4 +427,76 @@ TEST_F(guestmemfs, access_pages_refused)
 	ASSERT_EQ(0, munmap(map, 2 * MIB));
 }
 
+static int mark_preserve(int fd, __u32 hwpt_id, __u64 token)
+{
+	struct iommu_hwpt_liveupdate_mark_preserve cmd = {
+		.size = sizeof(cmd),
+		.hwpt_id = hwpt_id,
+		.hwpt_token = token,
+	};
+
+	return ioctl(fd, IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE, &cmd);
+}
+
+/* Marked for a live update: the IOAS is immutable until the HWPT goes */
+TEST_F(guestmemfs, mark_immutable)
+{
+	struct iommu_ioas_copy copy = {
+		.size = sizeof(copy),
+		.flags = IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE,
+		.dst_ioas_id = self->ioas_id,
+		.length = 2 * MIB,
+	};
+	uint32_t ioas_id;
+	__u64 iova, other;
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 4 * MIB, &iova);
+	ASSERT_EQ(0, mark_preserve(self->fd, self->hwpt_id, 7));
+	test_err_ioctl_ioas_map_file(EBUSY, self->gfd, 4 * MIB, 2 * MIB,
+				     &other);
+	test_err_ioctl_ioas_map(EBUSY, buffer, PAGE_SIZE, &other);
+	test_err_ioctl_ioas_unmap(EBUSY, iova, 4 * MIB);
+	/* Copy into it: refused; out of it: fine */
+	test_ioctl_ioas_alloc(&ioas_id);
+	test_ioctl_ioas_map_id_file(ioas_id, self->gfd, 4 * MIB, 2 * MIB,
+				    &other);
+	copy.src_ioas_id = ioas_id;
+	copy.src_iova = other;
+	EXPECT_ERRNO(EBUSY, ioctl(self->fd, IOMMU_IOAS_COPY, &copy));
+	copy.src_ioas_id = self->ioas_id;
+	copy.dst_ioas_id = ioas_id;
+	copy.src_iova = iova;
+	ASSERT_EQ(0, ioctl(self->fd, IOMMU_IOAS_COPY, &copy));
+	/* The memory stays held, the file cannot shrink */
+	EXPECT_ERRNO(EBUSY, ftruncate(self->gfd, 0));
+	/* The HWPT goes with its only device: the mark ends */
+	test_ioctl_destroy(self->stdev_id);
+	test_ioctl_ioas_unmap(iova, 4 * MIB);
+}
+
+/* Bad marks */
+TEST_F(guestmemfs, mark_errors)
+{
+	uint32_t ioas_id, stdev_id, hwpt_id;
+	__u64 iova;
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 2 * MIB, &iova);
+	EXPECT_ERRNO(EINVAL, mark_preserve(self->fd, self->hwpt_id, 0));
+	EXPECT_ERRNO(ENOENT, mark_preserve(self->fd, self->ioas_id, 1));
+	EXPECT_ERRNO(ENOENT, mark_preserve(self->fd, 0xdead, 1));
+	ASSERT_EQ(0, mark_preserve(self->fd, self->hwpt_id, 1));
+	EXPECT_ERRNO(EBUSY, mark_preserve(self->fd, self->hwpt_id, 2));
+
+	/* Another HWPT: the token is taken; memory other than guestmemfs */
+	test_ioctl_ioas_alloc(&ioas_id);
+	test_cmd_mock_domain(ioas_id, &stdev_id, &hwpt_id, NULL);
+	test_ioctl_ioas_map_id(ioas_id, buffer, PAGE_SIZE, &iova);
+	EXPECT_ERRNO(EEXIST, mark_preserve(self->fd, hwpt_id, 1));
+	EXPECT_ERRNO(EINVAL, mark_preserve(self->fd, hwpt_id, 2));
+	test_ioctl_ioas_unmap_id(ioas_id, iova, PAGE_SIZE);
+	/* An empty IOAS can be marked */
+	ASSERT_EQ(0, mark_preserve(self->fd, hwpt_id, 2));
+	test_ioctl_destroy(self->stdev_id);
+}
+
 TEST_HARNESS_MAIN
