@@ -90,6 +90,7 @@ FIXTURE(guestmemfs)
 	uint32_t idev_id;
 	char path[256];
 	int gfd;
+	long bfree;
 };
 
 FIXTURE_SETUP(guestmemfs)
@@ -100,6 +101,7 @@ FIXTURE_SETUP(guestmemfs)
 		SKIP(return, "no guestmemfs mounted at %s", gmfs_dir());
 	snprintf(self->path, sizeof(self->path), "%s/iommufd-%d", gmfs_dir(),
 		 getpid());
+	self->bfree = s.f_bfree;
 	self->gfd = open(self->path, O_RDWR | O_CREAT | O_TRUNC, 0600);
 	ASSERT_NE(-1, self->gfd);
 	ASSERT_EQ(0, ftruncate(self->gfd, 8 * MIB));
@@ -118,6 +120,8 @@ FIXTURE_TEARDOWN(guestmemfs)
 	teardown_iommufd(self->fd, _metadata);
 	close(self->gfd);
 	unlink(self->path);
+	/* Every hold and mark gone with the iommufd: no block leaked */
+	EXPECT_EQ(self->bfree, gmfs_bfree(_metadata));
 }
 
 /* The mapping shows the file: every page translates to the file's page */
@@ -438,6 +442,17 @@ static int mark_preserve(int fd, __u32 hwpt_id, __u64 token)
 	return ioctl(fd, IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE, &cmd);
 }
 
+/* An explicit HWPT on the fixture's IOAS, the mock device moved onto it */
+static __u32 explicit_hwpt(struct __test_metadata *_metadata,
+			   struct _test_data_guestmemfs *self)
+{
+	__u32 hwpt_id;
+
+	test_cmd_hwpt_alloc(self->idev_id, self->ioas_id, 0, &hwpt_id);
+	test_cmd_mock_domain_replace(self->stdev_id, hwpt_id);
+	return hwpt_id;
+}
+
 /* Marked for a live update: the IOAS is immutable until the HWPT goes */
 TEST_F(guestmemfs, mark_immutable)
 {
@@ -447,15 +462,24 @@ TEST_F(guestmemfs, mark_immutable)
 		.dst_ioas_id = self->ioas_id,
 		.length = 2 * MIB,
 	};
-	uint32_t ioas_id;
+	struct iommu_ioas_unmap unmap_all = {
+		.size = sizeof(unmap_all),
+		.ioas_id = self->ioas_id,
+		.length = UINT64_MAX,
+	};
+	uint32_t ioas_id, hwpt_id;
 	__u64 iova, other;
 
 	test_ioctl_ioas_map_file(self->gfd, 0, 4 * MIB, &iova);
-	ASSERT_EQ(0, mark_preserve(self->fd, self->hwpt_id, 7));
+	hwpt_id = explicit_hwpt(_metadata, self);
+	ASSERT_EQ(0, mark_preserve(self->fd, hwpt_id, 7));
 	test_err_ioctl_ioas_map_file(EBUSY, self->gfd, 4 * MIB, 2 * MIB,
 				     &other);
 	test_err_ioctl_ioas_map(EBUSY, buffer, PAGE_SIZE, &other);
 	test_err_ioctl_ioas_unmap(EBUSY, iova, 4 * MIB);
+	EXPECT_ERRNO(EBUSY, ioctl(self->fd, IOMMU_IOAS_UNMAP, &unmap_all));
+	/* The IOAS cannot go while the HWPT uses it */
+	EXPECT_ERRNO(EBUSY, _test_ioctl_destroy(self->fd, self->ioas_id));
 	/* Copy into it: refused; out of it: fine */
 	test_ioctl_ioas_alloc(&ioas_id);
 	test_ioctl_ioas_map_id_file(ioas_id, self->gfd, 4 * MIB, 2 * MIB,
@@ -467,36 +491,56 @@ TEST_F(guestmemfs, mark_immutable)
 	copy.dst_ioas_id = ioas_id;
 	copy.src_iova = iova;
 	ASSERT_EQ(0, ioctl(self->fd, IOMMU_IOAS_COPY, &copy));
-	/* The memory stays held, the file cannot shrink */
-	EXPECT_ERRNO(EBUSY, ftruncate(self->gfd, 0));
-	/* The HWPT goes with its only device: the mark ends */
-	test_ioctl_destroy(self->stdev_id);
+	/* A HWPT with a device cannot be destroyed; moved off, it can */
+	EXPECT_ERRNO(EBUSY, _test_ioctl_destroy(self->fd, hwpt_id));
+	test_cmd_mock_domain_replace(self->stdev_id, self->ioas_id);
+	test_err_ioctl_ioas_unmap(EBUSY, iova, 4 * MIB);
+	test_ioctl_destroy(hwpt_id);
+	/* The mark ended with the HWPT: the IOAS is mutable, the token free */
 	test_ioctl_ioas_unmap(iova, 4 * MIB);
+	test_ioctl_ioas_map_file(self->gfd, 0, 2 * MIB, &iova);
+	hwpt_id = explicit_hwpt(_metadata, self);
+	ASSERT_EQ(0, mark_preserve(self->fd, hwpt_id, 7));
 }
 
 /* Bad marks */
 TEST_F(guestmemfs, mark_errors)
 {
-	uint32_t ioas_id, stdev_id, hwpt_id;
+	uint32_t ioas_id, stdev_id, hwpt_id, idev_id, hwpt2, auto_id;
+	void *mbuf;
 	__u64 iova;
+	int mfd;
 
 	test_ioctl_ioas_map_file(self->gfd, 0, 2 * MIB, &iova);
-	EXPECT_ERRNO(EINVAL, mark_preserve(self->fd, self->hwpt_id, 0));
+	hwpt_id = explicit_hwpt(_metadata, self);
+	EXPECT_ERRNO(EINVAL, mark_preserve(self->fd, hwpt_id, 0));
+	/* The automatic HWPT went when the device moved off it */
+	EXPECT_ERRNO(ENOENT, mark_preserve(self->fd, self->hwpt_id, 1));
 	EXPECT_ERRNO(ENOENT, mark_preserve(self->fd, self->ioas_id, 1));
 	EXPECT_ERRNO(ENOENT, mark_preserve(self->fd, 0xdead, 1));
-	ASSERT_EQ(0, mark_preserve(self->fd, self->hwpt_id, 1));
-	EXPECT_ERRNO(EBUSY, mark_preserve(self->fd, self->hwpt_id, 2));
+	ASSERT_EQ(0, mark_preserve(self->fd, hwpt_id, 1));
+	EXPECT_ERRNO(EBUSY, mark_preserve(self->fd, hwpt_id, 2));
 
 	/* Another HWPT: the token is taken; memory other than guestmemfs */
 	test_ioctl_ioas_alloc(&ioas_id);
-	test_cmd_mock_domain(ioas_id, &stdev_id, &hwpt_id, NULL);
+	test_cmd_mock_domain(ioas_id, &stdev_id, &auto_id, &idev_id);
+	/* An automatic HWPT: the kernel's to destroy */
+	EXPECT_ERRNO(EINVAL, mark_preserve(self->fd, auto_id, 3));
+	test_cmd_hwpt_alloc(idev_id, ioas_id, 0, &hwpt2);
 	test_ioctl_ioas_map_id(ioas_id, buffer, PAGE_SIZE, &iova);
-	EXPECT_ERRNO(EEXIST, mark_preserve(self->fd, hwpt_id, 1));
-	EXPECT_ERRNO(EINVAL, mark_preserve(self->fd, hwpt_id, 2));
+	EXPECT_ERRNO(EADDRINUSE, mark_preserve(self->fd, hwpt2, 1));
+	EXPECT_ERRNO(EINVAL, mark_preserve(self->fd, hwpt2, 2));
 	test_ioctl_ioas_unmap_id(ioas_id, iova, PAGE_SIZE);
+	/* A memfd is not kept across kexec either */
+	mbuf = memfd_mmap(2 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED, &mfd);
+	ASSERT_NE(MAP_FAILED, mbuf);
+	test_ioctl_ioas_map_id_file(ioas_id, mfd, 0, 2 * MIB, &iova);
+	EXPECT_ERRNO(EINVAL, mark_preserve(self->fd, hwpt2, 2));
+	test_ioctl_ioas_unmap_id(ioas_id, iova, 2 * MIB);
+	munmap(mbuf, 2 * MIB);
+	close(mfd);
 	/* An empty IOAS can be marked */
-	ASSERT_EQ(0, mark_preserve(self->fd, hwpt_id, 2));
-	test_ioctl_destroy(self->stdev_id);
+	ASSERT_EQ(0, mark_preserve(self->fd, hwpt2, 2));
 }
 
 TEST_HARNESS_MAIN
