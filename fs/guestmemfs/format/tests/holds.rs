@@ -10,7 +10,6 @@ mod common;
 use common::*;
 use guestmemfs_format::holds::{self, Hold};
 use guestmemfs_format::layout::*;
-use guestmemfs_format::meta::format;
 use guestmemfs_format::{BlockBitmap, Error, Meta};
 use proptest::prelude::*;
 
@@ -81,10 +80,7 @@ proptest! {
 
     #[test]
     fn held_blocks_stay_in_place(ops in prop::collection::vec(op(), 1..80)) {
-        let geo = Geometry::new(64 * BLOCK_SIZE, 32).unwrap();
-        let mut buf = vec![0u8; geo.meta_bytes() as usize];
-        let mut st = Store::new(&geo);
-        format(&mut buf, &geo, T, 1, &mut st.index()).unwrap();
+        let (geo, mut buf, mut st) = formatted(64, 32, T);
         let mut words = vec![0u64; 1];
         let mut bm = BlockBitmap::new(&mut words, geo.nr_blocks).unwrap();
         bm.mark_used(0, geo.meta_blocks).unwrap();
@@ -199,10 +195,7 @@ proptest! {
 
 #[test]
 fn runs_merge_and_split() {
-    let geo = Geometry::new(2048 * BLOCK_SIZE, 32).unwrap();
-    let mut buf = vec![0u8; geo.meta_bytes() as usize];
-    let mut st = Store::new(&geo);
-    format(&mut buf, &geo, T, 1, &mut st.index()).unwrap();
+    let (geo, mut buf, mut st) = formatted(2048, 32, T);
     let mut words = vec![0u64; 32];
     let mut bm = BlockBitmap::new(&mut words, geo.nr_blocks).unwrap();
     bm.mark_used(0, 512).unwrap();

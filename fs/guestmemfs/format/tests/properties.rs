@@ -57,10 +57,7 @@ proptest! {
 
     #[test]
     fn random_operations_keep_the_image_valid(ops in prop::collection::vec(op(), 1..60)) {
-        let geo = Geometry::new(96 * BLOCK_SIZE, 32).unwrap();
-        let mut buf = vec![0u8; geo.meta_bytes() as usize];
-        let mut st = Store::new(&geo);
-        format(&mut buf, &geo, T, 1, &mut st.index()).unwrap();
+        let (geo, mut buf, mut st) = formatted(96, 32, T);
         let (mut words, mut pins) = (vec![0u64; 2], vec![0u64; 2]);
         let mut bm = BlockBitmap::new(&mut words, geo.nr_blocks)
             .unwrap()

@@ -63,6 +63,16 @@ impl Store {
     }
 }
 
+/// A freshly formatted image of `blocks` blocks and `inodes` inodes,
+/// with its index storage.
+pub(crate) fn formatted(blocks: u64, inodes: u64, now: Time) -> (Geometry, Vec<u8>, Store) {
+    let geo = Geometry::new(blocks * BLOCK_SIZE, inodes).unwrap();
+    let mut buf = vec![0u8; geo.meta_bytes() as usize];
+    let mut st = Store::new(&geo);
+    guestmemfs_format::meta::format(&mut buf, &geo, now, 1, &mut st.index()).unwrap();
+    (geo, buf, st)
+}
+
 /// Both validation steps as the kernel's adoption runs them, with scratch
 /// and index storage sized by the image's high-water marks: the built
 /// index, the rebuilt block bitmap's words, and the inodes in use.
