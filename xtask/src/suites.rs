@@ -60,6 +60,15 @@ pub const SUITES: &[Suite] = &[
         expect: Expect::Pass,
     },
     Suite {
+        name: "iommufd_igb",
+        about: "guestmemfs=2G: igb DMA into guestmemfs through VFIO cdev + iommufd, VT-d page table checked",
+        tests: &["iommufd_igb_dma"],
+        add: &["guestmemfs=2G"],
+        remove: &[],
+        memory: None,
+        expect: Expect::Pass,
+    },
+    Suite {
         name: "guestmemfs_region",
         about: "guestmemfs=2G: reserved, aligned, not in the direct map, kept over kexec",
         tests: &[

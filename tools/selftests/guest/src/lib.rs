@@ -9,8 +9,11 @@
 //! the host harness (`xtask`) for test names and timeouts.
 
 pub mod cmdline;
+pub mod igb;
+pub mod iommu_debugfs;
 pub mod ktap;
 pub mod liveupdate;
 pub mod pattern;
 pub mod sys;
 pub mod tests;
+pub mod vfio;

@@ -14,6 +14,7 @@ mod gmfs;
 mod gmfs_hardening;
 mod gmfs_memory_errors;
 mod harness;
+mod igb;
 mod kselftest;
 mod luo;
 pub mod region;
@@ -311,6 +312,12 @@ pub const CATALOG: &[Test] = &[
         summary: "after the kexec freeze a bad block is kept out of use in memory only (superblock unchanged)",
         timeout_s: 120,
         run: gmfs_memory_errors::poison_after_freeze,
+    },
+    Test {
+        name: "iommufd_igb_dma",
+        summary: "igb via VFIO cdev + iommufd (rust-vmm crates) DMAs into guestmemfs files: data seen by the CPU, VT-d leaves 1G/2M/4K, no faults but the planted one",
+        timeout_s: 400,
+        run: igb::igb_dma,
     },
 ];
 
