@@ -533,6 +533,14 @@ const NEW_FILE_COMMITS: &[(&str, &str, &str)] = &[
          handed-over subtrees. Wired into the kernel crate by a later patch.",
     ),
     (
+        "drivers/iommu/liveupdate/",
+        "iommu: add the live update handover format crate",
+        "no_std Rust: encode, decode and validate the iommufd live update\n\
+         handover, and the restore check of an adopted page table against the\n\
+         guestmemfs memory it must translate. Host property tests; built into\n\
+         iommufd by a later patch.",
+    ),
+    (
         "tools/testing/",
         "selftests/iommu: add iommufd_guestmemfs",
         "kselftest-harness tests of IOMMU_IOAS_MAP_FILE on guestmemfs files, on\n\
