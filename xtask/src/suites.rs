@@ -53,7 +53,10 @@ pub const SUITES: &[Suite] = &[
     Suite {
         name: "iommufd_guestmemfs",
         about: "guestmemfs=2G: IOMMU_IOAS_MAP_FILE of guestmemfs files (kselftest, mock domain)",
-        tests: &["kselftest_iommufd_guestmemfs"],
+        tests: &[
+            "kselftest_iommufd_guestmemfs",
+            "kselftest_iommufd_fail_nth_guestmemfs",
+        ],
         add: &["guestmemfs=2G"],
         remove: &[],
         memory: None,

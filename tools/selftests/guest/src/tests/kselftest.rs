@@ -13,12 +13,17 @@ use std::process::{Command, Stdio};
 const KSFT_SKIP: i32 = 4;
 
 fn run(binary: &str) -> TestResult {
+    run_args(binary, &[])
+}
+
+fn run_args(binary: &str, args: &[&str]) -> TestResult {
     let path = format!("/bin/kselftest/{binary}");
     // One pipe for stdout and stderr keeps the harness's assertion
     // messages next to the case they belong to, and indented with it.
     let (reader, writer) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let writer2 = writer.try_clone().map_err(|e| format!("pipe: {e}"))?;
     let mut child = Command::new(&path)
+        .args(args)
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(writer2))
         .spawn()
@@ -55,6 +60,13 @@ pub fn iommufd(_ctx: &mut Ctx) -> TestResult {
 
 pub fn iommufd_fail_nth(_ctx: &mut Ctx) -> TestResult {
     run("iommufd_fail_nth")
+}
+
+/// The fail_nth case over guestmemfs maps and the mark, with guestmemfs
+/// mounted (without it the case passes trivially).
+pub fn iommufd_fail_nth_guestmemfs(_ctx: &mut Ctx) -> TestResult {
+    super::gmfs::mount()?;
+    run_args("iommufd_fail_nth", &["-t", "map_guestmemfs"])
 }
 
 /// `IOMMU_IOAS_MAP_FILE` of guestmemfs files (issue 7), on a mounted

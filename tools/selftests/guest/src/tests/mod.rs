@@ -90,6 +90,12 @@ pub const CATALOG: &[Test] = &[
         run: kselftest::iommufd_fail_nth,
     },
     Test {
+        name: "kselftest_iommufd_fail_nth_guestmemfs",
+        summary: "iommufd_fail_nth -t map_guestmemfs: every allocation of map/alloc/replace/mark fails cleanly, no hold or block leaked",
+        timeout_s: 300,
+        run: kselftest::iommufd_fail_nth_guestmemfs,
+    },
+    Test {
         name: "kselftest_iommufd_guestmemfs",
         summary: "IOMMU_IOAS_MAP_FILE of guestmemfs files on the mock domain: translation, bad ranges, EBUSY shrink, unlink keeps memory",
         timeout_s: 120,
