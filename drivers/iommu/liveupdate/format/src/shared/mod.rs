@@ -70,6 +70,8 @@ pub enum Refusal {
     BadCounts,
     /// HWPT `n` has a zero or repeated token.
     BadToken(u32),
+    /// HWPT `n` names the same domain as an earlier one.
+    DuplicateDomain(u32),
     /// HWPT `n`'s areas do not tile the area table in order.
     BadAreaRange(u32),
     /// Area `n` is empty, unaligned, overflows, has bad prot or no inode.
@@ -104,6 +106,7 @@ impl core::fmt::Display for Refusal {
             Refusal::NonZeroReserved => write!(f, "unknown flags or reserved bytes set"),
             Refusal::BadCounts => write!(f, "no HWPT, or too many HWPTs or areas"),
             Refusal::BadToken(n) => write!(f, "HWPT {n} has a zero or repeated token"),
+            Refusal::DuplicateDomain(n) => write!(f, "HWPT {n} names another HWPT's domain"),
             Refusal::BadAreaRange(n) => write!(f, "HWPT {n} names areas out of order"),
             Refusal::BadArea(n) => write!(f, "area {n} is malformed"),
             Refusal::AreaOrder(n) => write!(f, "area {n} overlaps or is out of order"),
@@ -291,6 +294,9 @@ impl<'a> Blob<'a> {
             if h.token == 0 || (0..n).any(|m| self.hwpt(m).map(|x| x.token) == Ok(h.token)) {
                 return Err(Refusal::BadToken(n));
             }
+            if (0..n).any(|m| self.hwpt(m).map(|x| x.domain) == Ok(h.domain)) {
+                return Err(Refusal::DuplicateDomain(n));
+            }
             if h.first_area != next_area
                 || h.first_area
                     .checked_add(h.nr_areas)
@@ -335,8 +341,11 @@ impl<'a> Blob<'a> {
         self.nr_hwpts
     }
 
-    /// HWPT `n` (below [`Blob::nr_hwpts`]).
+    /// HWPT `n` (`Truncated` at or above [`Blob::nr_hwpts`]).
     pub fn hwpt(&self, n: u32) -> Result<Hwpt, Refusal> {
+        if n >= self.nr_hwpts {
+            return Err(Refusal::Truncated);
+        }
         let o = HEADER + n as usize * HWPT;
         Ok(Hwpt {
             token: u64_at(self.buf, o)?,
@@ -358,8 +367,11 @@ impl<'a> Blob<'a> {
         HEADER + self.nr_hwpts as usize * HWPT + i as usize * AREA
     }
 
-    /// Area `i` of the area table.
+    /// Area `i` of the area table (`Truncated` past its end).
     pub fn area(&self, i: u32) -> Result<Area, Refusal> {
+        if i >= self.nr_areas {
+            return Err(Refusal::Truncated);
+        }
         let o = self.area_off(i);
         Ok(Area {
             iova: u64_at(self.buf, o)?,
@@ -401,10 +413,10 @@ impl<I: Iterator<Item = Piece>> Iterator for Runs<I> {
             let joins = run.iova.checked_add(run.len) == Some(p.iova)
                 && run.phys.checked_add(run.len) == Some(p.phys)
                 && run.prot == p.prot;
-            if !joins {
-                break;
+            match run.len.checked_add(p.len) {
+                Some(len) if joins => run.len = len,
+                _ => break,
             }
-            run.len += p.len;
             self.it.next();
         }
         Some(run)
@@ -416,7 +428,8 @@ impl<I: Iterator<Item = Piece>> Iterator for Runs<I> {
 /// handover expects (`expected`, sorted by IOVA: for every area, its
 /// file's physical runs at the recorded offset with its prot) and
 /// nothing else. How the two are split into pieces does not matter (a
-/// 1 GiB leaf may stand for 512 file blocks). Cost: linear in the pieces.
+/// 1 GiB leaf may stand for 512 file blocks). A refusal names the first
+/// IOVA where they differ. Cost: linear in the pieces.
 pub fn check_translation(
     expected: impl Iterator<Item = Piece>,
     leaves: impl Iterator<Item = Piece>,
@@ -427,22 +440,44 @@ pub fn check_translation(
     let mut have = Runs {
         it: leaves.peekable(),
     };
+    let (mut w, mut h) = (want.next(), have.next());
     loop {
-        match (want.next(), have.next()) {
+        let (a, b) = match (w, h) {
             (None, None) => return Ok(()),
-            (Some(w), None) => return Err(Refusal::Unmapped { iova: w.iova }),
-            (None, Some(h)) => return Err(Refusal::ExtraMapping { iova: h.iova }),
-            (Some(w), Some(h)) if w == h => {}
-            (Some(w), Some(h)) => {
-                let iova = w.iova.min(h.iova);
-                return Err(if h.iova < w.iova {
-                    Refusal::ExtraMapping { iova }
-                } else if w.iova < h.iova {
-                    Refusal::Unmapped { iova }
-                } else {
-                    Refusal::Mismatch { iova }
-                });
-            }
+            (Some(a), None) => return Err(Refusal::Unmapped { iova: a.iova }),
+            (None, Some(b)) => return Err(Refusal::ExtraMapping { iova: b.iova }),
+            (Some(a), Some(b)) => (a, b),
+        };
+        if b.iova < a.iova {
+            return Err(Refusal::ExtraMapping { iova: b.iova });
         }
+        if a.iova < b.iova {
+            return Err(Refusal::Unmapped { iova: a.iova });
+        }
+        if a.phys != b.phys || a.prot != b.prot {
+            return Err(Refusal::Mismatch { iova: a.iova });
+        }
+        // Equal so far: consume the shorter, carry the rest of the longer.
+        let n = a.len.min(b.len);
+        let rest = |p: Piece| -> Result<Option<Piece>, Refusal> {
+            if p.len == n {
+                return Ok(None);
+            }
+            let bad = Refusal::Mismatch { iova: p.iova };
+            Ok(Some(Piece {
+                iova: p.iova.checked_add(n).ok_or(bad)?,
+                phys: p.phys.checked_add(n).ok_or(bad)?,
+                len: p.len - n,
+                prot: p.prot,
+            }))
+        };
+        w = match rest(a)? {
+            Some(r) => Some(r),
+            None => want.next(),
+        };
+        h = match rest(b)? {
+            Some(r) => Some(r),
+            None => have.next(),
+        };
     }
 }
