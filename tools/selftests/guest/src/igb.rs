@@ -67,8 +67,15 @@ fn sleep_ms(ms: u64) {
 
 impl Igb {
     /// Resets the device and brings it up in MAC loopback with both rings
-    /// enabled. Bus mastering must already be on.
-    pub fn init(bar: Bar, rings: Rings) -> Result<Igb, String> {
+    /// enabled, link up. Bus mastering must already be on.
+    ///
+    /// # Safety
+    ///
+    /// `rings.tx` and `rings.rx` must point to [`RING_BYTES`] bytes each
+    /// that stay mapped while the `Igb` exists, and that the device reaches
+    /// at `tx_iova` and `rx_iova`; nothing else may write the RX ring
+    /// between a [`Igb::submit`] and its [`Igb::wait`].
+    pub unsafe fn init(bar: Bar, rings: Rings) -> Result<Igb, String> {
         let igb = Igb {
             bar,
             rings,
@@ -111,6 +118,15 @@ impl Igb {
             }
             std::thread::sleep(Duration::from_micros(10));
         }
+        // Without link up the loopback drops every frame (QEMU brings the
+        // link up from a timer; under TCG it can be late).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.read(STATUS) & 2 == 0 {
+            if Instant::now() > deadline {
+                return Err("igb link did not come up".into());
+            }
+            sleep_ms(10);
+        }
         Ok(igb)
     }
 
@@ -145,11 +161,6 @@ impl Igb {
             std::thread::sleep(Duration::from_micros(50));
         }
         Err(format!("PHY write {reg}: timeout"))
-    }
-
-    /// Link status register.
-    pub fn status(&self) -> u32 {
-        self.bar.read(STATUS)
     }
 
     /// Queues one frame per `(src_iova, dst_iova, len)` and starts the
@@ -238,5 +249,12 @@ impl Igb {
         self.bar.write(RCTL, 0);
         self.bar.write(TCTL, 0);
         let _ = self.reset();
+    }
+}
+
+impl Drop for Igb {
+    /// Never leave the device DMAing (an early return of a test).
+    fn drop(&mut self) {
+        self.remove();
     }
 }

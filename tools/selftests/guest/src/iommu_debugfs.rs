@@ -12,6 +12,8 @@ pub struct Leaf {
     pub size: u64,
     /// Output address (bits 51:12 of the entry).
     pub phys: u64,
+    /// The whole leaf entry (bits 1:0 read/write, bit 7 superpage).
+    pub entry: u64,
 }
 
 const KIB4: u64 = 4096;
@@ -48,6 +50,7 @@ pub fn parse(text: &str) -> Result<Vec<Leaf>, String> {
             iova: pfn * KIB4,
             size,
             phys: entry & 0x000f_ffff_ffff_f000,
+            entry,
         });
     }
     Ok(out)
@@ -78,17 +81,20 @@ mod tests {
                 Leaf {
                     iova: 1 << 32,
                     size: GIB1,
-                    phys: 0x1_4000_0000
+                    phys: 0x1_4000_0000,
+                    entry: 0x1_4000_0083
                 },
                 Leaf {
                     iova: 0x1000_0000,
                     size: MIB2,
-                    phys: 0x1_0040_0000
+                    phys: 0x1_0040_0000,
+                    entry: 0x1_0040_0083
                 },
                 Leaf {
                     iova: 0x2000_1000,
                     size: KIB4,
-                    phys: 0x1_0060_1000
+                    phys: 0x1_0060_1000,
+                    entry: 0x8000_0001_0060_1003
                 },
             ]
         );

@@ -33,13 +33,20 @@ pub fn bind_vfio_pci(bdf: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The device, its iommufd, IOAS and HWPT. Field order is drop order:
-/// the device detaches before the IOAS goes.
+/// The device, its iommufd, IOAS and HWPT. On drop the device detaches,
+/// then the HWPT is destroyed, then the IOAS.
 pub struct Passthrough {
-    pub dev: VfioDevice,
+    dev: Option<VfioDevice>,
     pub hwpt_id: u32,
     pub ioas: Arc<IommufdIoas>,
     pub iommufd: Arc<IommuFd>,
+}
+
+impl Drop for Passthrough {
+    fn drop(&mut self) {
+        drop(self.dev.take());
+        let _ = self.iommufd.destroy_iommu_object(self.hwpt_id);
+    }
 }
 
 impl Passthrough {
@@ -76,11 +83,16 @@ impl Passthrough {
         dev.attach_hwpt(hwpt.out_hwpt_id)
             .map_err(|x| e("VFIO_DEVICE_ATTACH_IOMMUFD_PT")(&x))?;
         Ok(Passthrough {
-            dev,
+            dev: Some(dev),
             hwpt_id: hwpt.out_hwpt_id,
             ioas,
             iommufd,
         })
+    }
+
+    /// The VFIO device.
+    pub fn dev(&self) -> &VfioDevice {
+        self.dev.as_ref().expect("present until drop")
     }
 
     /// `IOMMU_IOAS_MAP_FILE` of `len` bytes of `fd` from `start` at `iova`.
@@ -99,13 +111,13 @@ impl Passthrough {
     /// Sets bits of the 16-bit config register at `off`, and checks.
     pub fn config_set16(&self, off: u64, bits: u16) -> Result<(), String> {
         let mut b = [0u8; 2];
-        self.dev
+        self.dev()
             .region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut b, off);
         let v = u16::from_le_bytes(b) | bits;
-        self.dev
+        self.dev()
             .region_write(VFIO_PCI_CONFIG_REGION_INDEX, &v.to_le_bytes(), off);
         // vfio-ioctls only logs failures: read back.
-        self.dev
+        self.dev()
             .region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut b, off);
         if u16::from_le_bytes(b) & bits != bits {
             return Err(format!(
@@ -121,10 +133,10 @@ impl Passthrough {
         let i = VFIO_PCI_BAR0_REGION_INDEX;
         let need =
             VFIO_REGION_INFO_FLAG_MMAP | VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
-        if self.dev.get_region_flags(i) & need != need {
+        if self.dev().get_region_flags(i) & need != need {
             return Err("BAR0 cannot be mmapped".into());
         }
-        let len = self.dev.get_region_size(i) as usize;
+        let len = self.dev().get_region_size(i) as usize;
         // SAFETY: a new shared mapping of the device fd at BAR0's offset.
         let p = unsafe {
             libc::mmap(
@@ -132,8 +144,8 @@ impl Passthrough {
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_SHARED,
-                self.dev.as_raw_fd(),
-                self.dev.get_region_offset(i) as libc::off_t,
+                self.dev().as_raw_fd(),
+                self.dev().get_region_offset(i) as libc::off_t,
             )
         };
         if p == libc::MAP_FAILED {

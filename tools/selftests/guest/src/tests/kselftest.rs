@@ -17,6 +17,10 @@ fn run(binary: &str) -> TestResult {
 }
 
 fn run_args(binary: &str, args: &[&str]) -> TestResult {
+    run_env(binary, args, &[])
+}
+
+fn run_env(binary: &str, args: &[&str], env: &[(&str, &str)]) -> TestResult {
     let path = format!("/bin/kselftest/{binary}");
     // One pipe for stdout and stderr keeps the harness's assertion
     // messages next to the case they belong to, and indented with it.
@@ -24,6 +28,7 @@ fn run_args(binary: &str, args: &[&str]) -> TestResult {
     let writer2 = writer.try_clone().map_err(|e| format!("pipe: {e}"))?;
     let mut child = Command::new(&path)
         .args(args)
+        .envs(env.iter().copied())
         .stdout(Stdio::from(writer))
         .stderr(Stdio::from(writer2))
         .spawn()
@@ -66,7 +71,12 @@ pub fn iommufd_fail_nth(_ctx: &mut Ctx) -> TestResult {
 /// mounted (without it the case passes trivially).
 pub fn iommufd_fail_nth_guestmemfs(_ctx: &mut Ctx) -> TestResult {
     super::gmfs::mount()?;
-    run_args("iommufd_fail_nth", &["-t", "map_guestmemfs"])
+    // Named explicitly: the case fails rather than pass without it.
+    run_env(
+        "iommufd_fail_nth",
+        &["-t", "map_guestmemfs"],
+        &[("GUESTMEMFS_DIR", "/mnt/gmfs")],
+    )
 }
 
 /// `IOMMU_IOAS_MAP_FILE` of guestmemfs files (issue 7), on a mounted
