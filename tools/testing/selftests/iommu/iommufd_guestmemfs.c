@@ -431,6 +431,36 @@ TEST_F(guestmemfs, access_pages_refused)
 	ASSERT_EQ(0, munmap(map, 2 * MIB));
 }
 
+/* Large pages off: mapped page by page, same translation */
+TEST_F(guestmemfs, huge_pages_off)
+{
+	struct iommu_option cmd = {
+		.size = sizeof(cmd),
+		.option_id = IOMMU_OPTION_HUGE_PAGES,
+		.op = IOMMU_OPTION_OP_SET,
+		.val64 = 0,
+	};
+	uint32_t ioas_id, stdev_id, hwpt_id;
+	uint8_t *map;
+	__u64 iova;
+
+	test_ioctl_ioas_alloc(&ioas_id);
+	cmd.object_id = ioas_id;
+	ASSERT_EQ(0, ioctl(self->fd, IOMMU_OPTION, &cmd));
+	test_cmd_mock_domain(ioas_id, &stdev_id, &hwpt_id, NULL);
+	iova = MOCK_APERTURE_START;
+	ASSERT_EQ(0, _test_ioctl_ioas_map_file(self->fd, ioas_id, self->gfd, 0,
+					       8 * MIB, &iova,
+					       IOMMU_IOAS_MAP_FIXED_IOVA |
+						       IOMMU_IOAS_MAP_WRITEABLE |
+						       IOMMU_IOAS_MAP_READABLE));
+	map = gmfs_map(self->gfd, 8 * MIB);
+	ASSERT_NE(MAP_FAILED, map);
+	self->hwpt_id = hwpt_id;
+	check_mock_iova(map, iova, 8 * MIB);
+	ASSERT_EQ(0, munmap(map, 8 * MIB));
+}
+
 static int mark_preserve(int fd, __u32 hwpt_id, __u64 token)
 {
 	struct iommu_hwpt_liveupdate_mark_preserve cmd = {
