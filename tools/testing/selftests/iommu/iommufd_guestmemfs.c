@@ -18,6 +18,7 @@
 
 #define GUESTMEMFS_MAGIC 0x474d4653
 #define MIB (1UL << 20)
+#define GIB (1UL << 30)
 #define BLOCK (2 * MIB)
 
 static __attribute__((constructor)) void setup_sizes(void)
@@ -571,6 +572,70 @@ TEST_F(guestmemfs, mark_errors)
 	close(mfd);
 	/* An empty IOAS can be marked */
 	ASSERT_EQ(0, mark_preserve(self->fd, hwpt2, 2));
+}
+
+static int get_leaf(int fd, __u32 hwpt_id, __u64 iova, __u64 *phys,
+		    unsigned int *lg2sz)
+{
+	struct iommu_test_cmd cmd = {
+		.size = sizeof(cmd),
+		.op = IOMMU_TEST_OP_MD_GET_LEAF,
+		.id = hwpt_id,
+		.get_leaf = { .iova = iova },
+	};
+	int rc = ioctl(fd, _IOMMU_TEST_CMD(IOMMU_TEST_OP_MD_GET_LEAF), &cmd);
+
+	*phys = cmd.get_leaf.out_phys;
+	*lg2sz = cmd.get_leaf.out_lg2sz;
+	return rc;
+}
+
+static __u64 map_fixed(struct __test_metadata *_metadata,
+		       struct _test_data_guestmemfs *self, __u64 start,
+		       __u64 len, __u64 iova)
+{
+	ASSERT_EQ(0, _test_ioctl_ioas_map_file(self->fd, self->ioas_id,
+					       self->gfd, start, len, &iova,
+					       IOMMU_IOAS_MAP_FIXED_IOVA |
+						       IOMMU_IOAS_MAP_WRITEABLE |
+						       IOMMU_IOAS_MAP_READABLE));
+	return iova;
+}
+
+/*
+ * IOPTE sizes, read back from the page table: a file made of a whole
+ * 1 GiB unit, mapped at a 1 GiB aligned IOVA, gets a 1 GiB leaf; 2 MiB
+ * aligned, 2 MiB leaves; an IOVA aligned to 4 KiB only, 4 KiB leaves;
+ * each at the file's physical address.
+ */
+TEST_F(guestmemfs, leaf_sizes)
+{
+	unsigned int lg2;
+	__u64 phys, base;
+
+	ASSERT_EQ(0, ftruncate(self->gfd, GIB));
+	map_fixed(_metadata, self, 0, GIB, GIB);
+	ASSERT_EQ(0, get_leaf(self->fd, self->hwpt_id, GIB, &base, &lg2));
+	ASSERT_EQ(30, lg2);
+	ASSERT_EQ(0, base % GIB);
+	ASSERT_EQ(0, get_leaf(self->fd, self->hwpt_id, GIB + 5 * MIB + 4096,
+			      &phys, &lg2));
+	ASSERT_EQ(30, lg2);
+	ASSERT_EQ(base + 5 * MIB + 4096, phys);
+
+	map_fixed(_metadata, self, 4 * MIB, 2 * MIB, 0x20000000);
+	ASSERT_EQ(0, get_leaf(self->fd, self->hwpt_id, 0x20000000, &phys, &lg2));
+	ASSERT_EQ(21, lg2);
+	ASSERT_EQ(base + 4 * MIB, phys);
+
+	map_fixed(_metadata, self, 6 * MIB, 16 * 4096, 0x10001000);
+	ASSERT_EQ(0, get_leaf(self->fd, self->hwpt_id, 0x10003000, &phys, &lg2));
+	ASSERT_EQ(12, lg2);
+	ASSERT_EQ(base + 6 * MIB + 2 * 4096, phys);
+
+	/* Nothing mapped there */
+	EXPECT_ERRNO(ENOENT, get_leaf(self->fd, self->hwpt_id, 0x30000000,
+				      &phys, &lg2));
 }
 
 TEST_HARNESS_MAIN
