@@ -6,7 +6,7 @@
 //! `docs/guestmemfs.md`.
 
 use crate::format::{
-    self,
+    self, bitmap,
     fault::{self, Entry, Plan, Vma},
     holds::{self, Hold},
     layout::{Geometry, Time, BLOCK_SHIFT, BLOCK_SIZE, HUGE_BLOCKS, NAME_MAX, S_IFMT},
@@ -242,7 +242,7 @@ impl Inner {
         } else {
             KVVec::from_elem(0u64, words, GFP_KERNEL)?
         };
-        if let Some(b) = (0..geo.meta_blocks).find(|&b| pin_bit(&pins, b)) {
+        if let Some(b) = (0..geo.meta_blocks).find(|&b| bitmap::bit(&pins, b)) {
             pr_err!(
                 "cannot format: block {} of the new metadata had a memory error\n",
                 b
@@ -321,7 +321,7 @@ impl Inner {
         // The bad-block list is valid now: remember it even if the rest
         // is refused, so that a reformat keeps those blocks out of use.
         for i in 0..format::layout::bad_count(first)? {
-            set_pin_bit(&mut self.pins, format::layout::bad_entry(first, i)?);
+            bitmap::set_bit(&mut self.pins, format::layout::bad_entry(first, i)?);
         }
         let sizes = ScratchSizes::for_image(first, &geo)?;
         let index_sizes = IndexSizes::for_image(first, &geo)?;
@@ -466,7 +466,7 @@ impl Volume {
         )?;
         if let Some(r) = region {
             let mut g = vol.inner.lock();
-            let words = format::bitmap::words_for(size / BLOCK_SIZE);
+            let words = bitmap::words_for(size / BLOCK_SIZE);
             match KVVec::from_elem(0u64, words, GFP_KERNEL | __GFP_NOWARN) {
                 Ok(pins) => g.pins = pins,
                 // The filesystem still works; memory errors are not handled.
@@ -532,35 +532,30 @@ fn with_access<T>(
     change: bool,
     f: impl FnOnce(&mut Meta<'_, &mut [u8]>, &mut BlockBitmap<'_>, bool) -> Result<T>,
 ) -> Result<T> {
-    let mut g = volume()?.inner.lock();
-    let frozen = g.frozen;
-    let (r, used) = {
-        let (mut meta, mut bm) = g.open(change)?;
-        let r = f(&mut meta, &mut bm, frozen);
-        (r, bm.used())
-    };
-    g.blocks_used = used;
-    r
+    with_volume(change, |m, bm, _, frozen| f(m, bm, frozen))
 }
 
 /// [`with_meta`], also given the DMA holds.
 fn with_meta_holds<T>(
     f: impl FnOnce(&mut Meta<'_, &mut [u8]>, &mut BlockBitmap<'_>, &mut KVec<Hold>) -> Result<T>,
 ) -> Result<T> {
-    with_holds(true, f)
+    with_volume(true, |m, bm, list, _| f(m, bm, list))
 }
 
-/// [`with_access`] with the DMA holds.
-fn with_holds<T>(
+/// Runs `f` on the locked volume: its metadata (for a change, or only to
+/// read), the allocator, the DMA holds and the frozen flag; keeps the
+/// allocator's count.
+fn with_volume<T>(
     change: bool,
-    f: impl FnOnce(&mut Meta<'_, &mut [u8]>, &mut BlockBitmap<'_>, &mut KVec<Hold>) -> Result<T>,
+    f: impl FnOnce(&mut Meta<'_, &mut [u8]>, &mut BlockBitmap<'_>, &mut KVec<Hold>, bool) -> Result<T>,
 ) -> Result<T> {
     let mut g = volume()?.inner.lock();
+    let frozen = g.frozen;
     // Out of `g` while `open()` borrows it whole; always put back.
     let mut list = core::mem::take(&mut g.holds);
     let res = match g.open(change) {
         Ok((mut meta, mut bm)) => {
-            let r = f(&mut meta, &mut bm, &mut list);
+            let r = f(&mut meta, &mut bm, &mut list, frozen);
             Ok((r, bm.used()))
         }
         Err(e) => Err(e),
@@ -1223,21 +1218,6 @@ pub(crate) extern "C" fn gmfs_rs_freeze() {
     }
 }
 
-/// Bit `b` of a pinned-block mask.
-fn pin_bit(pins: &[u64], b: u64) -> bool {
-    usize::try_from(b / 64)
-        .ok()
-        .and_then(|w| pins.get(w))
-        .is_some_and(|w| w & (1 << (b % 64)) != 0)
-}
-
-/// Sets bit `b` of a pinned-block mask (`b` below the region's blocks).
-fn set_pin_bit(pins: &mut [u64], b: u64) {
-    if let Some(w) = usize::try_from(b / 64).ok().and_then(|w| pins.get_mut(w)) {
-        *w |= 1 << (b % 64);
-    }
-}
-
 /// A memory error hit region block `block` of a region of `region_size`
 /// bytes (`mf.c`, from `memory_failure()`). Pins the block so that no
 /// allocation hands it out again and lists it in the superblock for the
@@ -1265,7 +1245,7 @@ fn memory_failure(g: &mut Inner, region_size: u64, block: u64) -> Result<Option<
     };
     if block < meta_blocks {
         // Pinned too: a reformat must not reuse it (it refuses anyway).
-        set_pin_bit(&mut g.pins, block);
+        bitmap::set_bit(&mut g.pins, block);
         g.meta_poisoned = true;
         if g.frozen {
             // The locator was written at the freeze: say it again.
@@ -1282,7 +1262,7 @@ fn memory_failure(g: &mut Inner, region_size: u64, block: u64) -> Result<Option<
         return Err(EHWPOISON);
     }
     if !matches!(g.state, State::Ready) {
-        set_pin_bit(&mut g.pins, block);
+        bitmap::set_bit(&mut g.pins, block);
         pr_err!(
             "memory error in block {} of a filesystem not in use: kept out of use until reboot or reformat\n",
             block
@@ -1430,17 +1410,17 @@ pub(crate) unsafe extern "C" fn gmfs_rs_dma_hold(
         let (first, last) = (start >> BLOCK_SHIFT, end.div_ceil(BLOCK_SIZE));
         m.allocate_with(ino, first, last - first, bm, zero_blocks)
             .map_err(errno)?;
-        let h = Hold {
-            id: 0,
+        let n = holds::phys_runs(m, ino, start, end, MAX_RUN, |_, _| {}).map_err(errno)?;
+        let n = u32::try_from(n).map_err(|_| ENOMEM)?;
+        new_id = NEXT_HOLD.fetch_add(1, Ordering::Relaxed);
+        let hold = Hold {
+            id: new_id,
             ino,
             start,
             end,
             evict_pending: false,
         };
-        let n = holds::phys_runs(m, ino, start, end, MAX_RUN, |_, _| {}).map_err(errno)?;
-        let n = u32::try_from(n).map_err(|_| ENOMEM)?;
-        new_id = NEXT_HOLD.fetch_add(1, Ordering::Relaxed);
-        list.push(Hold { id: new_id, ..h }, GFP_KERNEL)?;
+        list.push(hold, GFP_KERNEL)?;
         Ok(n)
     });
     match r {
@@ -1478,7 +1458,7 @@ pub(crate) unsafe extern "C" fn gmfs_rs_dma_runs(id: u64, out: *mut PhysVec, nr:
         Err(e) => return e.to_errno(),
     };
     // Only reads: also while frozen or after a metadata error.
-    ret(with_holds(false, |m, _, list| {
+    ret(with_volume(false, |m, _, list, _| {
         let h = *list.iter().find(|h| h.id == id).ok_or(EINVAL)?;
         let mut k = 0u32;
         let n = holds::phys_runs(m, h.ino, h.start, h.end, MAX_RUN, |p, l| {

@@ -21,6 +21,21 @@ pub fn words_for(nr_blocks: u64) -> usize {
     nr_blocks.div_ceil(64) as usize
 }
 
+/// Bit `b` of `words` (false past their end).
+pub fn bit(words: &[u64], b: u64) -> bool {
+    usize::try_from(b / 64)
+        .ok()
+        .and_then(|w| words.get(w))
+        .is_some_and(|w| w & (1 << (b % 64)) != 0)
+}
+
+/// Sets bit `b` of `words` (nothing past their end).
+pub fn set_bit(words: &mut [u64], b: u64) {
+    if let Some(w) = usize::try_from(b / 64).ok().and_then(|w| words.get_mut(w)) {
+        *w |= 1 << (b % 64);
+    }
+}
+
 /// Free/used state of the region's blocks.
 pub struct BlockBitmap<'a> {
     words: &'a mut [u64],
@@ -99,7 +114,7 @@ impl<'a> BlockBitmap<'a> {
 
     /// True if block `b` is pinned.
     pub fn is_pinned(&self, b: u64) -> bool {
-        self.pin_word(b / 64) & (1 << (b % 64)) != 0
+        bit(self.pins, b)
     }
 
     /// True if any block of `[start, start + count)` is pinned.
