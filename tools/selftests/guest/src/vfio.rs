@@ -53,21 +53,17 @@ impl Passthrough {
     /// Opens `bdf`'s cdev, binds it to a new iommufd and attaches it to a
     /// new HWPT on a new IOAS.
     pub fn open(bdf: &str) -> Result<Passthrough, String> {
-        let e = |what: &str| {
-            let what = what.to_owned();
-            move |err: &dyn std::fmt::Display| format!("{what}: {err}")
-        };
-        let iommufd = Arc::new(IommuFd::new().map_err(|x| e("open /dev/iommu")(&x))?);
+        let iommufd = Arc::new(IommuFd::new().map_err(|x| format!("open /dev/iommu: {x}"))?);
         let ioas = Arc::new(
-            IommufdIoas::new(Arc::clone(&iommufd)).map_err(|x| e("IOMMU_IOAS_ALLOC")(&x))?,
+            IommufdIoas::new(Arc::clone(&iommufd)).map_err(|x| format!("IOMMU_IOAS_ALLOC: {x}"))?,
         );
         let vfio = Arc::new(
             VfioIommufd::new(Arc::clone(&iommufd), Some(Arc::clone(&ioas)), None)
-                .map_err(|x| e("VfioIommufd")(&x))?,
+                .map_err(|x| format!("VfioIommufd: {x}"))?,
         );
         let sysfs = format!("/sys/bus/pci/devices/{bdf}");
         let dev = VfioDevice::new(Path::new(&sysfs), vfio, false)
-            .map_err(|x| e("open and bind the VFIO cdev")(&x))?;
+            .map_err(|x| format!("open and bind the VFIO cdev: {x}"))?;
         let dev_id = dev
             .iommufd_dev_id()
             .ok_or("device not bound to the iommufd")?;
@@ -79,9 +75,9 @@ impl Passthrough {
         };
         iommufd
             .alloc_iommu_hwpt(&mut hwpt)
-            .map_err(|x| e("IOMMU_HWPT_ALLOC")(&x))?;
+            .map_err(|x| format!("IOMMU_HWPT_ALLOC: {x}"))?;
         dev.attach_hwpt(hwpt.out_hwpt_id)
-            .map_err(|x| e("VFIO_DEVICE_ATTACH_IOMMUFD_PT")(&x))?;
+            .map_err(|x| format!("VFIO_DEVICE_ATTACH_IOMMUFD_PT: {x}"))?;
         Ok(Passthrough {
             dev: Some(dev),
             hwpt_id: hwpt.out_hwpt_id,

@@ -51,6 +51,13 @@ fn frame(seed: u64, dst: u64) -> [u8; MAX_FRAME] {
     f
 }
 
+/// Any non-zero byte in the frame-sized range of `bytes` at `at`.
+fn dirty(bytes: &[u8], at: u64) -> bool {
+    bytes[at as usize..at as usize + MAX_FRAME]
+        .iter()
+        .any(|&x| x != 0)
+}
+
 /// VT-d supports 2 MiB and 1 GiB second-level pages (cap bits 34, 35).
 fn superpages() -> Result<bool, String> {
     let cap = fs::read_to_string("/sys/class/iommu/dmar0/intel-iommu/cap")
@@ -139,22 +146,12 @@ pub fn igb_dma(_ctx: &mut Ctx) -> TestResult {
             let s = src_of(k0 + j) as usize;
             bytes[s..s + MAX_FRAME].copy_from_slice(&frame(seed, dst));
         }
-        let dirty = |c: u64| {
-            bytes[c as usize..c as usize + MAX_FRAME]
-                .iter()
-                .any(|&x| x != 0)
-        };
-        if ctl_frames.iter().any(|&c| dirty(c)) {
+        if ctl_frames.iter().any(|&c| dirty(bytes, c)) {
             return Err("igb-ctl not zero where frames will land".into());
         }
     }
     let d = data_map.bytes();
-    let dirty = |dst: u64| {
-        d[dst as usize..dst as usize + MAX_FRAME]
-            .iter()
-            .any(|&x| x != 0)
-    };
-    if let Some(&dst) = frames.iter().find(|&&dst| dirty(dst)) {
+    if let Some(&dst) = frames.iter().find(|&&dst| dirty(d, dst)) {
         return Err(format!("data file not zero at {dst:#x} before the DMA"));
     }
     let mut list: Vec<(u64, u64, usize)> = frames

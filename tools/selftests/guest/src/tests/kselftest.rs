@@ -13,11 +13,7 @@ use std::process::{Command, Stdio};
 const KSFT_SKIP: i32 = 4;
 
 fn run(binary: &str) -> TestResult {
-    run_args(binary, &[])
-}
-
-fn run_args(binary: &str, args: &[&str]) -> TestResult {
-    run_env(binary, args, &[])
+    run_env(binary, &[], &[])
 }
 
 fn run_env(binary: &str, args: &[&str], env: &[(&str, &str)]) -> TestResult {
