@@ -1,0 +1,1350 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Intel VT-d live update: keep preserved devices translating across kexec.
+ *
+ * Outgoing kernel. iommufd preserves the page tables of a marked HWPT's
+ * domain (intel_lu_preserve_domain) and, at LUO freeze, the context of
+ * every device attached to it (intel_lu_freeze_device); intel_lu_commit()
+ * writes the handover (include/linux/kho/abi/iommu_vtd.h). At shutdown a
+ * unit with frozen devices keeps translation enabled: every other context
+ * entry is cleared, so other devices are blocked, never untranslated.
+ *
+ * Incoming kernel. init_dmars() adopts a preserved unit's root and context
+ * tables in place (intel_lu_adopt_unit): translation is never turned off,
+ * entries that the handover does not name are cleared, and the preserved
+ * domain IDs are reserved. A preserved device is "held": no host driver
+ * can bind it (iommu_device_use_default_domain() gets -EBUSY), its
+ * attachment is deferred, and its context entry is left alone until a
+ * domain is attached or it is blocked. iommufd's RETRIEVE_FD builds a
+ * domain around the preserved tables (intel_lu_restore_domain), after
+ * checking every table pointer against the handed-over page list; the
+ * attach of that domain to the held device writes nothing.
+ *
+ * v1 limits: legacy (not scalable) mode, second-stage domains, devices
+ * without DMA aliases. Anything else is refused with a reason.
+ */
+
+#define pr_fmt(fmt) "DMAR-LU: " fmt
+
+#include <linux/bsearch.h>
+#include <linux/crc32c.h>
+#include <linux/iommu-lu.h>
+#include <linux/kexec_handover.h>
+#include <linux/kho/abi/iommu_vtd.h>
+#include <linux/liveupdate.h>
+#include <linux/pci.h>
+#include <linux/sort.h>
+
+#include "iommu.h"
+#include "../iommu-pages.h"
+
+#define ROOT_ENTRY_NR	(VTD_PAGE_SIZE / sizeof(struct root_entry))
+
+/* Outgoing state, under intel_lu_lock */
+struct intel_lu_domain {
+	struct list_head link;
+	struct dmar_domain *domain;
+	u64 token;
+	unsigned int nr_tables;
+	phys_addr_t *tables;	/* sorted */
+};
+
+struct intel_lu_unit {
+	struct list_head link;
+	struct intel_iommu *iommu;
+	unsigned int nr_devices;
+	unsigned int nr_ctx;
+	phys_addr_t ctx[ROOT_ENTRY_NR];	/* sorted */
+};
+
+struct intel_lu_device {
+	struct list_head link;
+	struct device_domain_info *info;
+	struct intel_lu_domain *dom;
+	u16 did;
+	u64 slptptr;
+};
+
+static DEFINE_MUTEX(intel_lu_lock);
+static LIST_HEAD(intel_lu_domains);
+static LIST_HEAD(intel_lu_units);
+static LIST_HEAD(intel_lu_devices);
+static struct vtd_lu_anchor *intel_lu_anchor;
+static void *intel_lu_blob;
+
+/* Incoming state, read-only after the FLB retrieve except where noted */
+struct intel_lu_in_domain {
+	const struct vtd_lu_domain *rec;
+	/* The unit that reserved its DID at adoption */
+	struct intel_iommu *iommu;
+	/* Under intel_lu_lock: */
+	struct dmar_domain *restored;
+	bool did_reserved;	/* the DID is still ours, not a domain's */
+	bool dropped;
+};
+
+struct intel_lu_in_device {
+	const struct vtd_lu_device *rec;
+	struct intel_iommu *iommu;	/* set when its entry was adopted */
+	bool held;			/* under intel_lu_lock */
+};
+
+struct intel_lu_incoming {
+	void *blob;
+	const struct vtd_lu_header *hdr;
+	const struct vtd_lu_unit *units;
+	const struct vtd_lu_domain *domains;
+	const struct vtd_lu_device *devices;
+	const __le64 *pages;
+	struct intel_lu_in_domain *dom;
+	struct intel_lu_in_device *dev;
+};
+
+static struct intel_lu_incoming *intel_lu_in;
+
+static int cmp_phys(const void *a, const void *b)
+{
+	phys_addr_t x = *(const phys_addr_t *)a, y = *(const phys_addr_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* ---- outgoing ---- */
+
+struct intel_lu_collect {
+	phys_addr_t *tables;
+	unsigned int nr, max;
+};
+
+static int intel_lu_collect_table(void *arg, phys_addr_t table)
+{
+	struct intel_lu_collect *c = arg;
+
+	if (c->tables) {
+		if (c->nr >= c->max)
+			return -EAGAIN;	/* the table grew: cannot, it is immutable */
+		c->tables[c->nr] = table;
+	}
+	c->nr++;
+	return 0;
+}
+
+static int intel_lu_skip_leaf(void *arg, u64 iova, phys_addr_t oa,
+			      unsigned int lg2sz, u64 entry)
+{
+	return 0;
+}
+
+static const struct pt_iommu_lu_walk_ops intel_lu_collect_ops = {
+	.table = intel_lu_collect_table,
+	.leaf = intel_lu_skip_leaf,
+};
+
+static struct intel_lu_domain *intel_lu_find_domain(struct dmar_domain *d)
+{
+	struct intel_lu_domain *ld;
+
+	list_for_each_entry(ld, &intel_lu_domains, link)
+		if (ld->domain == d)
+			return ld;
+	return NULL;
+}
+
+static void intel_lu_unpreserve_tables(phys_addr_t *tables, unsigned int nr)
+{
+	while (nr--)
+		iommu_lu_unpreserve_page(phys_to_virt(tables[nr]));
+}
+
+static int intel_lu_preserve_domain(struct iommu_domain *domain, u64 token)
+{
+	struct dmar_domain *dmar_domain = to_dmar_domain(domain);
+	struct intel_lu_collect c = {};
+	struct intel_lu_domain *ld;
+	unsigned int i;
+	int ret;
+
+	if (!intel_domain_is_ss_paging(dmar_domain) ||
+	    dmar_domain->nested_parent || domain->dirty_ops)
+		return -EOPNOTSUPP;
+
+	guard(mutex)(&intel_lu_lock);
+	if (intel_lu_find_domain(dmar_domain))
+		return -EBUSY;
+
+	ret = pt_iommu_vtdss_lu_walk(domain, NULL, &intel_lu_collect_ops, &c);
+	if (ret)
+		return ret;
+	c.max = c.nr;
+	c.nr = 0;
+	c.tables = kvmalloc_array(c.max, sizeof(*c.tables), GFP_KERNEL);
+	if (!c.tables)
+		return -ENOMEM;
+	ret = pt_iommu_vtdss_lu_walk(domain, NULL, &intel_lu_collect_ops, &c);
+	if (ret)
+		goto err_free;
+	sort(c.tables, c.nr, sizeof(*c.tables), cmp_phys, NULL);
+
+	ld = kzalloc_obj(*ld);
+	if (!ld) {
+		ret = -ENOMEM;
+		goto err_free;
+	}
+	for (i = 0; i < c.nr; i++) {
+		ret = iommu_lu_preserve_page(phys_to_virt(c.tables[i]));
+		if (ret) {
+			intel_lu_unpreserve_tables(c.tables, i);
+			kfree(ld);
+			goto err_free;
+		}
+	}
+	ld->domain = dmar_domain;
+	ld->token = token;
+	ld->tables = c.tables;
+	ld->nr_tables = c.nr;
+	list_add_tail(&ld->link, &intel_lu_domains);
+	return 0;
+
+err_free:
+	kvfree(c.tables);
+	return ret;
+}
+
+static void intel_lu_unpreserve_domain(struct iommu_domain *domain)
+{
+	struct intel_lu_domain *ld;
+
+	guard(mutex)(&intel_lu_lock);
+	ld = intel_lu_find_domain(to_dmar_domain(domain));
+	if (WARN_ON(!ld))
+		return;
+	intel_lu_unpreserve_tables(ld->tables, ld->nr_tables);
+	list_del(&ld->link);
+	kvfree(ld->tables);
+	kfree(ld);
+}
+
+static struct intel_lu_unit *intel_lu_find_unit(struct intel_iommu *iommu)
+{
+	struct intel_lu_unit *u;
+
+	list_for_each_entry(u, &intel_lu_units, link)
+		if (u->iommu == iommu)
+			return u;
+	return NULL;
+}
+
+static void intel_lu_unit_unpreserve(struct intel_lu_unit *u)
+{
+	unsigned int i;
+
+	for (i = 0; i < u->nr_ctx; i++)
+		iommu_lu_unpreserve_page(phys_to_virt(u->ctx[i]));
+	iommu_lu_unpreserve_page(u->iommu->root_entry);
+}
+
+/* The root table and every context table it references */
+static int intel_lu_unit_preserve(struct intel_lu_unit *u)
+{
+	struct intel_iommu *iommu = u->iommu;
+	unsigned int bus;
+	int ret;
+
+	u->nr_ctx = 0;
+	spin_lock(&iommu->lock);
+	for (bus = 0; bus < ROOT_ENTRY_NR; bus++) {
+		u64 lo = iommu->root_entry[bus].lo;
+
+		if (lo & 1)
+			u->ctx[u->nr_ctx++] = lo & VTD_PAGE_MASK;
+	}
+	spin_unlock(&iommu->lock);
+	sort(u->ctx, u->nr_ctx, sizeof(u->ctx[0]), cmp_phys, NULL);
+
+	ret = iommu_lu_preserve_page(iommu->root_entry);
+	if (ret)
+		return ret;
+	for (bus = 0; bus < u->nr_ctx; bus++) {
+		ret = iommu_lu_preserve_page(phys_to_virt(u->ctx[bus]));
+		if (ret) {
+			u->nr_ctx = bus;
+			intel_lu_unit_unpreserve(u);
+			return ret;
+		}
+	}
+	return 0;
+}
+
+static int intel_lu_count_alias(struct pci_dev *pdev, u16 alias, void *data)
+{
+	(*(unsigned int *)data)++;
+	return 0;
+}
+
+static int intel_lu_freeze_device(struct device *dev,
+				  struct iommu_domain *domain)
+{
+	struct device_domain_info *info = dev_iommu_priv_get(dev);
+	struct dmar_domain *dmar_domain = to_dmar_domain(domain);
+	struct pt_iommu_vtdss_hw_info pt_info;
+	struct intel_iommu *iommu = info->iommu;
+	struct context_entry *context;
+	struct intel_lu_device *ldev;
+	struct intel_lu_domain *ld;
+	struct intel_lu_unit *u;
+	unsigned int aliases = 0;
+	bool match;
+	u16 did;
+	int ret;
+
+	if (sm_supported(iommu))
+		return -EOPNOTSUPP;
+	if (!dev_is_pci(dev))
+		return -EOPNOTSUPP;
+	pci_for_each_dma_alias(to_pci_dev(dev), intel_lu_count_alias,
+			       &aliases);
+	if (aliases != 1)
+		return -EOPNOTSUPP;
+
+	guard(mutex)(&intel_lu_lock);
+	ld = intel_lu_find_domain(dmar_domain);
+	if (!ld)
+		return -ENOENT;
+	list_for_each_entry(ldev, &intel_lu_devices, link)
+		if (ldev->info == info)
+			return -EBUSY;
+
+	pt_iommu_vtdss_hw_info(&dmar_domain->sspt, &pt_info);
+	did = domain_id_iommu(dmar_domain, iommu);
+	spin_lock(&iommu->lock);
+	context = iommu_context_addr(iommu, info->bus, info->devfn, 0);
+	match = context && context_present(context) &&
+		context_domain_id(context) == did &&
+		(context->lo & VTD_PAGE_MASK) == pt_info.ssptptr &&
+		(context->hi & 7) == pt_info.aw;
+	spin_unlock(&iommu->lock);
+	/* The device is not (or no longer) translated by this domain */
+	if (!match)
+		return -EBUSY;
+
+	ldev = kzalloc_obj(*ldev);
+	if (!ldev)
+		return -ENOMEM;
+	u = intel_lu_find_unit(iommu);
+	if (!u) {
+		u = kzalloc_obj(*u);
+		if (!u) {
+			kfree(ldev);
+			return -ENOMEM;
+		}
+		u->iommu = iommu;
+		ret = intel_lu_unit_preserve(u);
+		if (ret) {
+			kfree(u);
+			kfree(ldev);
+			return ret;
+		}
+		list_add_tail(&u->link, &intel_lu_units);
+	}
+	u->nr_devices++;
+	ldev->info = info;
+	ldev->dom = ld;
+	ldev->did = did;
+	ldev->slptptr = pt_info.ssptptr;
+	list_add_tail(&ldev->link, &intel_lu_devices);
+	return 0;
+}
+
+static void intel_lu_unfreeze_device(struct device *dev)
+{
+	struct device_domain_info *info = dev_iommu_priv_get(dev);
+	struct intel_lu_device *ldev;
+	struct intel_lu_unit *u;
+
+	guard(mutex)(&intel_lu_lock);
+	list_for_each_entry(ldev, &intel_lu_devices, link) {
+		if (ldev->info != info)
+			continue;
+		list_del(&ldev->link);
+		kfree(ldev);
+		u = intel_lu_find_unit(info->iommu);
+		if (!WARN_ON(!u) && !--u->nr_devices) {
+			intel_lu_unit_unpreserve(u);
+			list_del(&u->link);
+			kfree(u);
+		}
+		return;
+	}
+}
+
+static int intel_lu_commit(void)
+{
+	unsigned int nr_units = 0, nr_domains = 0, nr_devices = 0, nr_pages = 0;
+	struct intel_lu_device *ldev;
+	struct intel_lu_domain *ld;
+	struct vtd_lu_header *hdr;
+	struct vtd_lu_domain *drec;
+	struct vtd_lu_device *vrec;
+	struct vtd_lu_unit *urec;
+	struct intel_lu_unit *u;
+	unsigned int i, p;
+	__le64 *pages;
+	size_t len;
+	void *blob;
+
+	guard(mutex)(&intel_lu_lock);
+	if (!intel_lu_anchor)
+		return -ENOENT;
+	list_for_each_entry(u, &intel_lu_units, link) {
+		nr_units++;
+		nr_pages += u->nr_ctx;
+	}
+	list_for_each_entry(ld, &intel_lu_domains, link) {
+		nr_domains++;
+		nr_pages += ld->nr_tables;
+	}
+	list_for_each_entry(ldev, &intel_lu_devices, link)
+		nr_devices++;
+	if (nr_units > VTD_LU_MAX_UNITS || nr_domains > VTD_LU_MAX_DOMAINS ||
+	    nr_devices > VTD_LU_MAX_DEVICES || nr_pages > VTD_LU_MAX_PAGES)
+		return -E2BIG;
+
+	len = sizeof(*hdr) + nr_units * sizeof(*urec) +
+	      nr_domains * sizeof(*drec) + nr_devices * sizeof(*vrec) +
+	      nr_pages * sizeof(*pages);
+	blob = kho_alloc_preserve(len);
+	if (IS_ERR(blob))
+		return PTR_ERR(blob);
+
+	hdr = blob;
+	urec = (void *)(hdr + 1);
+	drec = (void *)(urec + nr_units);
+	vrec = (void *)(drec + nr_domains);
+	pages = (void *)(vrec + nr_devices);
+	*hdr = (struct vtd_lu_header) {
+		.magic = cpu_to_le64(VTD_LU_MAGIC),
+		.version = cpu_to_le32(VTD_LU_VERSION),
+		.length = cpu_to_le32(len),
+		.nr_units = cpu_to_le32(nr_units),
+		.nr_domains = cpu_to_le32(nr_domains),
+		.nr_devices = cpu_to_le32(nr_devices),
+		.nr_pages = cpu_to_le32(nr_pages),
+	};
+	p = 0;
+	i = 0;
+	list_for_each_entry(u, &intel_lu_units, link) {
+		urec[i].reg_phys = cpu_to_le64(u->iommu->reg_phys);
+		urec[i].root_phys =
+			cpu_to_le64(virt_to_phys(u->iommu->root_entry));
+		urec[i].first_page = cpu_to_le32(p);
+		urec[i].nr_pages = cpu_to_le32(u->nr_ctx);
+		for (unsigned int k = 0; k < u->nr_ctx; k++)
+			pages[p++] = cpu_to_le64(u->ctx[k]);
+		i++;
+	}
+	i = 0;
+	list_for_each_entry(ld, &intel_lu_domains, link) {
+		struct pt_iommu_vtdss_hw_info pt_info;
+		struct intel_iommu *iommu = NULL;
+		unsigned int unit = 0;
+
+		pt_iommu_vtdss_hw_info(&ld->domain->sspt, &pt_info);
+		/* The unit of its first frozen device names its DID */
+		list_for_each_entry(ldev, &intel_lu_devices, link) {
+			if (ldev->dom == ld) {
+				iommu = ldev->info->iommu;
+				break;
+			}
+		}
+		list_for_each_entry(u, &intel_lu_units, link) {
+			if (u->iommu == iommu)
+				break;
+			unit++;
+		}
+		drec[i] = (struct vtd_lu_domain) {
+			.token = cpu_to_le64(ld->token),
+			.top_phys = cpu_to_le64(pt_info.ssptptr),
+			.first_page = cpu_to_le32(p),
+			.nr_pages = cpu_to_le32(ld->nr_tables),
+			.unit = cpu_to_le16(iommu ? unit : U16_MAX),
+			.did = cpu_to_le16(iommu ?
+				domain_id_iommu(ld->domain, iommu) : 0),
+			.aw = pt_info.aw,
+			/* Legacy mode (v1): the unit's coherency is the table's */
+			.flags = iommu && !ecap_coherent(iommu->ecap) ?
+				VTD_LU_DOMAIN_INCOHERENT : 0,
+		};
+		for (unsigned int k = 0; k < ld->nr_tables; k++)
+			pages[p++] = cpu_to_le64(ld->tables[k]);
+		i++;
+	}
+	i = 0;
+	list_for_each_entry(ldev, &intel_lu_devices, link) {
+		unsigned int d = 0;
+
+		list_for_each_entry(ld, &intel_lu_domains, link) {
+			if (ld == ldev->dom)
+				break;
+			d++;
+		}
+		vrec[i++] = (struct vtd_lu_device) {
+			.segment = cpu_to_le16(ldev->info->segment),
+			.bus = ldev->info->bus,
+			.devfn = ldev->info->devfn,
+			.domain = cpu_to_le16(d),
+		};
+	}
+	hdr->crc = cpu_to_le32(crc32c(0, blob, len));
+
+	if (intel_lu_blob)
+		kho_unpreserve_free(intel_lu_blob);
+	intel_lu_blob = blob;
+	intel_lu_anchor->blob_phys = cpu_to_le64(virt_to_phys(blob));
+	intel_lu_anchor->blob_len = cpu_to_le64(len);
+	return 0;
+}
+
+static bool intel_lu_frozen_entry(struct intel_iommu *iommu, u8 bus, u8 devfn,
+				  struct context_entry *ce)
+{
+	struct intel_lu_device *ldev;
+
+	list_for_each_entry(ldev, &intel_lu_devices, link) {
+		if (ldev->info->iommu == iommu && ldev->info->bus == bus &&
+		    ldev->info->devfn == devfn)
+			return context_domain_id(ce) == ldev->did &&
+			       (ce->lo & VTD_PAGE_MASK) == ldev->slptptr;
+	}
+	return false;
+}
+
+/**
+ * intel_lu_shutdown() - leave a unit translating for the next kernel
+ * @iommu: the unit
+ *
+ * Called at kexec with the other CPUs stopped, after device_shutdown().
+ * No locks, no allocation.
+ *
+ * Return: true if @iommu has frozen devices: then only their context
+ * entries are left, the caches are flushed and translation stays on.
+ */
+bool intel_lu_shutdown(struct intel_iommu *iommu)
+{
+	struct intel_lu_unit *u = intel_lu_find_unit(iommu);
+	unsigned int bus, devfn;
+
+	if (!u || !u->nr_devices || sm_supported(iommu))
+		return false;
+
+	for (bus = 0; bus < ROOT_ENTRY_NR; bus++) {
+		struct root_entry *re = &iommu->root_entry[bus];
+		phys_addr_t ctx = re->lo & VTD_PAGE_MASK;
+		struct context_entry *table;
+
+		if (!(re->lo & 1))
+			continue;
+		/* A context table made after the freeze was not handed over */
+		if (!bsearch(&ctx, u->ctx, u->nr_ctx, sizeof(u->ctx[0]),
+			     cmp_phys)) {
+			re->lo = 0;
+			re->hi = 0;
+			__iommu_flush_cache(iommu, re, sizeof(*re));
+			continue;
+		}
+		table = phys_to_virt(ctx);
+		for (devfn = 0; devfn < 256; devfn++) {
+			struct context_entry *ce = &table[devfn];
+
+			if (!context_present(ce) ||
+			    intel_lu_frozen_entry(iommu, bus, devfn, ce))
+				continue;
+			context_clear_entry(ce);
+			__iommu_flush_cache(iommu, ce, sizeof(*ce));
+		}
+	}
+	iommu->flush.flush_context(iommu, 0, 0, 0, DMA_CCMD_GLOBAL_INVL);
+	iommu->flush.flush_iotlb(iommu, 0, 0, 0, DMA_TLB_GLOBAL_FLUSH);
+	pr_info("%s: translation left on for %u preserved device(s)\n",
+		iommu->name, u->nr_devices);
+	return true;
+}
+
+/* ---- FLB ---- */
+
+static int intel_lu_flb_preserve(struct liveupdate_flb_op_args *args)
+{
+	struct vtd_lu_anchor *anchor;
+
+	anchor = kho_alloc_preserve(sizeof(*anchor));
+	if (IS_ERR(anchor))
+		return PTR_ERR(anchor);
+	guard(mutex)(&intel_lu_lock);
+	intel_lu_anchor = anchor;
+	args->data = virt_to_phys(anchor);
+	args->obj = anchor;
+	return 0;
+}
+
+static void intel_lu_flb_unpreserve(struct liveupdate_flb_op_args *args)
+{
+	guard(mutex)(&intel_lu_lock);
+	if (intel_lu_blob)
+		kho_unpreserve_free(intel_lu_blob);
+	intel_lu_blob = NULL;
+	kho_unpreserve_free(args->obj);
+	intel_lu_anchor = NULL;
+}
+
+static const char *intel_lu_slice_ok(const __le64 *pages, u32 nr_pages,
+				     u32 first, u32 nr)
+{
+	u32 i;
+
+	if (first > nr_pages || nr > nr_pages - first)
+		return "page slice out of range";
+	for (i = 0; i < nr; i++) {
+		u64 p = le64_to_cpu(pages[first + i]);
+
+		if (!p || p & ~VTD_PAGE_MASK)
+			return "unaligned page";
+		if (i && p <= le64_to_cpu(pages[first + i - 1]))
+			return "pages not sorted";
+	}
+	return NULL;
+}
+
+/* Checks a blob copied out of the handover; NULL if it is sound */
+static const char *intel_lu_parse(struct intel_lu_incoming *in, size_t len)
+{
+	const struct vtd_lu_header *hdr = in->blob;
+	u32 nu, nd, nv, np, i;
+	const char *why;
+	size_t want;
+	u32 crc;
+
+	if (len < sizeof(*hdr))
+		return "truncated";
+	if (le64_to_cpu(hdr->magic) != VTD_LU_MAGIC)
+		return "bad magic";
+	if (le32_to_cpu(hdr->version) != VTD_LU_VERSION)
+		return "unsupported version";
+	if (le32_to_cpu(hdr->length) != len)
+		return "length mismatch";
+	if (hdr->flags)
+		return "unknown flags";
+	nu = le32_to_cpu(hdr->nr_units);
+	nd = le32_to_cpu(hdr->nr_domains);
+	nv = le32_to_cpu(hdr->nr_devices);
+	np = le32_to_cpu(hdr->nr_pages);
+	if (nu > VTD_LU_MAX_UNITS || nd > VTD_LU_MAX_DOMAINS ||
+	    nv > VTD_LU_MAX_DEVICES || np > VTD_LU_MAX_PAGES)
+		return "too many records";
+	want = sizeof(*hdr) + (size_t)nu * sizeof(struct vtd_lu_unit) +
+	       (size_t)nd * sizeof(struct vtd_lu_domain) +
+	       (size_t)nv * sizeof(struct vtd_lu_device) +
+	       (size_t)np * sizeof(__le64);
+	if (want != len)
+		return "counts do not match the length";
+	crc = le32_to_cpu(hdr->crc);
+	((struct vtd_lu_header *)in->blob)->crc = 0;
+	if (crc32c(0, in->blob, len) != crc)
+		return "checksum mismatch";
+
+	in->hdr = hdr;
+	in->units = (const void *)(hdr + 1);
+	in->domains = (const void *)(in->units + nu);
+	in->devices = (const void *)(in->domains + nd);
+	in->pages = (const void *)(in->devices + nv);
+	for (i = 0; i < nu; i++) {
+		why = intel_lu_slice_ok(in->pages, np,
+					le32_to_cpu(in->units[i].first_page),
+					le32_to_cpu(in->units[i].nr_pages));
+		if (why)
+			return why;
+		if (le64_to_cpu(in->units[i].root_phys) & ~VTD_PAGE_MASK)
+			return "unaligned root";
+	}
+	for (i = 0; i < nd; i++) {
+		const struct vtd_lu_domain *d = &in->domains[i];
+		u64 top = le64_to_cpu(d->top_phys);
+		u32 first = le32_to_cpu(d->first_page);
+		u32 nr = le32_to_cpu(d->nr_pages);
+
+		why = intel_lu_slice_ok(in->pages, np, first, nr);
+		if (why)
+			return why;
+		if (!nr || !d->token || d->reserved[0] || d->reserved[1] ||
+		    d->flags & ~VTD_LU_DOMAIN_INCOHERENT)
+			return "bad domain record";
+		if (le16_to_cpu(d->unit) != U16_MAX &&
+		    le16_to_cpu(d->unit) >= nu)
+			return "domain names no unit";
+		if (!bsearch(&(__le64){ cpu_to_le64(top) }, &in->pages[first],
+			     nr, sizeof(__le64), cmp_phys))
+			return "top table not in the page list";
+	}
+	for (i = 0; i < nv; i++) {
+		const struct vtd_lu_device *v = &in->devices[i];
+
+		if (le16_to_cpu(v->domain) >= nd || v->reserved)
+			return "bad device record";
+		if (le16_to_cpu(in->domains[le16_to_cpu(v->domain)].unit) >=
+		    nu)
+			return "device's domain has no unit";
+	}
+	return NULL;
+}
+
+static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
+{
+	struct intel_lu_incoming *in;
+	struct vtd_lu_anchor anchor;
+	struct folio *afolio, *bfolio;
+	const char *why = NULL;
+	u64 blob_phys, len;
+
+	afolio = kho_restore_folio(args->data);
+	if (!afolio) {
+		pr_err("handover refused: anchor not preserved\n");
+		return -EINVAL;
+	}
+	memcpy(&anchor, folio_address(afolio), sizeof(anchor));
+	folio_put(afolio);
+	blob_phys = le64_to_cpu(anchor.blob_phys);
+	len = le64_to_cpu(anchor.blob_len);
+	if (!len)
+		return -ENODATA;	/* preserved, never frozen */
+
+	in = kzalloc_obj(*in);
+	if (!in)
+		return -ENOMEM;
+	bfolio = kho_restore_folio(blob_phys);
+	if (!bfolio) {
+		why = "blob not preserved";
+	} else if (len > folio_size(bfolio)) {
+		why = "blob longer than its memory";
+	} else {
+		in->blob = kvmalloc(len, GFP_KERNEL);
+		if (in->blob)
+			memcpy(in->blob, folio_address(bfolio), len);
+	}
+	if (bfolio)
+		folio_put(bfolio);
+	if (!why && !in->blob) {
+		kfree(in);
+		return -ENOMEM;
+	}
+	if (!why)
+		why = intel_lu_parse(in, len);
+	if (!why) {
+		u32 nd = le32_to_cpu(in->hdr->nr_domains);
+		u32 nv = le32_to_cpu(in->hdr->nr_devices);
+		u32 i;
+
+		in->dom = kvcalloc(nd, sizeof(*in->dom), GFP_KERNEL);
+		in->dev = kvcalloc(nv, sizeof(*in->dev), GFP_KERNEL);
+		if (!in->dom || !in->dev) {
+			kvfree(in->dom);
+			kvfree(in->dev);
+			kvfree(in->blob);
+			kfree(in);
+			return -ENOMEM;
+		}
+		for (i = 0; i < nd; i++)
+			in->dom[i].rec = &in->domains[i];
+		for (i = 0; i < nv; i++)
+			in->dev[i].rec = &in->devices[i];
+	}
+	if (why) {
+		pr_err("handover refused: %s; preserved devices stay blocked\n",
+		       why);
+		kvfree(in->blob);
+		kfree(in);
+		return -EINVAL;
+	}
+	args->obj = in;
+	return 0;
+}
+
+static void intel_lu_flb_finish(struct liveupdate_flb_op_args *args)
+{
+	/* intel_lu_finish() ran from iommufd's finish; nothing is left */
+}
+
+static const struct liveupdate_flb_ops intel_lu_flb_ops = {
+	.preserve = intel_lu_flb_preserve,
+	.unpreserve = intel_lu_flb_unpreserve,
+	.retrieve = intel_lu_flb_retrieve,
+	.finish = intel_lu_flb_finish,
+	.owner = THIS_MODULE,
+};
+
+static struct liveupdate_flb intel_lu_flb = {
+	.ops = &intel_lu_flb_ops,
+	.compatible = VTD_LU_FLB_COMPATIBLE,
+};
+
+/* ---- incoming ---- */
+
+static const struct vtd_lu_unit *intel_lu_unit_of(struct intel_iommu *iommu,
+						  u32 *index)
+{
+	u32 i, nu;
+
+	if (!intel_lu_in)
+		return NULL;
+	nu = le32_to_cpu(intel_lu_in->hdr->nr_units);
+	for (i = 0; i < nu; i++) {
+		if (le64_to_cpu(intel_lu_in->units[i].reg_phys) ==
+		    iommu->reg_phys) {
+			*index = i;
+			return &intel_lu_in->units[i];
+		}
+	}
+	return NULL;
+}
+
+/* The device record a present context entry must match to be kept */
+static struct intel_lu_in_device *
+intel_lu_match_entry(u32 unit, u16 segment, u8 bus, u8 devfn,
+		     struct context_entry *ce)
+{
+	u32 i, nv = le32_to_cpu(intel_lu_in->hdr->nr_devices);
+
+	for (i = 0; i < nv; i++) {
+		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
+		const struct vtd_lu_domain *dom =
+			&intel_lu_in->domains[le16_to_cpu(d->rec->domain)];
+
+		if (le16_to_cpu(dom->unit) != unit ||
+		    le16_to_cpu(d->rec->segment) != segment ||
+		    d->rec->bus != bus || d->rec->devfn != devfn)
+			continue;
+		if (context_domain_id(ce) != le16_to_cpu(dom->did) ||
+		    (ce->lo & VTD_PAGE_MASK) != le64_to_cpu(dom->top_phys) ||
+		    (ce->hi & 7) != dom->aw ||
+		    ((ce->lo >> 2) & 3) != CONTEXT_TT_MULTI_LEVEL)
+			return NULL;
+		return d;
+	}
+	return NULL;
+}
+
+static bool intel_lu_in_slice(const __le64 *pages, u32 first, u32 nr,
+			      u64 phys)
+{
+	__le64 key = cpu_to_le64(phys);
+
+	return bsearch(&key, &pages[first], nr, sizeof(__le64), cmp_phys);
+}
+
+/* The first device of a domain reserves the domain's DID for all of them */
+static bool intel_lu_reserve_did(struct intel_iommu *iommu,
+				 struct intel_lu_in_device *d)
+{
+	struct intel_lu_in_domain *dom =
+		&intel_lu_in->dom[le16_to_cpu(d->rec->domain)];
+	u16 did = le16_to_cpu(dom->rec->did);
+
+	if (dom->iommu)
+		return dom->iommu == iommu;
+	if (did < IDA_START_DID || did >= iommu->max_domain_id ||
+	    ida_alloc_range(&iommu->domain_ida, did, did, GFP_KERNEL) < 0)
+		return false;
+	dom->iommu = iommu;
+	dom->did_reserved = true;
+	return true;
+}
+
+/**
+ * intel_lu_adopt_unit() - take over a unit that the previous kernel left
+ *	translating
+ * @iommu: the unit, with queued invalidation set up and its translation
+ *	status read
+ *
+ * Called by init_dmars() before it would turn a pre-enabled translation
+ * off. On success the unit's root and context tables are the handed-over
+ * ones, restored in place, with every entry the handover does not name
+ * cleared; translation stays on.
+ *
+ * Return: true if adopted. False if the unit has no handover (the caller
+ * goes on as usual), or if it has one that is refused: then translation is
+ * left on and the caller installs an empty root table, which blocks every
+ * device instead of letting it through untranslated.
+ */
+bool intel_lu_adopt_unit(struct intel_iommu *iommu, bool *refused)
+{
+	const struct vtd_lu_unit *unit;
+	struct root_entry *root;
+	unsigned int bus, devfn;
+	u32 first, nr, index;
+	const char *why;
+	void *obj;
+
+	*refused = false;
+	if (!intel_lu_in && !liveupdate_flb_get_incoming(&intel_lu_flb, &obj))
+		intel_lu_in = obj;
+	unit = intel_lu_unit_of(iommu, &index);
+	if (!unit)
+		return false;
+
+	first = le32_to_cpu(unit->first_page);
+	nr = le32_to_cpu(unit->nr_pages);
+	if (!(iommu->flags & VTD_FLAG_TRANS_PRE_ENABLED))
+		why = "translation is off";
+	else if (sm_supported(iommu) ||
+		 (readq(iommu->reg + DMAR_RTADDR_REG) & DMA_RTADDR_SMT))
+		why = "scalable mode";
+	else if ((readq(iommu->reg + DMAR_RTADDR_REG) & VTD_PAGE_MASK) !=
+		 le64_to_cpu(unit->root_phys))
+		why = "root table moved";
+	else
+		why = NULL;
+	if (why)
+		goto refuse;
+	root = iommu_lu_restore_page(le64_to_cpu(unit->root_phys), false);
+	if (!root) {
+		why = "root table not preserved";
+		goto refuse;
+	}
+
+	for (bus = 0; bus < ROOT_ENTRY_NR; bus++) {
+		struct root_entry *re = &root[bus];
+		phys_addr_t ctx = re->lo & VTD_PAGE_MASK;
+		struct context_entry *table;
+
+		if (re->hi || !(re->lo & 1) ||
+		    !intel_lu_in_slice(intel_lu_in->pages, first, nr, ctx) ||
+		    !(table = iommu_lu_restore_page(ctx, false))) {
+			re->lo = 0;
+			re->hi = 0;
+			__iommu_flush_cache(iommu, re, sizeof(*re));
+			continue;
+		}
+		for (devfn = 0; devfn < 256; devfn++) {
+			struct context_entry *ce = &table[devfn];
+			struct intel_lu_in_device *d;
+
+			if (!context_present(ce))
+				continue;
+			d = intel_lu_match_entry(index, iommu->segment, bus,
+						 devfn, ce);
+			if (d && !d->iommu && intel_lu_reserve_did(iommu, d)) {
+				d->iommu = iommu;
+				d->held = true;
+				continue;
+			}
+			context_clear_entry(ce);
+			__iommu_flush_cache(iommu, ce, sizeof(*ce));
+		}
+	}
+	iommu->root_entry = root;
+	iommu->flags &= ~VTD_FLAG_TRANS_PRE_ENABLED;
+	pr_info("%s: adopted the previous kernel's translation tables\n",
+		iommu->name);
+	return true;
+
+refuse:
+	pr_err("%s: handover refused: %s; every device is blocked\n",
+	       iommu->name, why);
+	*refused = true;
+	return false;
+}
+
+static struct intel_lu_in_device *
+intel_lu_in_device_of(struct device_domain_info *info)
+{
+	u32 i, nv;
+
+	if (!intel_lu_in)
+		return NULL;
+	nv = le32_to_cpu(intel_lu_in->hdr->nr_devices);
+	for (i = 0; i < nv; i++) {
+		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
+
+		if (d->iommu == info->iommu &&
+		    le16_to_cpu(d->rec->segment) == info->segment &&
+		    d->rec->bus == info->bus && d->rec->devfn == info->devfn)
+			return d;
+	}
+	return NULL;
+}
+
+/**
+ * intel_lu_probe_device() - is this device's translation handed over?
+ * @info: the device, just probed
+ *
+ * Return: true if its context entry was adopted: the device is held (no
+ * host driver, attach deferred) until a domain is attached or it is
+ * blocked.
+ */
+bool intel_lu_probe_device(struct device_domain_info *info)
+{
+	return intel_lu_in_device_of(info);
+}
+
+/* The restored domain that a held device's entry already points to */
+struct dmar_domain *intel_lu_held_domain(struct device_domain_info *info)
+{
+	struct intel_lu_in_device *d;
+
+	guard(mutex)(&intel_lu_lock);
+	d = intel_lu_in_device_of(info);
+	if (!d)
+		return NULL;
+	return intel_lu_in->dom[le16_to_cpu(d->rec->domain)].restored;
+}
+
+static void __intel_lu_release_held(struct device_domain_info *info,
+				    bool keep)
+{
+	struct intel_lu_in_device *d = intel_lu_in_device_of(info);
+	struct context_entry *ce;
+	u16 did = 0;
+
+	lockdep_assert_held(&intel_lu_lock);
+	info->lu_held = false;
+	if (d)
+		d->held = false;
+	if (keep)
+		return;
+	spin_lock(&info->iommu->lock);
+	ce = iommu_context_addr(info->iommu, info->bus, info->devfn, 0);
+	if (ce && context_present(ce)) {
+		did = context_domain_id(ce);
+		context_clear_entry(ce);
+		__iommu_flush_cache(info->iommu, ce, sizeof(*ce));
+	}
+	spin_unlock(&info->iommu->lock);
+	if (did) {
+		info->iommu->flush.flush_context(info->iommu, 0, 0, 0,
+						 DMA_CCMD_GLOBAL_INVL);
+		info->iommu->flush.flush_iotlb(info->iommu, 0, 0, 0,
+					       DMA_TLB_GLOBAL_FLUSH);
+	}
+}
+
+/**
+ * intel_lu_release_held() - a held device stops being held
+ * @info: the device
+ * @keep: its entry stays (the domain being attached is the restored one,
+ *	whose DID and tables the entry already names); otherwise the entry
+ *	is cleared and the caches flushed, so the device is blocked
+ */
+void intel_lu_release_held(struct device_domain_info *info, bool keep)
+{
+	guard(mutex)(&intel_lu_lock);
+	__intel_lu_release_held(info, keep);
+}
+
+struct intel_lu_vet {
+	const __le64 *pages;
+	u32 first, nr;
+	unsigned long *seen;
+	u32 nr_seen;
+};
+
+static int intel_lu_vet_table(void *arg, phys_addr_t table)
+{
+	struct intel_lu_vet *v = arg;
+	__le64 key = cpu_to_le64(table);
+	const __le64 *at;
+	u32 i;
+
+	at = bsearch(&key, &v->pages[v->first], v->nr, sizeof(__le64),
+		     cmp_phys);
+	if (!at)
+		return -EUCLEAN;
+	i = at - &v->pages[v->first];
+	/* A table reached twice would be freed twice */
+	if (test_and_set_bit(i, v->seen))
+		return -ELOOP;
+	v->nr_seen++;
+	return 0;
+}
+
+static const struct pt_iommu_lu_walk_ops intel_lu_vet_ops = {
+	.table = intel_lu_vet_table,
+	.leaf = intel_lu_skip_leaf,
+};
+
+struct iommu_domain *intel_lu_alloc_ss_domain(struct device *dev);
+
+static struct iommu_domain *intel_lu_restore_domain(u64 token,
+						    const char **reason)
+{
+	struct intel_lu_in_device *holder = NULL;
+	struct pt_iommu_vtdss_hw_info pt_info;
+	struct intel_lu_in_domain *dom = NULL;
+	struct dmar_domain *dmar_domain;
+	struct iommu_domain_info *dinfo;
+	struct intel_lu_vet v = {};
+	struct iommu_domain *domain;
+	struct pci_dev *pdev;
+	u32 i, nd, nv;
+	void *top;
+	int ret;
+
+	guard(mutex)(&intel_lu_lock);
+	*reason = "no IOMMU handover";
+	if (!intel_lu_in)
+		return ERR_PTR(-ENOENT);
+	nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
+	nv = le32_to_cpu(intel_lu_in->hdr->nr_devices);
+	for (i = 0; i < nd; i++)
+		if (le64_to_cpu(intel_lu_in->domains[i].token) == token)
+			dom = &intel_lu_in->dom[i];
+	*reason = "token not in the IOMMU handover";
+	if (!dom)
+		return ERR_PTR(-ENOENT);
+	*reason = "domain already restored or dropped";
+	if (dom->restored || dom->dropped)
+		return ERR_PTR(-EBUSY);
+	for (i = 0; i < nv; i++) {
+		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
+
+		if (&intel_lu_in->dom[le16_to_cpu(d->rec->domain)] == dom &&
+		    d->held) {
+			holder = d;
+			break;
+		}
+	}
+	*reason = "no device kept its translation";
+	if (!holder || !dom->did_reserved)
+		return ERR_PTR(-ENODEV);
+
+	pdev = pci_get_domain_bus_and_slot(le16_to_cpu(holder->rec->segment),
+					   holder->rec->bus,
+					   holder->rec->devfn);
+	*reason = "preserved device not found";
+	if (!pdev)
+		return ERR_PTR(-ENODEV);
+	domain = intel_lu_alloc_ss_domain(&pdev->dev);
+	pci_dev_put(pdev);
+	*reason = "cannot allocate a domain";
+	if (IS_ERR(domain))
+		return domain;
+	dmar_domain = to_dmar_domain(domain);
+
+	pt_iommu_vtdss_hw_info(&dmar_domain->sspt, &pt_info);
+	ret = -EINVAL;
+	*reason = "page-table format differs";
+	if (pt_info.aw != dom->rec->aw ||
+	    !ecap_coherent(dom->iommu->ecap) !=
+	    !!(dom->rec->flags & VTD_LU_DOMAIN_INCOHERENT))
+		goto err_free;
+
+	v.pages = intel_lu_in->pages;
+	v.first = le32_to_cpu(dom->rec->first_page);
+	v.nr = le32_to_cpu(dom->rec->nr_pages);
+	ret = -ENOMEM;
+	*reason = "out of memory";
+	v.seen = bitmap_zalloc(v.nr, GFP_KERNEL);
+	if (!v.seen)
+		goto err_free;
+	top = phys_to_virt(le64_to_cpu(dom->rec->top_phys));
+	ret = pt_iommu_vtdss_lu_walk(domain, top, &intel_lu_vet_ops, &v);
+	bitmap_free(v.seen);
+	*reason = "page table reaches a page that was not handed over";
+	if (ret)
+		goto err_free;
+	*reason = "page list names pages the table does not use";
+	ret = -EUCLEAN;
+	if (v.nr_seen != v.nr)
+		goto err_free;
+
+	dinfo = kzalloc_obj(*dinfo);
+	ret = -ENOMEM;
+	*reason = "out of memory";
+	if (!dinfo)
+		goto err_free;
+	dinfo->iommu = dom->iommu;
+	dinfo->did = le16_to_cpu(dom->rec->did);
+	ret = xa_err(xa_store(&dmar_domain->iommu_array, dom->iommu->seq_id,
+			      dinfo, GFP_KERNEL));
+	if (ret) {
+		kfree(dinfo);
+		goto err_free;
+	}
+	for (i = 0; i < v.nr; i++) {
+		if (!iommu_lu_restore_page(le64_to_cpu(v.pages[v.first + i]),
+					   dom->rec->flags &
+					   VTD_LU_DOMAIN_INCOHERENT)) {
+			/*
+			 * Cannot happen for a page the walk vetted. Leak the
+			 * domain: its tables may still be walked by the unit.
+			 */
+			*reason = "page-table page not preserved";
+			dom->dropped = true;
+			return ERR_PTR(-EUCLEAN);
+		}
+	}
+	pt_iommu_vtdss_lu_adopt_top(domain, top);
+
+	/*
+	 * The DID moves to the domain: the attach of a held device takes a
+	 * reference on it (refcnt 0 -> 1), and freeing the domain unused
+	 * releases it (intel_lu_domain_free()).
+	 */
+	dom->did_reserved = false;
+	dom->restored = dmar_domain;
+	*reason = NULL;
+	return domain;
+
+err_free:
+	xa_erase(&dmar_domain->iommu_array, dom->iommu->seq_id);
+	domain->ops->free(domain);
+	return ERR_PTR(ret);
+}
+
+/**
+ * intel_lu_domain_free() - a domain is being freed
+ * @dmar_domain: the domain
+ *
+ * A restored domain that no device attached still owns the DID it took
+ * over (refcnt 0 in its iommu_array): release it.
+ */
+void intel_lu_domain_free(struct dmar_domain *dmar_domain)
+{
+	struct iommu_domain_info *dinfo;
+	unsigned long idx;
+	u32 i, nd;
+
+	xa_for_each(&dmar_domain->iommu_array, idx, dinfo) {
+		if (WARN_ON(dinfo->refcnt))
+			continue;
+		ida_free(&dinfo->iommu->domain_ida, dinfo->did);
+		xa_erase(&dmar_domain->iommu_array, idx);
+		kfree(dinfo);
+	}
+	guard(mutex)(&intel_lu_lock);
+	if (!intel_lu_in)
+		return;
+	nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
+	for (i = 0; i < nd; i++)
+		if (intel_lu_in->dom[i].restored == dmar_domain)
+			intel_lu_in->dom[i].restored = NULL;
+}
+
+struct intel_lu_leaves {
+	iommu_lu_leaf_fn fn;
+	void *arg;
+};
+
+static int intel_lu_leaf(void *arg, u64 iova, phys_addr_t oa,
+			 unsigned int lg2sz, u64 entry)
+{
+	struct intel_lu_leaves *l = arg;
+	u32 prot = 0;
+
+	if (entry & DMA_PTE_READ)
+		prot |= IOMMU_READ;
+	if (entry & DMA_PTE_WRITE)
+		prot |= IOMMU_WRITE;
+	if (entry & DMA_PTE_SNP)
+		prot |= IOMMU_CACHE;
+	return l->fn(l->arg, iova, oa, 1ULL << lg2sz, prot);
+}
+
+static int intel_lu_leaf_table(void *arg, phys_addr_t table)
+{
+	return 0;
+}
+
+static const struct pt_iommu_lu_walk_ops intel_lu_leaf_ops = {
+	.table = intel_lu_leaf_table,
+	.leaf = intel_lu_leaf,
+};
+
+static int intel_lu_domain_leaves(struct iommu_domain *domain,
+				  iommu_lu_leaf_fn fn, void *arg)
+{
+	struct intel_lu_leaves l = { .fn = fn, .arg = arg };
+
+	return pt_iommu_vtdss_lu_walk(domain, NULL, &intel_lu_leaf_ops, &l);
+}
+
+/*
+ * Blocks the held devices of @dom (NULL: of every domain) that nobody took,
+ * and gives back a DID that no restored domain took over.
+ */
+static void intel_lu_block_held(struct intel_lu_in_domain *dom)
+{
+	u32 i, nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
+	u32 nv = le32_to_cpu(intel_lu_in->hdr->nr_devices);
+
+	lockdep_assert_held(&intel_lu_lock);
+	for (i = 0; i < nv; i++) {
+		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
+		struct device_domain_info *info = NULL;
+		struct pci_dev *pdev;
+
+		if (dom && &intel_lu_in->dom[le16_to_cpu(d->rec->domain)] != dom)
+			continue;
+		if (!d->held)
+			continue;
+		pdev = pci_get_domain_bus_and_slot(le16_to_cpu(d->rec->segment),
+						   d->rec->bus, d->rec->devfn);
+		if (pdev && pdev->dev.iommu)
+			info = dev_iommu_priv_get(&pdev->dev);
+		if (info && info->lu_held) {
+			__intel_lu_release_held(info, false);
+			pci_info(pdev, "blocked: nobody took its preserved translation\n");
+		}
+		d->held = false;
+		pci_dev_put(pdev);
+	}
+	for (i = 0; i < nd; i++) {
+		struct intel_lu_in_domain *di = &intel_lu_in->dom[i];
+
+		if (dom && di != dom)
+			continue;
+		if (di->did_reserved) {
+			ida_free(&di->iommu->domain_ida,
+				 le16_to_cpu(di->rec->did));
+			di->did_reserved = false;
+		}
+	}
+}
+
+static void intel_lu_drop_domain(u64 token)
+{
+	u32 i, nd;
+
+	guard(mutex)(&intel_lu_lock);
+	if (!intel_lu_in)
+		return;
+	nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
+	for (i = 0; i < nd; i++) {
+		struct intel_lu_in_domain *dom = &intel_lu_in->dom[i];
+
+		if (le64_to_cpu(dom->rec->token) != token)
+			continue;
+		intel_lu_block_held(dom);
+		dom->dropped = true;
+	}
+}
+
+static void intel_lu_finish(void)
+{
+	guard(mutex)(&intel_lu_lock);
+	if (intel_lu_in)
+		intel_lu_block_held(NULL);
+}
+
+static const struct iommu_lu_ops intel_lu_ops = {
+	.preserve_domain = intel_lu_preserve_domain,
+	.unpreserve_domain = intel_lu_unpreserve_domain,
+	.freeze_device = intel_lu_freeze_device,
+	.unfreeze_device = intel_lu_unfreeze_device,
+	.commit = intel_lu_commit,
+	.restore_domain = intel_lu_restore_domain,
+	.domain_leaves = intel_lu_domain_leaves,
+	.drop_domain = intel_lu_drop_domain,
+	.finish = intel_lu_finish,
+};
+
+void intel_lu_init(void)
+{
+	iommu_lu_register(&intel_lu_ops, &intel_lu_flb);
+}
