@@ -121,10 +121,20 @@ void gmfs_rs_freeze(void);
  * -EHWPOISON: it cannot be recovered (metadata, or owner unknown).
  */
 int gmfs_rs_memory_failure(u64 block, u64 *ino, u64 *file_block);
-/* DMA holds (dma.c): take, read the runs (struct phys_vec), release. */
-int gmfs_rs_dma_hold(u64 ino, u64 start, u64 len, u64 *id, u32 *nr_runs);
+/*
+ * DMA holds (dma.c): take (filling holes; *igen is the inode's
+ * generation), take by inode number and generation without filling
+ * (restore after kexec), read the runs (struct phys_vec), mark for the
+ * next kernel, release; resolve the previous kernel's handover.
+ */
+int gmfs_rs_dma_hold(u64 ino, u64 start, u64 len, u64 *id, u64 *igen,
+		     u32 *nr_runs);
+int gmfs_rs_dma_hold_id(u64 ino, u64 igen, u64 start, u64 len, u64 *id,
+			u32 *nr_runs);
 int gmfs_rs_dma_runs(u64 id, struct phys_vec *out, u32 nr);
+int gmfs_rs_dma_set_preserved(u64 id, bool preserved);
 void gmfs_rs_dma_release(u64 id);
+void gmfs_rs_dma_handover_done(void);
 /* True if file block @file_block of @ino is region block @block. */
 bool gmfs_rs_block_is(u64 ino, u64 file_block, u64 block);
 

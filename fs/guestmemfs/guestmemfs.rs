@@ -18,7 +18,7 @@ use kernel::{c_str, kho, prelude::*};
 pub mod format;
 mod volume;
 
-use format::locator::{Locator, LOCATOR_FLAG_META_POISONED, LOCATOR_SIZE};
+use format::locator::{Locator, LOCATOR_FLAG_DMA_HELD, LOCATOR_FLAG_META_POISONED, LOCATOR_SIZE};
 
 module! {
     type: GuestMemFs,
@@ -36,6 +36,7 @@ struct Region {
     generation: u64,
     handed_over: bool,
     metadata_poisoned: bool,
+    dma_held: bool,
 }
 
 extern "C" {
@@ -95,13 +96,19 @@ static DAMAGE_LOCATOR: AtomicBool = AtomicBool::new(false);
 
 /// Rewrites the published locator with the metadata's generation at the
 /// time of the kexec freeze (a mount with `-o reformat` changes it after
-/// the locator was first published).
+/// the locator was first published), and its flags.
 ///
 /// # Safety
 ///
 /// The caller holds the volume lock: it serialises the writers of the
 /// locator.
-pub(crate) unsafe fn republish_locator(base: u64, size: u64, generation: u64, meta_poisoned: bool) {
+pub(crate) unsafe fn republish_locator(
+    base: u64,
+    size: u64,
+    generation: u64,
+    meta_poisoned: bool,
+    dma_held: bool,
+) {
     let p = PUBLISHED_LOCATOR.load(Ordering::Acquire);
     if p.is_null() {
         return;
@@ -114,7 +121,7 @@ pub(crate) unsafe fn republish_locator(base: u64, size: u64, generation: u64, me
         base,
         size,
         generation: generation.wrapping_add(skew),
-        flags: locator_flags(meta_poisoned),
+        flags: locator_flags(meta_poisoned, dma_held),
     };
     // SAFETY: `p` points to the LOCATOR_SIZE-byte preserved buffer, which
     // is never freed; the caller's volume lock serialises writers.
@@ -162,23 +169,26 @@ struct GuestMemFs {
     _locator: Option<kho::Subtree>,
 }
 
-fn locator_flags(meta_poisoned: bool) -> u32 {
+fn locator_flags(meta_poisoned: bool, dma_held: bool) -> u32 {
+    let mut flags = 0;
     if meta_poisoned {
-        LOCATOR_FLAG_META_POISONED
-    } else {
-        0
+        flags |= LOCATOR_FLAG_META_POISONED;
     }
+    if dma_held {
+        flags |= LOCATOR_FLAG_DMA_HELD;
+    }
+    flags
 }
 
 /// Publishes where the region is, for the next kernel's `setup_arch()`.
 fn publish_locator(vol: &volume::Volume) -> Result<kho::Subtree> {
     let mut buf = kho::PreservedBuffer::new(LOCATOR_SIZE)?;
-    let (base, size, generation, meta_poisoned) = vol.locator_fields();
+    let (base, size, generation, meta_poisoned, dma_held) = vol.locator_fields();
     let loc = Locator {
         base,
         size,
         generation,
-        flags: locator_flags(meta_poisoned),
+        flags: locator_flags(meta_poisoned, dma_held),
     };
     loc.encode(buf.as_mut_slice()).map_err(|_| EINVAL)?;
     kho::Subtree::publish(c_str!("guestmemfs"), buf)
@@ -198,6 +208,7 @@ impl kernel::Module for GuestMemFs {
             size: r.size,
             generation: r.handed_over.then_some(r.generation),
             meta_poisoned: r.metadata_poisoned,
+            dma_held: r.dma_held,
         }))?;
         // Memory errors are handled only once the volume can pin blocks;
         // failing to register costs that, not the filesystem (mf.c logs).

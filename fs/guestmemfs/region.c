@@ -132,6 +132,7 @@ static void __init guestmemfs_reserve_handed_over(void)
 	guestmemfs_region.generation = generation;
 	guestmemfs_region.metadata_poisoned =
 		flags & GUESTMEMFS_LOCATOR_META_POISONED;
+	guestmemfs_region.dma_held = flags & GUESTMEMFS_LOCATOR_DMA_HELD;
 	guestmemfs_carve(base, size, true);
 }
 

@@ -79,8 +79,16 @@ struct Inner {
     /// The superblock's generation while Ready (kept here so that the
     /// freeze never reads metadata that may hold a memory error).
     generation: u64,
-    /// DMA holds (`format::holds`): file ranges an IOMMU maps.
+    /// DMA holds (`format::holds`): file ranges an IOMMU maps, and the
+    /// boot holds of the files the previous kernel flagged `DMA_HELD`.
     holds: KVec<Hold>,
+    /// The previous kernel handed IOMMU mappings of the region over (a
+    /// boot hold, or its locator said so even though the filesystem was
+    /// refused): no reformat until `gmfs_rs_dma_handover_done`.
+    handover_pending: bool,
+    /// What the locator written at the freeze says about IOMMU mappings
+    /// (said again if a memory error rewrites it afterwards).
+    locator_dma_held: bool,
     /// Blocks in use in `bitmap`, kept so that the allocator is rebuilt
     /// per call in O(1) (`BlockBitmap::resume`), not by counting bits.
     blocks_used: u64,
@@ -366,15 +374,24 @@ impl Inner {
         self.index_words = index_words;
         self.geo = Some(geo);
         self.state = State::Ready;
-        // The first change: a version 1 image becomes version 2 here.
+        // The files an IOMMU mapping was handed over for: kept whole (boot
+        // holds) until the IOMMU side resolves the handover, orphans too.
+        let mut boot = KVec::new();
+        // The first change: a version 1 or 2 image becomes version 3 here.
         let (orphans, generation, used_now, bad, lost) = {
             let (mut meta, mut bm) = self.meta().map_err(|_| FmtError::Truncated)?;
-            let orphans = meta.reclaim_orphans(&mut bm)?;
+            holds::boot_holds(&meta, |h| {
+                boot.push(h, GFP_KERNEL).map_err(|_| FmtError::NoMemory)
+            })?;
+            let orphans = meta.reclaim_orphans_except(&mut bm, |ino| holds::is_held(&boot, ino))?;
             let generation = meta.generation()?.wrapping_add(1);
             meta.set_generation(generation)?;
             let (bad, lost) = (meta.bad_count()?, meta.bad_lost()?);
             (orphans, generation, bm.used(), bad, lost)
         };
+        let kept = boot.len();
+        self.handover_pending = kept > 0;
+        self.holds = boot;
         self.generation = generation;
         if bad > 0 || lost > 0 {
             pr_warn!(
@@ -395,6 +412,12 @@ impl Inner {
             generation,
             took / 1000
         );
+        if kept > 0 {
+            pr_info!(
+                "{} files stay whole until the IOMMU handover is resolved (DMA_HELD)\n",
+                kept
+            );
+        }
         Ok(())
     }
 }
@@ -410,6 +433,9 @@ pub(crate) struct RegionInfo {
     pub(crate) generation: Option<u64>,
     /// The previous kernel saw a memory error in the metadata.
     pub(crate) meta_poisoned: bool,
+    /// The previous kernel's locator says IOMMU mappings of the region
+    /// may have been handed over.
+    pub(crate) dma_held: bool,
 }
 
 impl Inner {
@@ -419,6 +445,44 @@ impl Inner {
         match self.state {
             State::Ready => self.generation,
             _ => self.handed_generation,
+        }
+    }
+
+    /// At the kexec freeze, before the locator is written: sets
+    /// `DMA_HELD` on exactly the files the next kernel must keep whole (a
+    /// preserved hold, or a boot hold not resolved yet) and clears it on
+    /// every other inode. Returns what the locator must say: whether
+    /// IOMMU mappings of the region may be handed over.
+    fn write_dma_held(&mut self) -> bool {
+        let needed = self.holds.iter().any(|h| h.preserved || h.boot);
+        if !matches!(self.state, State::Ready) || self.meta_poisoned {
+            // The next kernel reads no inode flag: the locator says it.
+            return needed || self.handover_pending;
+        }
+        // Out of `self` while `open()` borrows it whole; always put back.
+        let list = core::mem::take(&mut self.holds);
+        let flagged = self.open(false).and_then(|(mut m, _)| {
+            m.set_dma_held(|ino| holds::keep_for_next_kernel(&list, ino))
+                .map_err(errno)
+        });
+        self.holds = list;
+        match flagged {
+            Ok(n) => n > 0 || self.handover_pending,
+            Err(e) if needed => {
+                // Without the flags the next kernel could free blocks a
+                // device writes to: it must not read this filesystem.
+                pr_crit!(
+                    "cannot flag the files IOMMU mappings are handed over for ({:?}): the next kernel will keep the region without reading it\n",
+                    e
+                );
+                self.meta_poisoned = true;
+                true
+            }
+            Err(e) => {
+                // Only stale flags may be left: they keep files longer.
+                pr_err!("cannot clear DMA_HELD flags ({:?})\n", e);
+                self.handover_pending
+            }
         }
     }
 }
@@ -447,6 +511,8 @@ impl Volume {
             meta_poisoned: false,
             generation: 0,
             holds: KVec::new(),
+            handover_pending: false,
+            locator_dma_held: false,
             blocks_used: 0,
             index_words: KVVec::new(),
             // The name hash's key: names stored by a previous kernel or
@@ -495,20 +561,31 @@ impl Volume {
                 }
                 None => g.format(size, 1)?,
             }
+            // Whatever became of the filesystem: a device may still write
+            // to the region through the IOMMU tables the next kernel
+            // adopts, until the IOMMU side resolves the handover.
+            if r.dma_held && !g.handover_pending {
+                g.handover_pending = true;
+                pr_info!(
+                    "previous kernel handed IOMMU mappings over: no reformat until resolved\n"
+                );
+            }
         }
         VOLUME.store(core::ptr::from_ref(&*vol).cast_mut(), Ordering::Release);
         Ok(vol)
     }
 
-    /// Base and size of the region, the generation to hand on, and
-    /// whether the metadata had a memory error.
-    pub(crate) fn locator_fields(&self) -> (u64, u64, u64, bool) {
+    /// Base and size of the region, the generation to hand on, whether
+    /// the metadata had a memory error, and whether a handover of IOMMU
+    /// mappings is unresolved.
+    pub(crate) fn locator_fields(&self) -> (u64, u64, u64, bool, bool) {
         let g = self.inner.lock();
         (
             self.base,
             self.size,
             g.current_generation(),
             g.meta_poisoned,
+            g.handover_pending,
         )
     }
 }
@@ -689,11 +766,17 @@ pub(crate) extern "C" fn gmfs_rs_mount(reformat: bool) -> c_int {
             if g.frozen {
                 return EBUSY.to_errno();
             }
-            if !g.holds.is_empty() {
-                pr_err!(
-                    "cannot reformat: an IOMMU maps {} file ranges\n",
-                    g.holds.len()
-                );
+            if holds::check_reformat(&g.holds, g.handover_pending).is_err() {
+                if g.holds.is_empty() {
+                    pr_err!(
+                        "cannot reformat: the previous kernel's IOMMU handover is unresolved\n"
+                    );
+                } else {
+                    pr_err!(
+                        "cannot reformat: an IOMMU maps {} file ranges (or may, from the previous kernel)\n",
+                        g.holds.len()
+                    );
+                }
                 return EBUSY.to_errno();
             }
             let generation = g.current_generation().wrapping_add(1);
@@ -1209,11 +1292,24 @@ pub(crate) extern "C" fn gmfs_rs_freeze() {
     if let Ok(vol) = volume() {
         let mut g = vol.inner.lock();
         if !g.frozen {
+            // The last metadata change: holds can no longer be taken or
+            // marked once frozen.
+            let dma_held = g.write_dma_held();
+            g.locator_dma_held = dma_held;
             g.frozen = true;
             let generation = g.current_generation();
+            let poisoned = g.meta_poisoned;
             // SAFETY: `g` is the volume lock's guard.
-            unsafe { crate::republish_locator(vol.base, vol.size, generation, g.meta_poisoned) };
-            pr_info!("metadata frozen for kexec at generation {}\n", generation);
+            unsafe { crate::republish_locator(vol.base, vol.size, generation, poisoned, dma_held) };
+            pr_info!(
+                "metadata frozen for kexec at generation {}{}\n",
+                generation,
+                if dma_held {
+                    ", IOMMU mappings handed over"
+                } else {
+                    ""
+                }
+            );
         }
     }
 }
@@ -1251,8 +1347,9 @@ fn memory_failure(g: &mut Inner, region_size: u64, block: u64) -> Result<Option<
             // The locator was written at the freeze: say it again.
             let generation = g.current_generation();
             if let Ok(vol) = volume() {
+                let dma_held = g.locator_dma_held;
                 // SAFETY: the caller holds the volume lock (`g`).
-                unsafe { crate::republish_locator(vol.base, vol.size, generation, true) };
+                unsafe { crate::republish_locator(vol.base, vol.size, generation, true, dma_held) };
             }
         }
         pr_crit!(
@@ -1377,21 +1474,36 @@ pub(crate) extern "C" fn gmfs_rs_evict(ino: u64) -> c_int {
 /// `u32` (`holds::phys_runs` rounds this down to whole GiBs).
 const MAX_RUN: u64 = (u32::MAX as u64) << 12;
 
+/// Hold ids: unique for the boot (boot holds have 0, never handed out).
+static NEXT_HOLD: AtomicU64 = AtomicU64::new(1);
+
+/// Adds a hold on bytes `[start, end)` of `ino`, of generation `igen`,
+/// to `list`; returns its id.
+fn add_hold(list: &mut KVec<Hold>, ino: u64, igen: u64, start: u64, end: u64) -> Result<u64> {
+    let id = NEXT_HOLD.fetch_add(1, Ordering::Relaxed);
+    let hold = Hold::new(list, id, ino, igen, start, end);
+    list.push(hold, GFP_KERNEL)?;
+    Ok(id)
+}
+
 /// Takes a DMA hold on bytes `[start, start + len)` of `ino` for an
 /// IOMMU mapping (`dma.c`): page aligned, inside the file (`EINVAL`), a
 /// regular file; holes are filled with zeroed blocks first (`ENOSPC`).
 /// From now on the range's blocks keep their place until
-/// [`gmfs_rs_dma_release`]. `*id` names the hold, `*nr_runs` is the
-/// number of physical runs [`gmfs_rs_dma_runs`] reports.
+/// [`gmfs_rs_dma_release`]. `*id` names the hold, `*igen` is the inode's
+/// generation (with `ino`, what the next kernel's
+/// [`gmfs_rs_dma_hold_id`] takes), `*nr_runs` is the number of physical
+/// runs [`gmfs_rs_dma_runs`] reports.
 ///
 /// # Safety
-/// `id` and `nr_runs` must be valid for writes.
+/// `id`, `igen` and `nr_runs` must be valid for writes.
 #[no_mangle]
 pub(crate) unsafe extern "C" fn gmfs_rs_dma_hold(
     ino: u64,
     start: u64,
     len: u64,
     id: *mut u64,
+    igen: *mut u64,
     nr_runs: *mut u32,
 ) -> c_int {
     let vol = match volume() {
@@ -1400,7 +1512,6 @@ pub(crate) unsafe extern "C" fn gmfs_rs_dma_hold(
     };
     // Not while a fault zeroes a unit it reserved in this range.
     let _alloc = vol.alloc.lock();
-    let mut new_id = 0;
     let r = with_meta_holds(|m, bm, list| {
         let i = m.inode(ino).map_err(errno)?;
         if !i.is_reg() {
@@ -1412,19 +1523,79 @@ pub(crate) unsafe extern "C" fn gmfs_rs_dma_hold(
             .map_err(errno)?;
         let n = holds::phys_runs(m, ino, start, end, MAX_RUN, |_, _| {}).map_err(errno)?;
         let n = u32::try_from(n).map_err(|_| ENOMEM)?;
-        new_id = NEXT_HOLD.fetch_add(1, Ordering::Relaxed);
-        let hold = Hold {
-            id: new_id,
-            ino,
-            start,
-            end,
-            evict_pending: false,
-        };
-        list.push(hold, GFP_KERNEL)?;
-        Ok(n)
+        let new_id = add_hold(list, ino, i.generation, start, end)?;
+        Ok((new_id, i.generation, n))
     });
     match r {
-        Ok(n) => {
+        Ok((new_id, generation, n)) => {
+            // SAFETY: valid per the contract.
+            unsafe {
+                id.write(new_id);
+                igen.write(generation);
+                nr_runs.write(n);
+            }
+            0
+        }
+        Err(e) => e.to_errno(),
+    }
+}
+
+/// The errno of a refused hold by id.
+fn refused(r: holds::Refusal) -> Error {
+    match r {
+        holds::Refusal::NotInUse => ENOENT,
+        holds::Refusal::Stale => ESTALE,
+        holds::Refusal::Invalid => EINVAL,
+        holds::Refusal::Hole => ENODATA,
+        holds::Refusal::Meta(e) => errno(e),
+    }
+}
+
+/// Takes a DMA hold on bytes `[start, start + len)` of inode `ino` of
+/// generation `igen`, as they are: the restore of an IOMMU mapping the
+/// previous kernel handed over (`dma.c`), whose tables point to the
+/// blocks the file has. Nothing is allocated; no file is needed, and an
+/// orphan (no link) may be held. Refused with `ENOENT` (no inode in use
+/// has that number), `ESTALE` (another generation), `EINVAL` (not a
+/// regular file; a range not page aligned, empty or past the size),
+/// `ENODATA` (a hole in the range), `EUCLEAN` (no filesystem to hold
+/// from: no region, the handed-over one refused, or its metadata had a
+/// memory error), `EBUSY` (frozen for kexec). Otherwise as
+/// [`gmfs_rs_dma_hold`]: released by [`gmfs_rs_dma_release`].
+///
+/// The volume is adopted at the module's initcall, so this works before
+/// any mount.
+///
+/// # Safety
+/// `id` and `nr_runs` must be valid for writes.
+#[no_mangle]
+pub(crate) unsafe extern "C" fn gmfs_rs_dma_hold_id(
+    ino: u64,
+    igen: u64,
+    start: u64,
+    len: u64,
+    id: *mut u64,
+    nr_runs: *mut u32,
+) -> c_int {
+    // As a change: refused while frozen or after a metadata error. The
+    // closure's own errors come back inside, apart from the volume's.
+    let r = with_meta_holds(|m, _, list| {
+        Ok(holds::check_id(m, ino, igen, start, len, MAX_RUN)
+            .map_err(refused)
+            .and_then(|(end, n)| {
+                let n = u32::try_from(n).map_err(|_| ENOMEM)?;
+                Ok((add_hold(list, ino, igen, start, end)?, n))
+            }))
+    });
+    let r = match r {
+        Ok(held) => held,
+        // Frozen for kexec.
+        Err(e) if e == EBUSY => Err(EBUSY),
+        // No region, refused at adoption, or a metadata memory error.
+        Err(_) => Err(EUCLEAN),
+    };
+    match r {
+        Ok((new_id, n)) => {
             // SAFETY: valid per the contract.
             unsafe {
                 id.write(new_id);
@@ -1436,8 +1607,23 @@ pub(crate) unsafe extern "C" fn gmfs_rs_dma_hold(
     }
 }
 
-/// Hold ids: unique for the boot.
-static NEXT_HOLD: AtomicU64 = AtomicU64::new(1);
+/// Marks hold `id` as handed over to the next kernel at kexec, or no
+/// longer: at the freeze its file gets `DMA_HELD`, so that the next
+/// kernel keeps it whole until the IOMMU side resolves the handover.
+/// `EINVAL` for an unknown hold, `EBUSY` once frozen (the flags are
+/// written).
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_dma_set_preserved(id: u64, preserved: bool) -> c_int {
+    let vol = match volume() {
+        Ok(vol) => vol,
+        Err(e) => return e.to_errno(),
+    };
+    let mut g = vol.inner.lock();
+    if g.frozen {
+        return EBUSY.to_errno();
+    }
+    ret(holds::set_preserved(&mut g.holds, id, preserved).map_err(errno))
+}
 
 /// `struct phys_vec` of `include/linux/types.h` on 64-bit.
 #[repr(C)]
@@ -1459,7 +1645,9 @@ pub(crate) unsafe extern "C" fn gmfs_rs_dma_runs(id: u64, out: *mut PhysVec, nr:
     };
     // Only reads: also while frozen or after a metadata error.
     ret(with_volume(false, |m, _, list, _| {
-        let h = *list.iter().find(|h| h.id == id).ok_or(EINVAL)?;
+        let h = holds::find(list, id)
+            .and_then(|at| list.get(at).copied())
+            .ok_or(EINVAL)?;
         let mut k = 0u32;
         let n = holds::phys_runs(m, h.ino, h.start, h.end, MAX_RUN, |p, l| {
             if k < nr {
@@ -1481,30 +1669,14 @@ pub(crate) unsafe extern "C" fn gmfs_rs_dma_runs(id: u64, out: *mut PhysVec, nr:
     }))
 }
 
-/// Releases hold `id`; evicts its inode if that was pending and this was
-/// its last hold. Never fails for the caller: an eviction that cannot
-/// happen now (frozen for kexec) leaves an orphan the next boot frees.
-#[no_mangle]
-pub(crate) extern "C" fn gmfs_rs_dma_release(id: u64) {
-    let Ok(vol) = volume() else { return };
-    let mut g = vol.inner.lock();
-    let Some(at) = g.holds.iter().position(|h| h.id == id) else {
-        pr_err!("release of unknown DMA hold {}\n", id);
-        return;
-    };
-    let released = g.holds.remove(at);
-    let Ok(released) = released else { return };
-    if !holds::evict_after_release(&g.holds, &released) {
-        return;
-    }
+/// Evicts orphan `ino`, which nothing holds any more (`after` says why,
+/// for the log). Not while frozen for kexec or after a metadata error:
+/// the orphan then waits for the next boot's reclaim.
+fn evict_unheld(g: &mut Inner, ino: u64, after: &str) {
     let used = match g.open(true) {
         Ok((mut m, mut bm)) => {
-            if let Err(e) = m.evict(released.ino, &mut bm) {
-                pr_err!(
-                    "cannot evict inode {} after its last DMA hold: {:?}\n",
-                    released.ino,
-                    e
-                );
+            if let Err(e) = m.evict(ino, &mut bm) {
+                pr_err!("cannot evict inode {} after {}: {:?}\n", ino, after, e);
             }
             Some(bm.used())
         }
@@ -1512,6 +1684,51 @@ pub(crate) extern "C" fn gmfs_rs_dma_release(id: u64) {
     };
     if let Some(used) = used {
         g.blocks_used = used;
+    }
+}
+
+/// Releases hold `id`; evicts its inode if that was pending and this was
+/// its last hold. Never fails for the caller: an eviction that cannot
+/// happen now (frozen for kexec) leaves an orphan the next boot frees.
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_dma_release(id: u64) {
+    let Ok(vol) = volume() else { return };
+    let mut g = vol.inner.lock();
+    let Some(at) = holds::find(&g.holds, id) else {
+        pr_err!("release of unknown DMA hold {}\n", id);
+        return;
+    };
+    let released = g.holds.remove(at);
+    let Ok(released) = released else { return };
+    if holds::evict_after_release(&g.holds, &released) {
+        evict_unheld(&mut g, released.ino, "its last DMA hold");
+    }
+}
+
+/// The IOMMU side resolved the previous kernel's handover (every
+/// mapping restored, or refused with its devices blocked, or there was
+/// none): drops the boot holds, evicts the orphans nothing holds any
+/// more, and allows a reformat again. Idempotent.
+#[no_mangle]
+pub(crate) extern "C" fn gmfs_rs_dma_handover_done() {
+    let Ok(vol) = volume() else { return };
+    let mut g = vol.inner.lock();
+    let was_pending = g.handover_pending;
+    g.handover_pending = false;
+    let mut dropped = 0u64;
+    while let Some(at) = holds::next_boot(&g.holds) {
+        let removed = g.holds.remove(at);
+        let Ok(boot) = removed else { break };
+        dropped += 1;
+        if holds::evict_after_release(&g.holds, &boot) {
+            evict_unheld(&mut g, boot.ino, "the IOMMU handover");
+        }
+    }
+    if was_pending || dropped > 0 {
+        pr_info!(
+            "IOMMU handover resolved: {} files no longer kept whole\n",
+            dropped
+        );
     }
 }
 

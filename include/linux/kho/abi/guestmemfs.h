@@ -45,4 +45,14 @@
  */
 #define GUESTMEMFS_LOCATOR_META_POISONED	(1U << 0)
 
+/*
+ * IOMMU mappings of the region may have been handed over (files flagged
+ * DMA_HELD in the metadata, or an earlier handover not resolved yet): the
+ * next kernel refuses a reformat until the IOMMU side resolves the
+ * handover (guestmemfs_dma_handover_done()), even when it refuses the
+ * filesystem itself. A kernel that does not know this flag refuses the
+ * whole locator and takes no region.
+ */
+#define GUESTMEMFS_LOCATOR_DMA_HELD		(1U << 1)
+
 #endif /* _LINUX_KHO_ABI_GUESTMEMFS_H */

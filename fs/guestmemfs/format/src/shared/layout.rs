@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-only
-//! On-memory layout of guestmemfs, format version 2 (version 1 is read and
-//! upgraded).
+//! On-memory layout of guestmemfs, format version 3 (versions 1 and 2 are
+//! read and upgraded).
 //!
 //! The region is an array of 2 MiB blocks. The first `meta_blocks` blocks
 //! hold the metadata, everything after them is file data:
@@ -20,6 +20,10 @@
 //! extent record above them is free by definition, never read (allocating
 //! a record overwrites all of it), so a mount reads the records that were
 //! ever used, not the whole tables.
+//!
+//! Version 3 adds one inode flag, [`FLAG_DMA_HELD`]: written at the kexec
+//! freeze on the regular files an IOMMU mapping handed over to the next
+//! kernel still needs (`holds`). The superblock is as in version 2.
 
 use super::Error;
 
@@ -33,10 +37,14 @@ pub const HUGE_BLOCKS: u64 = 512;
 /// `b"GUESTMFS"` read as a little-endian u64.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GUESTMFS");
 /// Format version this code writes.
-pub const VERSION: u32 = 2;
-/// The previous format version, still accepted: its superblock has no
+pub const VERSION: u32 = 3;
+/// The previous format version, still accepted: no inode may carry
+/// [`FLAG_DMA_HELD`]; the first change made to it rewrites the version
+/// (nothing else differs).
+pub const VERSION_2: u32 = 2;
+/// The first format version, still accepted: its superblock has no
 /// high-water marks (every record counts), and the first change made to
-/// it rewrites the superblock as version 2.
+/// it rewrites the superblock as the current version.
 pub const VERSION_1: u32 = 1;
 
 /// Bytes reserved for the superblock at the start of the region.
@@ -59,6 +67,13 @@ pub const S_IFREG: u32 = 0o100000;
 
 /// Record flag: the record is in use.
 pub const FLAG_IN_USE: u32 = 1;
+/// Inode flag (version 3, regular files only, with [`FLAG_IN_USE`]): at
+/// the kexec freeze an IOMMU mapping of this file was handed over to the
+/// next kernel, which keeps the file whole (no orphan reclaim, no shrink
+/// below its size, no reformat) until the IOMMU side says the handover
+/// is resolved. Written only at the freeze; any other rewrite of the
+/// record clears it.
+pub const FLAG_DMA_HELD: u32 = 2;
 
 /// Entries of the superblock's bad-block list: 512 MiB of bad memory.
 pub const BAD_MAX: usize = 256;

@@ -33,7 +33,14 @@ pub const LOCATOR_VERSION: u32 = 1;
 /// kernel that does not know the flag refuses the locator whole (takes
 /// no region), which is also safe.
 pub const LOCATOR_FLAG_META_POISONED: u32 = 1;
-const LOCATOR_FLAGS_KNOWN: u32 = LOCATOR_FLAG_META_POISONED;
+/// Flag: IOMMU mappings of the region may have been handed over (inodes
+/// were flagged `DMA_HELD`, or a handover the previous kernel got was not
+/// resolved yet). The next kernel refuses `-o reformat` until the IOMMU
+/// side resolves the handover, also when it refuses the filesystem and
+/// so cannot read the inode flags. A kernel that does not know the flag
+/// refuses the locator whole (takes no region).
+pub const LOCATOR_FLAG_DMA_HELD: u32 = 2;
+const LOCATOR_FLAGS_KNOWN: u32 = LOCATOR_FLAG_META_POISONED | LOCATOR_FLAG_DMA_HELD;
 
 /// Where the region is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,16 +170,37 @@ mod tests {
     }
 
     #[test]
-    fn poisoned_flag_roundtrips() {
-        let loc = Locator {
-            base: 1 << 32,
-            size: 2 << 30,
-            generation: 4,
-            flags: LOCATOR_FLAG_META_POISONED,
-        };
-        let mut buf = [0u8; 64];
-        loc.encode(&mut buf).unwrap();
-        assert_eq!(Locator::decode(&buf), Ok(loc));
+    fn flags_roundtrip_and_unknown_ones_are_refused() {
+        for flags in [
+            LOCATOR_FLAG_META_POISONED,
+            LOCATOR_FLAG_DMA_HELD,
+            LOCATOR_FLAG_META_POISONED | LOCATOR_FLAG_DMA_HELD,
+        ] {
+            let loc = Locator {
+                base: 1 << 32,
+                size: 2 << 30,
+                generation: 4,
+                flags,
+            };
+            let mut buf = [0u8; 64];
+            loc.encode(&mut buf).unwrap();
+            assert_eq!(Locator::decode(&buf), Ok(loc));
+        }
+        for bit in 2..32 {
+            let loc = Locator {
+                base: 1 << 32,
+                size: 2 << 30,
+                generation: 4,
+                flags: 1 << bit,
+            };
+            let mut buf = [0u8; 64];
+            loc.encode(&mut buf).unwrap();
+            assert_eq!(
+                Locator::decode(&buf),
+                Err(Error::Corrupt(Corruption::NonZeroReserved)),
+                "flag bit {bit}"
+            );
+        }
     }
 
     #[test]

@@ -531,6 +531,30 @@ impl<'x, B: AsRef<[u8]>> Meta<'x, B> {
         Ok(None)
     }
 
+    /// True if in-use inode `ino` carries [`FLAG_DMA_HELD`] (`NotFound`
+    /// for a free record).
+    pub fn dma_held(&self, ino: u64) -> Result<bool, Error> {
+        Ok(get_u32(self.record(ino)?, ino::FLAGS)? & FLAG_DMA_HELD != 0)
+    }
+
+    /// Passes every in-use inode flagged [`FLAG_DMA_HELD`] to `f`, in
+    /// inode order; returns how many. Walks the inodes in use only.
+    pub fn for_each_dma_held(
+        &self,
+        mut f: impl FnMut(&InodeData) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        let mut n = 0;
+        let mut next = Some(ROOT_INO);
+        while let Some(ino) = next {
+            next = self.ix.next_inode(ino);
+            if self.dma_held(ino)? {
+                f(&self.inode(ino)?)?;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// True if `ancestor` is `ino` or one of its parents.
     pub fn is_ancestor(&self, ancestor: u64, ino: u64) -> Result<bool, Error> {
         let mut cur = ino;
@@ -563,8 +587,9 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
         let c = &mut *self.ix.c;
         if c.sync_superblock {
             // Version 1 left the bytes after its fields undefined (zero
-            // in practice); version 2 holds the bad-block list there and
-            // reserves the rest as zero. A version 2 image keeps its list.
+            // in practice); since version 2 the bad-block list is there
+            // and the rest is reserved as zero. A version 2 image keeps
+            // its list (its superblock is the same as version 3's).
             let from = if get_u32(b, sb::VERSION)? == VERSION_1 {
                 sb::BAD_COUNT
             } else {
@@ -696,6 +721,8 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
         }
         let rec = inode_record_mut(self.buf.as_mut(), self.geo.inode_count, i.ino)?;
         rec.iter_mut().for_each(|x| *x = 0);
+        // A `FLAG_DMA_HELD` from the previous kernel goes: the kernel
+        // keeps what it meant in memory, and rewrites it at the freeze.
         put_u32(rec, ino::FLAGS, FLAG_IN_USE)?;
         put_u32(rec, ino::MODE, i.mode)?;
         put_u32(rec, ino::UID, i.uid)?;
@@ -888,15 +915,55 @@ impl<B: AsRef<[u8]> + AsMut<[u8]>> Meta<'_, B> {
     /// Frees every unlinked inode (orphans left by files that were open
     /// at the kexec). Returns how many. Walks the inodes in use only.
     pub fn reclaim_orphans(&mut self, blocks: &mut BlockBitmap<'_>) -> Result<u64, Error> {
+        self.reclaim_orphans_except(blocks, |_| false)
+    }
+
+    /// [`Meta::reclaim_orphans`], keeping the orphans for which `keep`
+    /// is true (the kernel keeps those a DMA hold handed over needs).
+    pub fn reclaim_orphans_except(
+        &mut self,
+        blocks: &mut BlockBitmap<'_>,
+        mut keep: impl FnMut(u64) -> bool,
+    ) -> Result<u64, Error> {
         let mut n = 0;
         let mut cur = ROOT_INO;
         while let Some(ino) = self.ix.next_inode(cur) {
             cur = ino;
             let rec = inode_record(self.buf.as_ref(), self.geo.inode_count, ino)?;
-            if get_u32(rec, ino::NLINK)? == 0 {
+            if get_u32(rec, ino::NLINK)? == 0 && !keep(ino) {
                 self.evict(ino, blocks)?;
                 n += 1;
             }
+        }
+        Ok(n)
+    }
+
+    /// Sets [`FLAG_DMA_HELD`] on exactly the in-use regular files for
+    /// which `held` is true and clears it on every other inode, for the
+    /// next kernel (at the kexec freeze). Only records whose flag changes
+    /// are written; the first write brings a version 1 or 2 image to the
+    /// current version, which defines the flag. Walks the inodes in use
+    /// only. Returns the inodes flagged.
+    pub fn set_dma_held(&mut self, mut held: impl FnMut(u64) -> bool) -> Result<u64, Error> {
+        let mut n = 0;
+        let mut next = Some(ROOT_INO);
+        while let Some(ino) = next {
+            next = self.ix.next_inode(ino);
+            let rec = self.record(ino)?;
+            let flags = get_u32(rec, ino::FLAGS)?;
+            let is_reg = get_u32(rec, ino::MODE)? & S_IFMT == S_IFREG;
+            let want = is_reg && held(ino);
+            let now = if want {
+                flags | FLAG_DMA_HELD
+            } else {
+                flags & !FLAG_DMA_HELD
+            };
+            if now != flags {
+                self.prepare_write()?;
+                let rec = inode_record_mut(self.buf.as_mut(), self.geo.inode_count, ino)?;
+                put_u32(rec, ino::FLAGS, now)?;
+            }
+            n += u64::from(want);
         }
         Ok(n)
     }
@@ -1341,6 +1408,70 @@ mod tests {
         assert_eq!(bm.used(), geo.meta_blocks);
         m.unlink(ROOT_INO, b"dir", T).unwrap();
         assert_eq!(m.inode(ROOT_INO).unwrap().nlink, 2);
+    }
+
+    #[test]
+    fn dma_held_flags_are_set_exactly_and_upgrade_the_image() {
+        let (mut img, geo) = Image::new(16);
+        let (ino_f, ino_g, ino_d);
+        {
+            let (mut m, mut bm, f) = img.with_file();
+            let g = m.create(ROOT_INO, b"g", S_IFREG | 0o644, 0, 0, T).unwrap();
+            let d = m.create(ROOT_INO, b"d", S_IFDIR | 0o755, 0, 0, T).unwrap();
+            m.allocate(f.ino, 0, 2, &mut bm).unwrap();
+            (ino_f, ino_g, ino_d) = (f.ino, g.ino, d.ino);
+        }
+        // As a version 2 image just adopted: the first write upgrades it.
+        put_u32(&mut img.buf, sb::VERSION, VERSION_2).unwrap();
+        seal_superblock(&mut img.buf).unwrap();
+        let (mut st, _) = Store::adopt(&img.buf, &geo);
+        let mut m = Meta::new(&mut img.buf[..], geo, st.index()).unwrap();
+        // Nothing to flag: nothing written, still version 2.
+        let before = m.bytes().to_vec();
+        assert_eq!(m.set_dma_held(|_| false), Ok(0));
+        assert_eq!(m.bytes(), &before[..]);
+        // A directory is never flagged, whatever the caller says.
+        let want = [ino_f, ino_d];
+        assert_eq!(m.set_dma_held(|i| want.contains(&i)), Ok(1));
+        assert_eq!(get_u32(m.bytes(), sb::VERSION), Ok(VERSION));
+        let flagged = |m: &Meta<'_, &mut [u8]>| {
+            let mut v = std::vec::Vec::new();
+            m.for_each_dma_held(|i| {
+                v.push(i.ino);
+                Ok(())
+            })
+            .unwrap();
+            v
+        };
+        assert_eq!(flagged(&m), [ino_f]);
+        assert_eq!(m.dma_held(ino_g), Ok(false));
+        // Moved to the other file: set there, cleared here.
+        assert_eq!(m.set_dma_held(|i| i == ino_g), Ok(1));
+        assert_eq!(flagged(&m), [ino_g]);
+        assert_eq!(validate::check(m.bytes(), geo.region_size), Ok(4));
+        // Any rewrite of the record clears it (the kernel keeps it in
+        // memory until the freeze).
+        let g = m.inode(ino_g).unwrap();
+        m.write_inode(&g).unwrap();
+        assert_eq!(flagged(&m), []);
+        assert_eq!(m.dma_held(99), Err(Error::Invalid));
+    }
+
+    #[test]
+    fn orphans_kept_on_request() {
+        let (mut img, geo) = Image::new(16);
+        let (mut m, mut bm, f) = img.with_file();
+        let g = m.create(ROOT_INO, b"g", S_IFREG | 0o644, 0, 0, T).unwrap();
+        m.allocate(f.ino, 0, 1, &mut bm).unwrap();
+        m.allocate(g.ino, 0, 1, &mut bm).unwrap();
+        m.unlink(ROOT_INO, b"f", T).unwrap();
+        m.unlink(ROOT_INO, b"g", T).unwrap();
+        assert_eq!(m.reclaim_orphans_except(&mut bm, |i| i == f.ino), Ok(1));
+        assert!(m.inode_in_use(f.ino).unwrap());
+        assert!(!m.inode_in_use(g.ino).unwrap());
+        assert_eq!(bm.used(), geo.meta_blocks + 1);
+        assert_eq!(m.reclaim_orphans(&mut bm), Ok(1));
+        assert_eq!(bm.used(), geo.meta_blocks);
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub fn superblock(buf: &[u8], region_size: u64) -> Result<Geometry, Error> {
         return corrupt(Corruption::BadMagic);
     }
     let version = get_u32(buf, sb::VERSION)?;
-    if version != VERSION && version != VERSION_1 {
+    if version != VERSION && version != VERSION_2 && version != VERSION_1 {
         return corrupt(Corruption::BadVersion(version));
     }
     let body = buf.get(..sb::CHECKSUM).ok_or(Error::Truncated)?;
@@ -59,14 +59,14 @@ pub fn superblock(buf: &[u8], region_size: u64) -> Result<Geometry, Error> {
     if !consistent {
         return corrupt(Corruption::BadGeometry);
     }
-    // Version 2: the high-water marks inside the tables, a well-formed
-    // bad-block list, the rest of the superblock zero (a field a later
-    // version adds is never ignored).
+    // Since version 2: the high-water marks inside the tables, a
+    // well-formed bad-block list, the rest of the superblock zero (a
+    // field a later version adds is never ignored).
     limits(buf, &geo)?;
-    if version == VERSION {
+    if version != VERSION_1 {
         bad_list(buf, &geo)?;
     }
-    if version == VERSION
+    if version != VERSION_1
         && buf
             .get(sb::RESERVED..sb::CHECKSUM)
             .ok_or(Error::Truncated)?
@@ -78,7 +78,7 @@ pub fn superblock(buf: &[u8], region_size: u64) -> Result<Geometry, Error> {
     Ok(geo)
 }
 
-/// Checks the bad-block list of a version 2 superblock: at most
+/// Checks the bad-block list of a version 2 or 3 superblock: at most
 /// [`BAD_MAX`] entries, strictly ascending data blocks, zero past the
 /// count and in the padding. A listed block may be free or owned by a
 /// file (the file keeps it; its faults there report the error).
@@ -125,14 +125,14 @@ pub fn limits(buf: &[u8], geo: &Geometry) -> Result<Limits, Error> {
             inodes: geo.inode_count,
             extents: geo.extent_count,
         }),
-        VERSION => {
+        version @ (VERSION_2 | VERSION) => {
             let inodes = get_u64(buf, sb::INODE_HWM)?;
             let extents = get_u64(buf, sb::EXTENT_HWM)?;
             if inodes > geo.inode_count || extents > geo.extent_count {
                 return corrupt(Corruption::BadGeometry);
             }
             Ok(Limits {
-                version: VERSION,
+                version,
                 inodes,
                 extents,
             })
@@ -192,12 +192,21 @@ const UNSEEN: u8 = 0;
 const WALKING: u8 = 1;
 const REACHES_ROOT: u8 = 2;
 
-/// Checks the fields of in-use inode `i` that need nothing but the record
-/// itself (`rec`, its raw bytes) and the superblock's generation counter.
-fn check_inode_fields(i: &InodeData, rec: &[u8], next_gen: u64) -> Result<(), Error> {
+/// True if an in-use inode record of an image of format `version` may
+/// carry `flags` with file type and permissions `mode`: [`FLAG_IN_USE`]
+/// alone, or since version 3 also with [`FLAG_DMA_HELD`] on a regular
+/// file. Every other bit is undefined.
+pub fn inode_flags_ok(version: u32, flags: u32, mode: u32) -> bool {
+    flags == FLAG_IN_USE
+        || (version >= VERSION && flags == FLAG_IN_USE | FLAG_DMA_HELD && mode & S_IFMT == S_IFREG)
+}
+
+/// Checks the fields of in-use inode `i` of an image of format `version`
+/// that need nothing but the record itself (`rec`, its raw bytes) and
+/// the superblock's generation counter.
+fn check_inode_fields(i: &InodeData, rec: &[u8], version: u32, next_gen: u64) -> Result<(), Error> {
     let bad = corrupt(Corruption::BadInode(i.ino));
-    // Only the in-use flag is defined.
-    if get_u32(rec, ino::FLAGS)? != FLAG_IN_USE {
+    if !inode_flags_ok(version, get_u32(rec, ino::FLAGS)?, i.mode) {
         return bad;
     }
     let kind = i.mode & S_IFMT;
@@ -250,7 +259,8 @@ fn check_inode_fields(i: &InodeData, rec: &[u8], next_gen: u64) -> Result<(), Er
 /// read or cleared. For a version 1 image the marks are the table sizes;
 /// the index then holds the real marks (the highest ids in use) and the
 /// first change through [`super::meta::Meta`] writes the superblock as
-/// version 2 with them.
+/// the current version with them (a version 2 image gets the new version
+/// number only).
 pub fn contents(
     buf: &[u8],
     geo: &Geometry,
@@ -342,7 +352,7 @@ fn build(
         inode_hwm = ino;
         index.set_inode(ino, true)?;
         let i = decode_inode(buf, geo.inode_count, ino)?;
-        check_inode_fields(&i, rec, next_gen)?;
+        check_inode_fields(&i, rec, lim.version, next_gen)?;
         if ino != ROOT_INO && i.nlink > 0 {
             if check_name(i.name()).is_err() {
                 return corrupt(Corruption::BadInode(ino));
@@ -587,12 +597,15 @@ mod tests {
             check(&buf, geo.region_size),
             Err(Error::Corrupt(Corruption::BadMagic))
         );
-        let (mut buf, geo) = sample();
-        buf[8] = 3;
-        assert_eq!(
-            check(&buf, geo.region_size),
-            Err(Error::Corrupt(Corruption::BadVersion(3)))
-        );
+        for bad in [0, 4, u32::MAX] {
+            let (mut buf, geo) = sample();
+            put_u32(&mut buf, sb::VERSION, bad).unwrap();
+            super::super::meta::seal_superblock(&mut buf).unwrap();
+            assert_eq!(
+                check(&buf, geo.region_size),
+                Err(Error::Corrupt(Corruption::BadVersion(bad)))
+            );
+        }
     }
 
     fn inode_field(geo: &Geometry, ino: u64, field: usize) -> usize {
@@ -815,11 +828,55 @@ mod tests {
         b[inode_field_off(1, ino::NAME)] = b'r';
         assert_eq!(refused(&b, &geo), Corruption::BadInode(1));
         // Undefined flag bits, in an inode and in an extent.
-        let b = with_u32(&buf, 3, ino::FLAGS, FLAG_IN_USE | 2);
-        assert_eq!(refused(&b, &geo), Corruption::BadInode(3));
+        for bad in [4, 8, 1 << 31, FLAG_DMA_HELD | 4] {
+            let b = with_u32(&buf, 3, ino::FLAGS, FLAG_IN_USE | bad);
+            assert_eq!(refused(&b, &geo), Corruption::BadInode(3));
+        }
         let mut b = buf.clone();
         put_u32(&mut b, extent_field(&geo, 1, ext::FLAGS), FLAG_IN_USE | 4).unwrap();
         assert_eq!(refused(&b, &geo), Corruption::BadExtent(1));
+    }
+
+    /// The image as version `v` (the superblock is the same since 2).
+    fn as_version(buf0: &[u8], v: u32) -> Vec<u8> {
+        let mut b = buf0.to_vec();
+        put_u32(&mut b, sb::VERSION, v).unwrap();
+        super::super::meta::seal_superblock(&mut b).unwrap();
+        b
+    }
+
+    #[test]
+    fn dma_held_flag_by_version_and_type() {
+        // Root (1) and d (2) are directories, f (3) a regular file.
+        let (buf, geo) = sample();
+        assert_eq!(get_u32(&buf, sb::VERSION).unwrap(), VERSION);
+        let held = FLAG_IN_USE | FLAG_DMA_HELD;
+        let b = with_u32(&buf, 3, ino::FLAGS, held);
+        assert_eq!(check(&b, geo.region_size), Ok(3));
+        // Version 2 did not define it.
+        assert_eq!(refused(&as_version(&b, 2), &geo), Corruption::BadInode(3));
+        assert_eq!(check(&as_version(&buf, 2), geo.region_size), Ok(3));
+        // Only on regular files.
+        for dir in [1, 2] {
+            let b = with_u32(&buf, dir, ino::FLAGS, held);
+            assert_eq!(refused(&b, &geo), Corruption::BadInode(dir));
+        }
+        // An orphan may be held.
+        let b = with_u32(&b, 3, ino::NLINK, 0);
+        let b = with_u64(&b, 3, ino::PARENT, 0);
+        assert_eq!(check(&b, geo.region_size), Ok(3));
+        // Without the in-use bit the record is free, whatever else it has.
+        let b = with_u32(&buf, 3, ino::FLAGS, FLAG_DMA_HELD);
+        assert!(check(&b, geo.region_size).is_err());
+        for v in [1, 2, 3] {
+            for flags in [0, 1, 2, 3, 4, 5, 7, u32::MAX] {
+                for mode in [S_IFREG | 0o644, S_IFDIR | 0o755, 0] {
+                    let ok = flags == FLAG_IN_USE
+                        || (v == 3 && flags == held && mode == S_IFREG | 0o644);
+                    assert_eq!(inode_flags_ok(v, flags, mode), ok, "{v} {flags} {mode:o}");
+                }
+            }
+        }
     }
 
     #[test]
