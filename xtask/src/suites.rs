@@ -65,7 +65,7 @@ pub const SUITES: &[Suite] = &[
     Suite {
         name: "iommufd_igb",
         about: "guestmemfs=2G: igb DMA into guestmemfs through VFIO cdev + iommufd, VT-d page table checked",
-        tests: &["iommufd_igb_dma"],
+        tests: &["iommufd_igb_dma", "iommufd_igb_kexec"],
         add: &["guestmemfs=2G"],
         remove: &[],
         memory: None,

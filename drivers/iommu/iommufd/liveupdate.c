@@ -511,10 +511,8 @@ static int iommufd_lu_restore_hwpt(struct iommufd_ctx *ictx,
 					 IOMMUFD_LU_WHY);
 	else
 		strscpy(why, "out of memory", IOMMUFD_LU_WHY);
-	if (rc) {
-		domain->ops->free(domain);
-		goto out_ioas;
-	}
+	if (rc)
+		goto out_domain;
 
 	mutex_lock(&ioas->mutex);
 	hwpt_paging = iommufd_hwpt_paging_adopt(ictx, ioas, domain,
@@ -524,7 +522,7 @@ static int iommufd_lu_restore_hwpt(struct iommufd_ctx *ictx,
 	if (IS_ERR(hwpt_paging)) {
 		rc = PTR_ERR(hwpt_paging);
 		snprintf(why, IOMMUFD_LU_WHY, "cannot adopt the domain: %d", rc);
-		goto out_ioas;
+		goto out_domain;
 	}
 	hwpt_paging->lu_restored_token = h->token;
 	iommufd_object_finalize(ictx, &hwpt_paging->common.obj);
@@ -533,6 +531,10 @@ static int iommufd_lu_restore_hwpt(struct iommufd_ctx *ictx,
 	kvfree(have.p);
 	return 0;
 
+out_domain:
+	/* Its devices may still walk its tables: block them, then free */
+	ops->drop_domain(h->token);
+	domain->ops->free(domain);
 out_ioas:
 	iommufd_object_abort_and_destroy(ictx, &ioas->obj);
 	kvfree(want.p);
@@ -595,6 +597,12 @@ static int iommufd_lu_retrieve(struct liveupdate_file_op_args *args)
 			break;
 	}
 	if (rc) {
+		/*
+		 * HWPTs restored before the failure are freed with the file:
+		 * block their devices first (out_refuse blocks the rest).
+		 */
+		while (i--)
+			ops->drop_domain(hwpts[i].token);
 		fput(file);
 		goto out_refuse;
 	}

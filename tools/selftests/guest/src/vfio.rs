@@ -3,12 +3,13 @@
 //! opened through its VFIO cdev, bound to an iommufd and attached to an
 //! explicit HWPT on an IOAS, with the rust-vmm crates (`vfio-ioctls`
 //! with `vfio_cdev`, `iommufd-ioctls`). Only the calls this project adds
-//! (`IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE`) are local.
+//! (`IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE`, `_FIND_RESTORED`) are local.
 
-use iommufd_bindings::iommufd::iommu_hwpt_alloc;
+use iommufd_bindings::iommufd::{iommu_hwpt_alloc, iommu_ioas_map_file};
 use iommufd_ioctls::{IommuFd, IommufdIoas};
-use std::fs;
-use std::os::fd::AsRawFd;
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 use vfio_bindings::bindings::vfio::{
@@ -49,7 +50,116 @@ impl Drop for Passthrough {
     }
 }
 
+/// `struct iommu_hwpt_liveupdate_mark_preserve` (include/uapi/linux/iommufd.h).
+#[repr(C)]
+struct MarkPreserve {
+    size: u32,
+    hwpt_id: u32,
+    hwpt_token: u64,
+}
+
+/// `struct iommu_hwpt_liveupdate_find_restored`.
+#[repr(C)]
+#[derive(Default)]
+pub struct FindRestored {
+    size: u32,
+    pub out_hwpt_id: u32,
+    hwpt_token: u64,
+    pub out_ioas_id: u32,
+    reserved: u32,
+}
+
+/// `_IO(IOMMUFD_TYPE, cmd)`: iommufd ioctls carry their size in the struct.
+const fn iommufd_io(cmd: u64) -> u64 {
+    ((b';' as u64) << 8) | cmd
+}
+pub const IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: u64 = iommufd_io(0x96);
+pub const IOMMU_HWPT_LIVEUPDATE_FIND_RESTORED: u64 = iommufd_io(0x97);
+
+fn iommufd_ioctl<T>(fd: RawFd, request: u64, arg: &mut T) -> io::Result<()> {
+    // SAFETY: `arg` is an exclusively borrowed `#[repr(C)]` struct with the
+    // layout the kernel expects for `request`; it outlives the call.
+    let rc = unsafe { libc::ioctl(fd, request as _, arg as *mut T) };
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `IOMMU_HWPT_LIVEUPDATE_FIND_RESTORED` of `token` in `iommufd`.
+pub fn find_restored(iommufd: &IommuFd, token: u64) -> io::Result<FindRestored> {
+    let mut f = FindRestored {
+        size: std::mem::size_of::<FindRestored>() as u32,
+        hwpt_token: token,
+        ..Default::default()
+    };
+    iommufd_ioctl(iommufd.as_raw_fd(), IOMMU_HWPT_LIVEUPDATE_FIND_RESTORED, &mut f)?;
+    Ok(f)
+}
+
 impl Passthrough {
+    /// `IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE` of the HWPT with `token`.
+    pub fn mark_preserve(&self, token: u64) -> io::Result<()> {
+        let mut m = MarkPreserve {
+            size: std::mem::size_of::<MarkPreserve>() as u32,
+            hwpt_id: self.hwpt_id,
+            hwpt_token: token,
+        };
+        iommufd_ioctl(
+            self.iommufd.as_raw_fd(),
+            IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE,
+            &mut m,
+        )
+    }
+
+    /// `IOMMU_IOAS_MAP_FILE` of one page of `fd` at a fixed `iova` of IOAS
+    /// `ioas_id`: the errno, or `None` if it mapped.
+    pub fn remap_probe(&self, ioas_id: u32, fd: &impl AsRawFd, iova: u64) -> Option<i32> {
+        let mut m = iommu_ioas_map_file {
+            size: std::mem::size_of::<iommu_ioas_map_file>() as u32,
+            flags: 1 | 2 | 4, // FIXED_IOVA | WRITEABLE | READABLE
+            ioas_id,
+            fd: fd.as_raw_fd(),
+            start: 0,
+            length: 4096,
+            iova,
+        };
+        iommufd_ioctl(self.iommufd.as_raw_fd(), iommufd_io(0x8f), &mut m)
+            .err()
+            .and_then(|e| e.raw_os_error())
+    }
+
+    /// After a kexec: the iommufd retrieved from LUO, its HWPT restored
+    /// from `token`; `bdf`'s cdev is bound to it and attached to that HWPT
+    /// (no map call: the mappings came back with it). Returns the restored
+    /// IOAS's id too.
+    pub fn restored(bdf: &str, iommufd: File, token: u64) -> Result<(Passthrough, u32), String> {
+        let iommufd = Arc::new(IommuFd::new_from_fd(iommufd));
+        let found = find_restored(&iommufd, token)
+            .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_FIND_RESTORED {token:#x}: {e}"))?;
+        // vfio-ioctls wants an IOAS; a new, empty one (never attached).
+        let vfio = Arc::new(
+            VfioIommufd::new(Arc::clone(&iommufd), None, None)
+                .map_err(|x| format!("VfioIommufd: {x}"))?,
+        );
+        let ioas = Arc::clone(vfio.ioas());
+        let sysfs = format!("/sys/bus/pci/devices/{bdf}");
+        let dev = VfioDevice::new(Path::new(&sysfs), vfio, false)
+            .map_err(|x| format!("open and bind the VFIO cdev: {x}"))?;
+        dev.attach_hwpt(found.out_hwpt_id)
+            .map_err(|x| format!("VFIO_DEVICE_ATTACH_IOMMUFD_PT restored HWPT: {x}"))?;
+        Ok((
+            Passthrough {
+                dev: Some(dev),
+                hwpt_id: found.out_hwpt_id,
+                ioas,
+                iommufd,
+            },
+            found.out_ioas_id,
+        ))
+    }
+
     /// Opens `bdf`'s cdev, binds it to a new iommufd and attaches it to a
     /// new HWPT on a new IOAS.
     pub fn open(bdf: &str) -> Result<Passthrough, String> {

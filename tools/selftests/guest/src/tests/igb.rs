@@ -19,10 +19,10 @@ use crate::{pattern, sys};
 use std::fs;
 use std::time::{Duration, Instant};
 
-const CTL_IOVA: u64 = 0x1000_0000;
-const CTL_LEN: u64 = 8 * MIB;
-const DATA_IOVA: u64 = 1 << 32;
-const DATA_LEN: u64 = GIB;
+pub(super) const CTL_IOVA: u64 = 0x1000_0000;
+pub(super) const CTL_LEN: u64 = 8 * MIB;
+pub(super) const DATA_IOVA: u64 = 1 << 32;
+pub(super) const DATA_LEN: u64 = GIB;
 /// `igb-ctl [7 MiB, 7 MiB + 16 KiB)` again, at an IOVA that is not 2 MiB
 /// aligned: 4 KiB leaves.
 const SMALL_IOVA: u64 = 0x2000_1000;
@@ -34,7 +34,7 @@ const HOLE_IOVA: u64 = 0x3_0000_0000;
 const SRC_OFF: u64 = MIB;
 const BLOCK: u64 = 2 * MIB;
 
-fn dmar_faults(bdf: &str) -> Result<Vec<String>, String> {
+pub(super) fn dmar_faults(bdf: &str) -> Result<Vec<String>, String> {
     Ok(sys::kernel_log()
         .map_err(|e| e.to_string())?
         .into_iter()
@@ -44,7 +44,7 @@ fn dmar_faults(bdf: &str) -> Result<Vec<String>, String> {
 
 /// The frame for destination offset `dst`: a fixed Ethernet header (the
 /// loopback parses it) and the pattern of `seed` at `dst`.
-fn frame(seed: u64, dst: u64) -> [u8; MAX_FRAME] {
+pub(super) fn frame(seed: u64, dst: u64) -> [u8; MAX_FRAME] {
     let mut f = [0u8; MAX_FRAME];
     pattern::fill(seed, dst, &mut f);
     f[..14].copy_from_slice(&[2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x88, 0xb5]);
@@ -59,7 +59,7 @@ fn dirty(bytes: &[u8], at: u64) -> bool {
 }
 
 /// VT-d supports 2 MiB and 1 GiB second-level pages (cap bits 34, 35).
-fn superpages() -> Result<bool, String> {
+pub(super) fn superpages() -> Result<bool, String> {
     let cap = fs::read_to_string("/sys/class/iommu/dmar0/intel-iommu/cap")
         .map_err(|e| format!("dmar0 cap: {e}"))?;
     let cap = u64::from_str_radix(cap.trim(), 16).map_err(|e| format!("dmar0 cap: {e}"))?;

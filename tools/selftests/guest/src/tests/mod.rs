@@ -15,6 +15,7 @@ mod gmfs_hardening;
 mod gmfs_memory_errors;
 mod harness;
 mod igb;
+mod igb_kexec;
 mod kselftest;
 mod luo;
 pub mod region;
@@ -324,6 +325,12 @@ pub const CATALOG: &[Test] = &[
         summary: "igb via VFIO cdev + iommufd (rust-vmm crates) DMAs into guestmemfs files: data seen by the CPU, VT-d leaves 1G/2M/4K, no faults but the planted one",
         timeout_s: 400,
         run: igb::igb_dma,
+    },
+    Test {
+        name: "iommufd_igb_kexec",
+        summary: "igb DMAs pattern A, HWPT marked, iommufd preserved, kexec; VT-d table adopted as left (debugfs), HWPT restored by token, device attached with no map, pattern B lands in the same guestmemfs pages, A intact, no faults",
+        timeout_s: 600,
+        run: igb_kexec::igb_kexec,
     },
 ];
 

@@ -1,0 +1,245 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! The device end to end across kexec (issue 7): igb through VFIO cdev +
+//! iommufd on an explicit HWPT over guestmemfs files. Stage 1 DMAs
+//! pattern A, marks the HWPT, preserves the iommufd in a LUO session and
+//! kexecs with the device still attached. Stage 2 checks that the VT-d
+//! table the device is translated by is the one stage 1 left (debugfs,
+//! before userspace takes anything), retrieves the iommufd, finds the
+//! restored HWPT by token, binds and attaches the device without one map
+//! call, DMAs pattern B to the same IOVAs and checks through mmaps of the
+//! same files that B landed in the same pages and A is intact; no DMAR
+//! fault may be logged.
+
+use super::gmfs::{create_sized, mount, p, Mapping, MIB};
+use super::igb::{dmar_faults, frame, superpages, CTL_IOVA, CTL_LEN, DATA_IOVA, DATA_LEN};
+use super::{Ctx, Outcome, TestResult};
+use crate::igb::{Igb, Rings, MAX_FRAME, RING_BYTES};
+use crate::iommu_debugfs::{self, Leaf};
+use crate::ktap::diag;
+use crate::liveupdate::LiveUpdate;
+use crate::sys;
+use crate::vfio::{bind_vfio_pci, Passthrough};
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+const SESSION: &str = "gtest-iommufd-igb";
+const FD_TOKEN: u64 = 0x10fd;
+const HWPT_TOKEN: u64 = 0x7e57_4857;
+/// Sources in igb-ctl from 1 MiB, after the rings.
+const SRC_OFF: u64 = MIB;
+const BLOCK: u64 = 2 * MIB;
+/// Pattern A lands at this offset of every 2 MiB block, B at the next.
+const A_OFF: u64 = 4096;
+const B_OFF: u64 = 8192;
+/// Blocks of the 1 GiB file that get a frame (every 8th).
+const STRIDE: u64 = 8;
+
+fn igb_bdf() -> Result<String, String> {
+    let devs = sys::find_pci(0x8086, 0x10c9).map_err(|e| e.to_string())?;
+    Ok(devs
+        .first()
+        .ok_or("no igb (8086:10c9) in the VM")?
+        .bdf
+        .clone())
+}
+
+fn open_rw(rel: &str) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p(rel))
+        .map_err(|e| format!("{rel}: {e}"))
+}
+
+/// The destinations of a pattern: one frame per STRIDE-th block.
+fn dsts(off: u64) -> Vec<u64> {
+    (0..DATA_LEN / BLOCK)
+        .step_by(STRIDE as usize)
+        .map(|b| b * BLOCK + off)
+        .collect()
+}
+
+/// DMAs `frame(seed, dst)` to DATA_IOVA + dst for every dst.
+fn dma(igb: &mut Igb, ctl: &mut Mapping, seed: u64, dst: &[u64]) -> Result<(), String> {
+    let bytes = ctl.bytes();
+    let mut list = Vec::new();
+    for (k, &d) in dst.iter().enumerate() {
+        let s = SRC_OFF + (k * MAX_FRAME) as u64;
+        bytes[s as usize..s as usize + MAX_FRAME].copy_from_slice(&frame(seed, d));
+        list.push((CTL_IOVA + s, DATA_IOVA + d, MAX_FRAME));
+    }
+    igb.submit(&list)?;
+    igb.wait(list.len(), |_| MAX_FRAME, Duration::from_secs(120))
+}
+
+fn check(data: &mut Mapping, seed: u64, dst: &[u64], what: &str) -> Result<(), String> {
+    let d = data.bytes();
+    for &o in dst {
+        if d[o as usize..o as usize + MAX_FRAME] != frame(seed, o) {
+            return Err(format!("{what}: file offset {o:#x} does not hold the frame"));
+        }
+    }
+    Ok(())
+}
+
+fn leaves_note(leaves: &[Leaf]) -> String {
+    leaves
+        .iter()
+        .map(|l| format!("{:x}:{:x}:{:x}", l.iova, l.size, l.phys))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+pub fn igb_kexec(ctx: &mut Ctx) -> TestResult {
+    match ctx.stage {
+        1 => preserve(ctx),
+        2 => restore(ctx),
+        s => Err(format!("no stage {s}")),
+    }
+}
+
+fn preserve(ctx: &mut Ctx) -> TestResult {
+    let bdf = igb_bdf()?;
+    if !superpages()? {
+        return Err("the emulated VT-d offers no 2 MiB/1 GiB pages".into());
+    }
+    mount()?;
+    for f in ["lu-ctl", "lu-data"] {
+        let _ = fs::remove_file(p(f));
+    }
+    let ctl = create_sized(&p("lu-ctl"), CTL_LEN)?;
+    let data = create_sized(&p("lu-data"), DATA_LEN)?;
+    bind_vfio_pci(&bdf)?;
+    let pt = Passthrough::open(&bdf)?;
+    pt.map_file(&ctl, 0, CTL_LEN, CTL_IOVA)?;
+    pt.map_file(&data, 0, DATA_LEN, DATA_IOVA)?;
+    let mut ctl_map = Mapping::new(&ctl, CTL_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    let mut data_map =
+        Mapping::new(&data, DATA_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    pt.config_set16(0x4, 0x2 | 0x4)?;
+    let rings = Rings {
+        tx: ctl_map.ptr,
+        tx_iova: CTL_IOVA,
+        // SAFETY: inside the 8 MiB mapping.
+        rx: unsafe { ctl_map.ptr.add(RING_BYTES as usize) },
+        rx_iova: CTL_IOVA + RING_BYTES,
+    };
+    // SAFETY: the rings are inside `ctl_map` at CTL_IOVA, which outlives
+    // `igb`; only `igb` writes them.
+    let mut igb = unsafe { Igb::init(pt.bar0()?, rings)? };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let a = dsts(A_OFF);
+    dma(&mut igb, &mut ctl_map, seed, &a)?;
+    check(&mut data_map, seed, &a, "pattern A before kexec")?;
+    drop(igb);
+
+    let leaves = iommu_debugfs::read(&bdf)?;
+    if leaves.is_empty() {
+        return Err("no VT-d leaves before the kexec".into());
+    }
+    pt.mark_preserve(HWPT_TOKEN)
+        .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
+    session
+        .preserve_fd(pt.iommufd.as_raw_fd(), FD_TOKEN)
+        .map_err(|e| format!("preserve the iommufd: {e}"))?;
+    diag(&format!(
+        "stage 1: {} frames of pattern A DMAed; HWPT {} marked {HWPT_TOKEN:#x}; iommufd preserved in {SESSION:?}; {} leaves",
+        a.len(),
+        pt.hwpt_id,
+        leaves.len()
+    ));
+    ctx.note_out = Some(format!("{seed:x};{}", leaves_note(&leaves)));
+    ctx.keep.push(session.into_owned_fd());
+    // The device stays bound and attached across the kexec: the VFIO and
+    // iommufd fds stay open until the kernel is replaced.
+    std::mem::forget(pt);
+    std::mem::forget((ctl_map, data_map, ctl, data));
+    Ok(Outcome::Kexec)
+}
+
+fn restore(ctx: &mut Ctx) -> TestResult {
+    let bdf = igb_bdf()?;
+    let note = ctx.note_in.clone().ok_or("stage 1 left no note")?;
+    let (seed, want) = note.split_once(';').ok_or("bad note")?;
+    let seed_a = u64::from_str_radix(seed, 16).map_err(|e| e.to_string())?;
+    let log = sys::kernel_log().map_err(|e| e.to_string())?;
+    if !log.iter().any(|l| l.contains("adopted the previous kernel's translation tables")) {
+        return Err("VT-d did not adopt the handed-over tables".into());
+    }
+    // Before userspace takes anything: the device is translated by the
+    // very table stage 1 built.
+    let before = leaves_note(&iommu_debugfs::read(&bdf)?);
+    if before != want {
+        return Err(format!(
+            "VT-d table after kexec differs: {before} vs {want} before"
+        ));
+    }
+    diag("stage 2: the device's VT-d table is the one stage 1 left (debugfs)");
+    let faults0 = dmar_faults(&bdf)?.len();
+
+    mount()?;
+    let ctl = open_rw("lu-ctl")?;
+    let data = open_rw("lu-data")?;
+    let mut ctl_map = Mapping::new(&ctl, CTL_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    let mut data_map =
+        Mapping::new(&data, DATA_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    let a = dsts(A_OFF);
+    check(&mut data_map, seed_a, &a, "pattern A after kexec")?;
+
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+    let fd = session
+        .retrieve_fd(FD_TOKEN)
+        .map_err(|e| format!("retrieve the iommufd: {e}"))?;
+    bind_vfio_pci(&bdf)?;
+    let (pt, ioas_id) = Passthrough::restored(&bdf, File::from(fd), HWPT_TOKEN)?;
+    // The restored IOAS holds the mappings: mapping over them is refused.
+    let again = pt.remap_probe(ioas_id, &data, DATA_IOVA);
+    if again != Some(libc::EEXIST) {
+        return Err(format!(
+            "IOMMU_IOAS_MAP_FILE over a restored mapping: {again:?}, expected EEXIST"
+        ));
+    }
+    pt.config_set16(0x4, 0x2 | 0x4)?;
+    let rings = Rings {
+        tx: ctl_map.ptr,
+        tx_iova: CTL_IOVA,
+        // SAFETY: inside the 8 MiB mapping.
+        rx: unsafe { ctl_map.ptr.add(RING_BYTES as usize) },
+        rx_iova: CTL_IOVA + RING_BYTES,
+    };
+    // SAFETY: as in stage 1.
+    let mut igb = unsafe { Igb::init(pt.bar0()?, rings)? };
+    let seed_b = seed_a.rotate_left(17) ^ 0x5a5a;
+    let b = dsts(B_OFF);
+    dma(&mut igb, &mut ctl_map, seed_b, &b)?;
+    check(&mut data_map, seed_b, &b, "pattern B after kexec")?;
+    check(&mut data_map, seed_a, &a, "pattern A after pattern B")?;
+    drop(igb);
+    let after = leaves_note(&iommu_debugfs::read(&bdf)?);
+    if after != want {
+        return Err(format!("VT-d table after the attach differs: {after}"));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let faults = dmar_faults(&bdf)?;
+    if faults.len() > faults0 {
+        return Err(format!("DMA faults logged: {:?}", &faults[faults0..]));
+    }
+    session.finish().map_err(|e| format!("LIVEUPDATE_SESSION_FINISH: {e}"))?;
+    diag(&format!(
+        "stage 2: restored HWPT {} (IOAS {ioas_id}) attached with no map call; {} frames of pattern B landed in the same guestmemfs pages, pattern A intact, no DMAR faults; session finished",
+        pt.hwpt_id,
+        b.len()
+    ));
+    drop(pt);
+    drop((ctl_map, data_map, ctl, data));
+    for f in ["lu-ctl", "lu-data"] {
+        fs::remove_file(p(f)).map_err(|e| e.to_string())?;
+    }
+    Ok(Outcome::Pass)
+}
