@@ -65,7 +65,17 @@ pub const SUITES: &[Suite] = &[
     Suite {
         name: "iommufd_igb",
         about: "guestmemfs=2G: igb DMA into guestmemfs through VFIO cdev + iommufd, VT-d page table checked",
-        tests: &["iommufd_igb_dma", "iommufd_igb_kexec"],
+        tests: &[
+            "iommufd_igb_dma",
+            "iommufd_lu_abort",
+            "iommufd_igb_kexec",
+            "iommufd_lu_refuse_version",
+            "iommufd_lu_refuse_crc",
+            "iommufd_lu_refuse_offset",
+            "iommufd_lu_refuse_inode",
+            "iommufd_lu_refuse_vtd_version",
+            "iommufd_lu_refuse_vtd_pages",
+        ],
         add: &["guestmemfs=2G"],
         remove: &[],
         memory: None,

@@ -32,6 +32,7 @@
 #include <linux/kexec_handover.h>
 #include <linux/kho/abi/iommu_vtd.h>
 #include <linux/liveupdate.h>
+#include <linux/moduleparam.h>
 #include <linux/pci.h>
 #include <linux/sort.h>
 
@@ -101,6 +102,44 @@ struct intel_lu_incoming {
 };
 
 static struct intel_lu_incoming *intel_lu_in;
+
+#if IS_ENABLED(CONFIG_IOMMUFD_TEST)
+#undef MODULE_PARAM_PREFIX
+#define MODULE_PARAM_PREFIX "intel_iommu."
+/*
+ * Test only: damage the handover at the next commit, so that the next
+ * kernel's refusal paths can be tested (docs/testing.md): "version", or
+ * "pages" (a domain's last page-table page is listed at the wrong
+ * address, checksum valid).
+ */
+static char lu_test_damage[16];
+module_param_string(lu_test_damage, lu_test_damage, sizeof(lu_test_damage),
+		    0600);
+
+static void intel_lu_test_damage(struct vtd_lu_header *hdr,
+				 struct vtd_lu_domain *drec, __le64 *pages)
+{
+	if (sysfs_streq(lu_test_damage, "version"))
+		hdr->version = cpu_to_le32(99);
+	/* The last page that is not the top: sorted, and the top is listed */
+	if (sysfs_streq(lu_test_damage, "pages") && hdr->nr_domains) {
+		u32 last = le32_to_cpu(drec[0].first_page) +
+			   le32_to_cpu(drec[0].nr_pages) - 1;
+
+		if (pages[last] == drec[0].top_phys &&
+		    last > le32_to_cpu(drec[0].first_page))
+			last--;
+		if (pages[last] != drec[0].top_phys)
+			pages[last] = cpu_to_le64(le64_to_cpu(pages[last]) +
+						  SZ_4K);
+	}
+}
+#else
+static void intel_lu_test_damage(struct vtd_lu_header *hdr,
+				 struct vtd_lu_domain *drec, __le64 *pages)
+{
+}
+#endif
 
 static int cmp_phys(const void *a, const void *b)
 {
@@ -494,6 +533,7 @@ static int intel_lu_commit(void)
 			.domain = cpu_to_le16(d),
 		};
 	}
+	intel_lu_test_damage(hdr, drec, pages);
 	hdr->crc = cpu_to_le32(crc32c(0, blob, len));
 
 	if (intel_lu_blob)
@@ -882,8 +922,24 @@ bool intel_lu_adopt_unit(struct intel_iommu *iommu, bool *refused)
 	void *obj;
 
 	*refused = false;
-	if (!intel_lu_in && !liveupdate_flb_get_incoming(&intel_lu_flb, &obj))
-		intel_lu_in = obj;
+	if (!intel_lu_in) {
+		int err = liveupdate_flb_get_incoming(&intel_lu_flb, &obj);
+
+		if (!err) {
+			intel_lu_in = obj;
+		} else if (err != -ENODATA && err != -ENOENT &&
+			   err != -EOPNOTSUPP &&
+			   (iommu->flags & VTD_FLAG_TRANS_PRE_ENABLED)) {
+			/*
+			 * A handover exists but was refused (logged): whatever
+			 * the previous kernel left translating is blocked.
+			 */
+			pr_err("%s: handover refused: every device is blocked\n",
+			       iommu->name);
+			*refused = true;
+			return false;
+		}
+	}
 	unit = intel_lu_unit_of(iommu, &index);
 	if (!unit)
 		return false;
@@ -913,9 +969,11 @@ bool intel_lu_adopt_unit(struct intel_iommu *iommu, bool *refused)
 		phys_addr_t ctx = re->lo & VTD_PAGE_MASK;
 		struct context_entry *table;
 
-		if (re->hi || !(re->lo & 1) ||
-		    !intel_lu_in_slice(intel_lu_in->pages, first, nr, ctx) ||
-		    !(table = iommu_lu_restore_page(ctx, false))) {
+		table = NULL;
+		if (!re->hi && (re->lo & 1) &&
+		    intel_lu_in_slice(intel_lu_in->pages, first, nr, ctx))
+			table = iommu_lu_restore_page(ctx, false);
+		if (!table) {
 			re->lo = 0;
 			re->hi = 0;
 			__iommu_flush_cache(iommu, re, sizeof(*re));

@@ -41,6 +41,7 @@
 #include <linux/kexec_handover.h>
 #include <linux/kho/abi/iommufd.h>
 #include <linux/liveupdate.h>
+#include <linux/moduleparam.h>
 
 #include "io_pagetable.h"
 #include "iommufd_private.h"
@@ -59,6 +60,28 @@ struct iommufd_lu_out {
 
 /* Only for the restore: reasons are logged, never handed to userspace */
 #define IOMMUFD_LU_WHY	128
+
+#if IS_ENABLED(CONFIG_IOMMUFD_TEST)
+/*
+ * Test only: damage the handover at the next freeze, so that the next
+ * kernel's refusal paths can be tested (docs/testing.md): "version",
+ * "crc", "offset" (the first area names other file blocks, checksum
+ * valid), "inode" (the first area names an inode not in use).
+ */
+static char lu_test_damage[16];
+module_param_string(lu_test_damage, lu_test_damage, sizeof(lu_test_damage),
+		    0600);
+
+static bool iommufd_lu_damage(const char *what)
+{
+	return sysfs_streq(lu_test_damage, what);
+}
+#else
+static bool iommufd_lu_damage(const char *what)
+{
+	return false;
+}
+#endif
 
 u32 iommufd_lu_crc32c(const u8 *data, size_t len)
 {
@@ -324,12 +347,20 @@ static int iommufd_lu_encode(struct iommufd_lu_out *out)
 		rc = PTR_ERR(blob);
 		goto out_free;
 	}
+	if (nr_areas && iommufd_lu_damage("offset"))
+		areas[0].offset += SZ_2M;
+	if (nr_areas && iommufd_lu_damage("inode"))
+		areas[0].ino = U32_MAX;
 	rc = iommufd_lu_rs_encode(blob, len, hwpts, out->nr_hwpts, areas,
 				  nr_areas);
 	if (rc) {
 		kho_unpreserve_free(blob);
 		goto out_free;
 	}
+	if (iommufd_lu_damage("version"))
+		((struct iommufd_lu_header *)blob)->version = cpu_to_le32(99);
+	if (iommufd_lu_damage("crc"))
+		((u8 *)blob)[len - 5] ^= 0x40;
 	out->blob = blob;
 out_free:
 	kvfree(hwpts);
@@ -347,7 +378,7 @@ static int iommufd_lu_freeze(struct liveupdate_file_op_args *args)
 	for (i = 0; i < out->nr_hwpts && !rc; i++) {
 		struct iommufd_hwpt_paging *hwpt_paging = out->hwpts[i];
 
-		rc = iommufd_hwpt_for_each_device(out->ictx,
+		rc = iommufd_hwpt_walk_devices(out->ictx,
 						  &hwpt_paging->common,
 						  iommufd_lu_add_dev, out);
 		while (!rc && out->nr_frozen < out->nr_devs) {

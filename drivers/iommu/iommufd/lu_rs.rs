@@ -6,8 +6,8 @@
 //! `lu_rs.h`; nothing here allocates or panics on any input.
 
 use core::fmt::Write;
-use kernel::ffi::{c_char, c_int};
 use kernel::error::code;
+use kernel::ffi::{c_char, c_int};
 use kernel::prelude::*;
 
 #[path = "../liveupdate/format/src/shared/mod.rs"]

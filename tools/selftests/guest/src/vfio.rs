@@ -94,7 +94,11 @@ pub fn find_restored(iommufd: &IommuFd, token: u64) -> io::Result<FindRestored> 
         hwpt_token: token,
         ..Default::default()
     };
-    iommufd_ioctl(iommufd.as_raw_fd(), IOMMU_HWPT_LIVEUPDATE_FIND_RESTORED, &mut f)?;
+    iommufd_ioctl(
+        iommufd.as_raw_fd(),
+        IOMMU_HWPT_LIVEUPDATE_FIND_RESTORED,
+        &mut f,
+    )?;
     Ok(f)
 }
 

@@ -77,7 +77,9 @@ fn check(data: &mut Mapping, seed: u64, dst: &[u64], what: &str) -> Result<(), S
     let d = data.bytes();
     for &o in dst {
         if d[o as usize..o as usize + MAX_FRAME] != frame(seed, o) {
-            return Err(format!("{what}: file offset {o:#x} does not hold the frame"));
+            return Err(format!(
+                "{what}: file offset {o:#x} does not hold the frame"
+            ));
         }
     }
     Ok(())
@@ -93,13 +95,69 @@ fn leaves_note(leaves: &[Leaf]) -> String {
 
 pub fn igb_kexec(ctx: &mut Ctx) -> TestResult {
     match ctx.stage {
-        1 => preserve(ctx),
+        1 => preserve(ctx, None),
         2 => restore(ctx),
         s => Err(format!("no stage {s}")),
     }
 }
 
-fn preserve(ctx: &mut Ctx) -> TestResult {
+/// Test-only damage of the handover (`lu_test_damage` parameters):
+/// (parameter file, value, what the next kernel must log).
+type Damage = (&'static str, &'static str, &'static str);
+
+const IOMMUFD_DAMAGE: &str = "/sys/module/iommufd/parameters/lu_test_damage";
+const VTD_DAMAGE: &str = "/sys/module/intel_iommu/parameters/lu_test_damage";
+
+fn refusal_test(ctx: &mut Ctx, damage: Damage) -> TestResult {
+    match ctx.stage {
+        1 => preserve(ctx, Some(damage)),
+        2 => refused(ctx, damage.2),
+        s => Err(format!("no stage {s}")),
+    }
+}
+
+pub fn refuse_version(ctx: &mut Ctx) -> TestResult {
+    refusal_test(
+        ctx,
+        (IOMMUFD_DAMAGE, "version", "refused: unsupported version 99"),
+    )
+}
+
+pub fn refuse_crc(ctx: &mut Ctx) -> TestResult {
+    refusal_test(ctx, (IOMMUFD_DAMAGE, "crc", "refused: checksum mismatch"))
+}
+
+pub fn refuse_offset(ctx: &mut Ctx) -> TestResult {
+    refusal_test(
+        ctx,
+        (
+            IOMMUFD_DAMAGE,
+            "offset",
+            "translates elsewhere than the file's memory",
+        ),
+    )
+}
+
+pub fn refuse_inode(ctx: &mut Ctx) -> TestResult {
+    refusal_test(ctx, (IOMMUFD_DAMAGE, "inode", "error -2"))
+}
+
+pub fn refuse_vtd_version(ctx: &mut Ctx) -> TestResult {
+    refusal_test(
+        ctx,
+        (
+            VTD_DAMAGE,
+            "version",
+            "handover refused: unsupported version",
+        ),
+    )
+}
+
+pub fn refuse_vtd_pages(ctx: &mut Ctx) -> TestResult {
+    refusal_test(ctx, (VTD_DAMAGE, "pages", "not handed over"))
+}
+
+fn preserve(ctx: &mut Ctx, damage: Option<Damage>) -> TestResult {
     let bdf = igb_bdf()?;
     if !superpages()? {
         return Err("the emulated VT-d offers no 2 MiB/1 GiB pages".into());
@@ -114,7 +172,8 @@ fn preserve(ctx: &mut Ctx) -> TestResult {
     let pt = Passthrough::open(&bdf)?;
     pt.map_file(&ctl, 0, CTL_LEN, CTL_IOVA)?;
     pt.map_file(&data, 0, DATA_LEN, DATA_IOVA)?;
-    let mut ctl_map = Mapping::new(&ctl, CTL_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    let mut ctl_map =
+        Mapping::new(&ctl, CTL_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
     let mut data_map =
         Mapping::new(&data, DATA_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
     pt.config_set16(0x4, 0x2 | 0x4)?;
@@ -153,6 +212,12 @@ fn preserve(ctx: &mut Ctx) -> TestResult {
         pt.hwpt_id,
         leaves.len()
     ));
+    if let Some((param, value, _)) = damage {
+        fs::write(param, value).map_err(|e| format!("{param}: {e}"))?;
+        diag(&format!(
+            "stage 1: handover will be damaged: {param} = {value}"
+        ));
+    }
     ctx.note_out = Some(format!("{seed:x};{}", leaves_note(&leaves)));
     ctx.keep.push(session.into_owned_fd());
     // The device stays bound and attached across the kexec: the VFIO and
@@ -168,7 +233,10 @@ fn restore(ctx: &mut Ctx) -> TestResult {
     let (seed, want) = note.split_once(';').ok_or("bad note")?;
     let seed_a = u64::from_str_radix(seed, 16).map_err(|e| e.to_string())?;
     let log = sys::kernel_log().map_err(|e| e.to_string())?;
-    if !log.iter().any(|l| l.contains("adopted the previous kernel's translation tables")) {
+    if !log
+        .iter()
+        .any(|l| l.contains("adopted the previous kernel's translation tables"))
+    {
         return Err("VT-d did not adopt the handed-over tables".into());
     }
     // Before userspace takes anything: the device is translated by the
@@ -185,7 +253,8 @@ fn restore(ctx: &mut Ctx) -> TestResult {
     mount()?;
     let ctl = open_rw("lu-ctl")?;
     let data = open_rw("lu-data")?;
-    let mut ctl_map = Mapping::new(&ctl, CTL_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    let mut ctl_map =
+        Mapping::new(&ctl, CTL_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
     let mut data_map =
         Mapping::new(&data, DATA_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
     let a = dsts(A_OFF);
@@ -230,7 +299,9 @@ fn restore(ctx: &mut Ctx) -> TestResult {
     if faults.len() > faults0 {
         return Err(format!("DMA faults logged: {:?}", &faults[faults0..]));
     }
-    session.finish().map_err(|e| format!("LIVEUPDATE_SESSION_FINISH: {e}"))?;
+    session
+        .finish()
+        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH: {e}"))?;
     diag(&format!(
         "stage 2: restored HWPT {} (IOAS {ioas_id}) attached with no map call; {} frames of pattern B landed in the same guestmemfs pages, pattern A intact, no DMAR faults; session finished",
         pt.hwpt_id,
@@ -241,5 +312,124 @@ fn restore(ctx: &mut Ctx) -> TestResult {
     for f in ["lu-ctl", "lu-data"] {
         fs::remove_file(p(f)).map_err(|e| e.to_string())?;
     }
+    Ok(Outcome::Pass)
+}
+
+/// Stage 2 of a damaged handover: the refusal is logged with its reason,
+/// RETRIEVE_FD fails, the device is blocked (no translation left), the
+/// guestmemfs data is intact, and the device works again from scratch.
+fn refused(ctx: &mut Ctx, reason: &str) -> TestResult {
+    let bdf = igb_bdf()?;
+    let note = ctx.note_in.clone().ok_or("stage 1 left no note")?;
+    let (seed, _) = note.split_once(';').ok_or("bad note")?;
+    let seed_a = u64::from_str_radix(seed, 16).map_err(|e| e.to_string())?;
+    mount()?;
+    let ctl = open_rw("lu-ctl")?;
+    let data = open_rw("lu-data")?;
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+    if session.retrieve_fd(FD_TOKEN).is_ok() {
+        return Err("RETRIEVE_FD gave back an iommufd from a damaged handover".into());
+    }
+    let log = sys::kernel_log().map_err(|e| e.to_string())?;
+    let line = log
+        .iter()
+        .find(|l| l.contains("refused") && l.contains(reason))
+        .ok_or(format!("no refusal naming {reason:?} in the log"))?;
+    diag(&format!("stage 2: {}", line.trim()));
+    // Blocked: the device's context entry is gone (debugfs shows no table).
+    let leaves = iommu_debugfs::read(&bdf).unwrap_or_default();
+    if !leaves.is_empty() {
+        return Err(format!(
+            "the device still translates after the refusal: {} leaves",
+            leaves.len()
+        ));
+    }
+    session
+        .finish()
+        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH after a refusal: {e}"))?;
+    let mut data_map =
+        Mapping::new(&data, DATA_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    let a = dsts(A_OFF);
+    check(&mut data_map, seed_a, &a, "pattern A after the refusal")?;
+
+    // Nothing is left half-owned: the device maps and DMAs from scratch.
+    bind_vfio_pci(&bdf)?;
+    let pt = Passthrough::open(&bdf)?;
+    pt.map_file(&ctl, 0, CTL_LEN, CTL_IOVA)?;
+    pt.map_file(&data, 0, DATA_LEN, DATA_IOVA)?;
+    let mut ctl_map =
+        Mapping::new(&ctl, CTL_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    pt.config_set16(0x4, 0x2 | 0x4)?;
+    let rings = Rings {
+        tx: ctl_map.ptr,
+        tx_iova: CTL_IOVA,
+        // SAFETY: inside the 8 MiB mapping.
+        rx: unsafe { ctl_map.ptr.add(RING_BYTES as usize) },
+        rx_iova: CTL_IOVA + RING_BYTES,
+    };
+    // SAFETY: as in stage 1.
+    let mut igb = unsafe { Igb::init(pt.bar0()?, rings)? };
+    let seed_b = seed_a ^ 0xb10c;
+    let b = dsts(B_OFF);
+    dma(&mut igb, &mut ctl_map, seed_b, &b)?;
+    check(&mut data_map, seed_b, &b, "DMA after the refusal")?;
+    drop(igb);
+    drop(pt);
+    drop((ctl_map, data_map, ctl, data));
+    for f in ["lu-ctl", "lu-data"] {
+        fs::remove_file(p(f)).map_err(|e| e.to_string())?;
+    }
+    Ok(Outcome::Pass)
+}
+
+/// The preservation is undone when the session is closed before any
+/// kexec: while preserved the HWPT cannot be destroyed; after the close it
+/// can, the mappings go, and the guestmemfs files shrink again (no hold
+/// left behind).
+pub fn abort(_ctx: &mut Ctx) -> TestResult {
+    let bdf = igb_bdf()?;
+    mount()?;
+    for f in ["lu-ctl", "lu-data"] {
+        let _ = fs::remove_file(p(f));
+    }
+    let ctl = create_sized(&p("lu-ctl"), CTL_LEN)?;
+    bind_vfio_pci(&bdf)?;
+    let pt = Passthrough::open(&bdf)?;
+    pt.map_file(&ctl, 0, CTL_LEN, CTL_IOVA)?;
+    pt.mark_preserve(HWPT_TOKEN)
+        .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
+    session
+        .preserve_fd(pt.iommufd.as_raw_fd(), FD_TOKEN)
+        .map_err(|e| format!("preserve the iommufd: {e}"))?;
+    match pt.iommufd.destroy_iommu_object(pt.hwpt_id) {
+        Err(e) if e.to_string().contains("busy") => {}
+        r => {
+            return Err(format!(
+                "IOMMU_DESTROY of a preserved HWPT: {r:?}, expected EBUSY"
+            ))
+        }
+    }
+    // A second preservation of the same iommufd is refused by LUO.
+    if session
+        .preserve_fd(pt.iommufd.as_raw_fd(), FD_TOKEN + 1)
+        .is_ok()
+    {
+        return Err("the same iommufd was preserved twice".into());
+    }
+    drop(session);
+    diag("session closed before any kexec: the iommufd is unpreserved");
+    let hwpt = pt.hwpt_id;
+    let iommufd = std::sync::Arc::clone(&pt.iommufd);
+    drop(pt);
+    if iommufd.destroy_iommu_object(hwpt).is_ok() {
+        return Err("the HWPT outlived its Passthrough".into());
+    }
+    ctl.set_len(0)
+        .map_err(|e| format!("truncating the unmapped file: {e}"))?;
+    drop(ctl);
+    fs::remove_file(p("lu-ctl")).map_err(|e| e.to_string())?;
     Ok(Outcome::Pass)
 }

@@ -332,6 +332,48 @@ pub const CATALOG: &[Test] = &[
         timeout_s: 600,
         run: igb_kexec::igb_kexec,
     },
+    Test {
+        name: "iommufd_lu_refuse_version",
+        summary: "iommufd handover with version 99: refused with the reason, RETRIEVE_FD fails, device blocked, data intact, device usable from scratch",
+        timeout_s: 400,
+        run: igb_kexec::refuse_version,
+    },
+    Test {
+        name: "iommufd_lu_refuse_crc",
+        summary: "iommufd handover with a flipped byte: checksum refusal, device blocked, data intact",
+        timeout_s: 400,
+        run: igb_kexec::refuse_crc,
+    },
+    Test {
+        name: "iommufd_lu_refuse_offset",
+        summary: "handover names other file blocks (checksum valid): the leaf check refuses, device blocked",
+        timeout_s: 400,
+        run: igb_kexec::refuse_offset,
+    },
+    Test {
+        name: "iommufd_lu_refuse_inode",
+        summary: "handover names an inode not in use: guestmemfs refuses the hold, iommufd refuses, device blocked",
+        timeout_s: 400,
+        run: igb_kexec::refuse_inode,
+    },
+    Test {
+        name: "iommufd_lu_refuse_vtd_version",
+        summary: "VT-d handover with version 99: refused at boot with the reason, translation kept on with an empty root (blocked)",
+        timeout_s: 400,
+        run: igb_kexec::refuse_vtd_version,
+    },
+    Test {
+        name: "iommufd_lu_refuse_vtd_pages",
+        summary: "VT-d page list misses a table page: the vetting walk refuses the domain, device blocked",
+        timeout_s: 400,
+        run: igb_kexec::refuse_vtd_pages,
+    },
+    Test {
+        name: "iommufd_lu_abort",
+        summary: "preserved iommufd: its HWPT cannot be destroyed (EBUSY); closing the session before kexec undoes it all: HWPT destroyed, file shrinks",
+        timeout_s: 120,
+        run: igb_kexec::abort,
+    },
 ];
 
 pub fn find(name: &str) -> Option<&'static Test> {
