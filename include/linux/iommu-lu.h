@@ -37,12 +37,13 @@ typedef int (*iommu_lu_leaf_fn)(void *arg, u64 iova, u64 phys, u64 len,
  * @restore_domain: incoming: build a domain around the tables preserved
  *	under @token, vetted against the handover; on failure *@reason says
  *	why. The domain keeps the preserved domain ID and translates for the
- *	preserved devices until a domain is attached to them.
+ *	preserved devices until a domain is attached to them; only @owner
+ *	(an iommufd context) may take those devices without blocking them.
  * @domain_leaves: call @fn for every translation of a restored domain, in
  *	IOVA order
  * @drop_domain: incoming: block the devices preserved under @token that
- *	nobody took, and free the domain if it was restored but not used
- * @finish: incoming: block every device nobody took, free the rest
+ *	nobody took (token 0: of every domain not restored, for a handover
+ *	that cannot be read)
  */
 struct iommu_lu_ops {
 	int (*preserve_domain)(struct iommu_domain *domain, u64 token);
@@ -50,11 +51,11 @@ struct iommu_lu_ops {
 	int (*freeze_device)(struct device *dev, struct iommu_domain *domain);
 	void (*unfreeze_device)(struct device *dev);
 	int (*commit)(void);
-	struct iommu_domain *(*restore_domain)(u64 token, const char **reason);
+	struct iommu_domain *(*restore_domain)(u64 token, void *owner,
+					       const char **reason);
 	int (*domain_leaves)(struct iommu_domain *domain, iommu_lu_leaf_fn fn,
 			     void *arg);
 	void (*drop_domain)(u64 token);
-	void (*finish)(void);
 };
 
 #ifdef CONFIG_IOMMU_API

@@ -27,6 +27,7 @@
 #define pr_fmt(fmt) "DMAR-LU: " fmt
 
 #include <linux/bsearch.h>
+#include <linux/crash_dump.h>
 #include <linux/crc32c.h>
 #include <linux/iommu-lu.h>
 #include <linux/kexec_handover.h>
@@ -58,9 +59,16 @@ struct intel_lu_unit {
 	phys_addr_t ctx[ROOT_ENTRY_NR];	/* sorted */
 };
 
+/*
+ * A frozen device, by value: the device may go away after the freeze, and
+ * the shutdown path reads these with every other CPU stopped.
+ */
 struct intel_lu_device {
 	struct list_head link;
-	struct device_domain_info *info;
+	struct intel_iommu *iommu;
+	u16 segment;
+	u8 bus;
+	u8 devfn;
 	struct intel_lu_domain *dom;
 	u16 did;
 	u64 slptptr;
@@ -80,6 +88,7 @@ struct intel_lu_in_domain {
 	struct intel_iommu *iommu;
 	/* Under intel_lu_lock: */
 	struct dmar_domain *restored;
+	void *owner;		/* who restored it (an iommufd context) */
 	bool did_reserved;	/* the DID is still ours, not a domain's */
 	bool dropped;
 };
@@ -102,6 +111,7 @@ struct intel_lu_incoming {
 };
 
 static struct intel_lu_incoming *intel_lu_in;
+static bool intel_lu_looked;
 
 #if IS_ENABLED(CONFIG_IOMMUFD_TEST)
 #undef MODULE_PARAM_PREFIX
@@ -282,36 +292,52 @@ static void intel_lu_unit_unpreserve(struct intel_lu_unit *u)
 	iommu_lu_unpreserve_page(u->iommu->root_entry);
 }
 
-/* The root table and every context table it references */
-static int intel_lu_unit_preserve(struct intel_lu_unit *u)
+/*
+ * The root table (first call) and every context table it references that
+ * is not preserved yet: a device frozen later may sit on a new bus.
+ */
+static int intel_lu_unit_preserve(struct intel_lu_unit *u, bool first)
 {
 	struct intel_iommu *iommu = u->iommu;
-	unsigned int bus;
-	int ret;
+	unsigned int bus, n = 0, i;
+	phys_addr_t *found;
+	int ret = 0;
 
-	u->nr_ctx = 0;
+	found = kmalloc_array(ROOT_ENTRY_NR, sizeof(*found), GFP_KERNEL);
+	if (!found)
+		return -ENOMEM;
 	spin_lock(&iommu->lock);
 	for (bus = 0; bus < ROOT_ENTRY_NR; bus++) {
 		u64 lo = iommu->root_entry[bus].lo;
+		phys_addr_t ctx = lo & VTD_PAGE_MASK;
 
-		if (lo & 1)
-			u->ctx[u->nr_ctx++] = lo & VTD_PAGE_MASK;
+		if ((lo & 1) && !bsearch(&ctx, u->ctx, u->nr_ctx,
+					 sizeof(u->ctx[0]), cmp_phys))
+			found[n++] = ctx;
 	}
 	spin_unlock(&iommu->lock);
-	sort(u->ctx, u->nr_ctx, sizeof(u->ctx[0]), cmp_phys, NULL);
 
-	ret = iommu_lu_preserve_page(iommu->root_entry);
-	if (ret)
-		return ret;
-	for (bus = 0; bus < u->nr_ctx; bus++) {
-		ret = iommu_lu_preserve_page(phys_to_virt(u->ctx[bus]));
+	if (first) {
+		ret = iommu_lu_preserve_page(iommu->root_entry);
+		if (ret)
+			goto out;
+	}
+	for (i = 0; i < n; i++) {
+		ret = iommu_lu_preserve_page(phys_to_virt(found[i]));
 		if (ret) {
-			u->nr_ctx = bus;
-			intel_lu_unit_unpreserve(u);
-			return ret;
+			while (i--)
+				iommu_lu_unpreserve_page(phys_to_virt(found[i]));
+			if (first)
+				iommu_lu_unpreserve_page(iommu->root_entry);
+			goto out;
 		}
 	}
-	return 0;
+	memcpy(&u->ctx[u->nr_ctx], found, n * sizeof(found[0]));
+	u->nr_ctx += n;
+	sort(u->ctx, u->nr_ctx, sizeof(u->ctx[0]), cmp_phys, NULL);
+out:
+	kfree(found);
+	return ret;
 }
 
 static int intel_lu_count_alias(struct pci_dev *pdev, u16 alias, void *data)
@@ -335,6 +361,7 @@ static int intel_lu_freeze_device(struct device *dev,
 	bool match;
 	u16 did;
 	int ret;
+	u8 tt;
 
 	if (sm_supported(iommu))
 		return -EOPNOTSUPP;
@@ -349,9 +376,14 @@ static int intel_lu_freeze_device(struct device *dev,
 	ld = intel_lu_find_domain(dmar_domain);
 	if (!ld)
 		return -ENOENT;
-	list_for_each_entry(ldev, &intel_lu_devices, link)
-		if (ldev->info == info)
+	list_for_each_entry(ldev, &intel_lu_devices, link) {
+		if (ldev->iommu == iommu && ldev->bus == info->bus &&
+		    ldev->devfn == info->devfn)
 			return -EBUSY;
+		/* v1: one DID per preserved domain, so one unit */
+		if (ldev->dom == ld && ldev->iommu != iommu)
+			return -EOPNOTSUPP;
+	}
 
 	pt_iommu_vtdss_hw_info(&dmar_domain->sspt, &pt_info);
 	did = domain_id_iommu(dmar_domain, iommu);
@@ -361,10 +393,14 @@ static int intel_lu_freeze_device(struct device *dev,
 		context_domain_id(context) == did &&
 		(context->lo & VTD_PAGE_MASK) == pt_info.ssptptr &&
 		(context->hi & 7) == pt_info.aw;
+	/* v1: no device IOTLB (ATS) entries; the next kernel would drop it */
+	tt = context ? (context->lo >> 2) & 3 : 0;
 	spin_unlock(&iommu->lock);
 	/* The device is not (or no longer) translated by this domain */
 	if (!match)
 		return -EBUSY;
+	if (tt != CONTEXT_TT_MULTI_LEVEL)
+		return -EOPNOTSUPP;
 
 	ldev = kzalloc_obj(*ldev);
 	if (!ldev)
@@ -377,16 +413,25 @@ static int intel_lu_freeze_device(struct device *dev,
 			return -ENOMEM;
 		}
 		u->iommu = iommu;
-		ret = intel_lu_unit_preserve(u);
+		ret = intel_lu_unit_preserve(u, true);
 		if (ret) {
 			kfree(u);
 			kfree(ldev);
 			return ret;
 		}
 		list_add_tail(&u->link, &intel_lu_units);
+	} else {
+		ret = intel_lu_unit_preserve(u, false);
+		if (ret) {
+			kfree(ldev);
+			return ret;
+		}
 	}
 	u->nr_devices++;
-	ldev->info = info;
+	ldev->iommu = iommu;
+	ldev->segment = info->segment;
+	ldev->bus = info->bus;
+	ldev->devfn = info->devfn;
 	ldev->dom = ld;
 	ldev->did = did;
 	ldev->slptptr = pt_info.ssptptr;
@@ -402,7 +447,8 @@ static void intel_lu_unfreeze_device(struct device *dev)
 
 	guard(mutex)(&intel_lu_lock);
 	list_for_each_entry(ldev, &intel_lu_devices, link) {
-		if (ldev->info != info)
+		if (ldev->iommu != info->iommu || ldev->bus != info->bus ||
+		    ldev->devfn != info->devfn)
 			continue;
 		list_del(&ldev->link);
 		kfree(ldev);
@@ -491,7 +537,7 @@ static int intel_lu_commit(void)
 		/* The unit of its first frozen device names its DID */
 		list_for_each_entry(ldev, &intel_lu_devices, link) {
 			if (ldev->dom == ld) {
-				iommu = ldev->info->iommu;
+				iommu = ldev->iommu;
 				break;
 			}
 		}
@@ -527,9 +573,9 @@ static int intel_lu_commit(void)
 			d++;
 		}
 		vrec[i++] = (struct vtd_lu_device) {
-			.segment = cpu_to_le16(ldev->info->segment),
-			.bus = ldev->info->bus,
-			.devfn = ldev->info->devfn,
+			.segment = cpu_to_le16(ldev->segment),
+			.bus = ldev->bus,
+			.devfn = ldev->devfn,
 			.domain = cpu_to_le16(d),
 		};
 	}
@@ -550,8 +596,8 @@ static bool intel_lu_frozen_entry(struct intel_iommu *iommu, u8 bus, u8 devfn,
 	struct intel_lu_device *ldev;
 
 	list_for_each_entry(ldev, &intel_lu_devices, link) {
-		if (ldev->info->iommu == iommu && ldev->info->bus == bus &&
-		    ldev->info->devfn == devfn)
+		if (ldev->iommu == iommu && ldev->bus == bus &&
+		    ldev->devfn == devfn)
 			return context_domain_id(ce) == ldev->did &&
 			       (ce->lo & VTD_PAGE_MASK) == ldev->slptptr;
 	}
@@ -653,6 +699,41 @@ static const char *intel_lu_slice_ok(const __le64 *pages, u32 nr_pages,
 	return NULL;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+	u64 x = *(const u64 *)a, y = *(const u64 *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * Every handed-over page (roots, context tables, page tables) is listed
+ * once: a page restored twice, or a live table adopted as another's, would
+ * be freed twice.
+ */
+static const char *intel_lu_disjoint(struct intel_lu_incoming *in)
+{
+	u32 nu = le32_to_cpu(in->hdr->nr_units);
+	u32 np = le32_to_cpu(in->hdr->nr_pages);
+	const char *why = NULL;
+	u64 *all;
+	u32 i;
+
+	all = kvmalloc_array(np + nu, sizeof(*all), GFP_KERNEL);
+	if (!all)
+		return "out of memory";
+	for (i = 0; i < np; i++)
+		all[i] = le64_to_cpu(in->pages[i]);
+	for (i = 0; i < nu; i++)
+		all[np + i] = le64_to_cpu(in->units[i].root_phys);
+	sort(all, np + nu, sizeof(*all), cmp_u64, NULL);
+	for (i = 1; i < np + nu; i++)
+		if (all[i] == all[i - 1])
+			why = "a page is handed over twice";
+	kvfree(all);
+	return why;
+}
+
 /* Checks a blob copied out of the handover; NULL if it is sound */
 static const char *intel_lu_parse(struct intel_lu_incoming *in, size_t len)
 {
@@ -732,7 +813,11 @@ static const char *intel_lu_parse(struct intel_lu_incoming *in, size_t len)
 		    nu)
 			return "device's domain has no unit";
 	}
-	return NULL;
+	for (i = 0; i < nd; i++)
+		for (u32 j = 0; j < i; j++)
+			if (in->domains[i].token == in->domains[j].token)
+				return "two domains with one token";
+	return intel_lu_disjoint(in);
 }
 
 static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
@@ -752,12 +837,19 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 	folio_put(afolio);
 	blob_phys = le64_to_cpu(anchor.blob_phys);
 	len = le64_to_cpu(anchor.blob_len);
-	if (!len)
-		return -ENODATA;	/* preserved, never frozen */
 
+	/*
+	 * A refused handover is still retrieved (an object without a blob):
+	 * LUO counts the files that use it only when retrieve succeeds.
+	 */
 	in = kzalloc_obj(*in);
 	if (!in)
 		return -ENOMEM;
+	args->obj = in;
+	if (!len) {
+		pr_err("handover refused: nothing was frozen\n");
+		return 0;
+	}
 	bfolio = kho_restore_folio(blob_phys);
 	if (!bfolio) {
 		why = "blob not preserved";
@@ -770,10 +862,8 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 	}
 	if (bfolio)
 		folio_put(bfolio);
-	if (!why && !in->blob) {
-		kfree(in);
-		return -ENOMEM;
-	}
+	if (!why && !in->blob)
+		why = "out of memory";
 	if (!why)
 		why = intel_lu_parse(in, len);
 	if (!why) {
@@ -786,9 +876,9 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 		if (!in->dom || !in->dev) {
 			kvfree(in->dom);
 			kvfree(in->dev);
-			kvfree(in->blob);
-			kfree(in);
-			return -ENOMEM;
+			in->dom = NULL;
+			in->dev = NULL;
+			why = "out of memory";
 		}
 		for (i = 0; i < nd; i++)
 			in->dom[i].rec = &in->domains[i];
@@ -799,16 +889,17 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 		pr_err("handover refused: %s; preserved devices stay blocked\n",
 		       why);
 		kvfree(in->blob);
-		kfree(in);
-		return -EINVAL;
+		in->blob = NULL;
 	}
-	args->obj = in;
 	return 0;
 }
 
 static void intel_lu_flb_finish(struct liveupdate_flb_op_args *args)
 {
-	/* intel_lu_finish() ran from iommufd's finish; nothing is left */
+	/*
+	 * The incoming state stays: devices blocked or attached since then
+	 * are looked up in it (intel_lu_probe_device() after a rescan).
+	 */
 }
 
 static const struct liveupdate_flb_ops intel_lu_flb_ops = {
@@ -870,8 +961,8 @@ intel_lu_match_entry(u32 unit, u16 segment, u8 bus, u8 devfn,
 	return NULL;
 }
 
-static bool intel_lu_in_slice(const __le64 *pages, u32 first, u32 nr,
-			      u64 phys)
+static const __le64 *intel_lu_in_slice(const __le64 *pages, u32 first,
+					u32 nr, u64 phys)
 {
 	__le64 key = cpu_to_le64(phys);
 
@@ -914,6 +1005,7 @@ static bool intel_lu_reserve_did(struct intel_iommu *iommu,
  */
 bool intel_lu_adopt_unit(struct intel_iommu *iommu, bool *refused)
 {
+	DECLARE_BITMAP(seen, ROOT_ENTRY_NR) = {};
 	const struct vtd_lu_unit *unit;
 	struct root_entry *root;
 	unsigned int bus, devfn;
@@ -922,31 +1014,33 @@ bool intel_lu_adopt_unit(struct intel_iommu *iommu, bool *refused)
 	void *obj;
 
 	*refused = false;
-	if (!intel_lu_in) {
-		int err = liveupdate_flb_get_incoming(&intel_lu_flb, &obj);
-
-		if (!err) {
-			intel_lu_in = obj;
-		} else if (err != -ENODATA && err != -ENOENT &&
-			   err != -EOPNOTSUPP &&
-			   (iommu->flags & VTD_FLAG_TRANS_PRE_ENABLED)) {
-			/*
-			 * A handover exists but was refused (logged): whatever
-			 * the previous kernel left translating is blocked.
-			 */
-			pr_err("%s: handover refused: every device is blocked\n",
+	if (!intel_lu_in && !intel_lu_looked &&
+	    !liveupdate_flb_get_incoming(&intel_lu_flb, &obj) &&
+	    ((struct intel_lu_incoming *)obj)->blob)
+		intel_lu_in = obj;
+	intel_lu_looked = true;
+	unit = intel_lu_unit_of(iommu, &index);
+	if (!unit) {
+		/*
+		 * A unit left translating by a kexec (not a kdump) whose
+		 * handover is missing or was refused (logged), or with live
+		 * update off in this kernel: block whatever it translated
+		 * rather than let it through untranslated.
+		 */
+		if ((iommu->flags & VTD_FLAG_TRANS_PRE_ENABLED) &&
+		    is_kho_boot() && !is_kdump_kernel()) {
+			pr_err("%s: left translating without a usable handover: every device is blocked\n",
 			       iommu->name);
 			*refused = true;
-			return false;
 		}
-	}
-	unit = intel_lu_unit_of(iommu, &index);
-	if (!unit)
 		return false;
+	}
 
 	first = le32_to_cpu(unit->first_page);
 	nr = le32_to_cpu(unit->nr_pages);
-	if (!(iommu->flags & VTD_FLAG_TRANS_PRE_ENABLED))
+	if (nr > ROOT_ENTRY_NR)
+		why = "too many context tables";
+	else if (!(iommu->flags & VTD_FLAG_TRANS_PRE_ENABLED))
 		why = "translation is off";
 	else if (sm_supported(iommu) ||
 		 (readq(iommu->reg + DMAR_RTADDR_REG) & DMA_RTADDR_SMT))
@@ -968,10 +1062,16 @@ bool intel_lu_adopt_unit(struct intel_iommu *iommu, bool *refused)
 		struct root_entry *re = &root[bus];
 		phys_addr_t ctx = re->lo & VTD_PAGE_MASK;
 		struct context_entry *table;
+		const __le64 *at;
 
+		/* Each listed context table once: a second root entry is cut */
 		table = NULL;
-		if (!re->hi && (re->lo & 1) &&
-		    intel_lu_in_slice(intel_lu_in->pages, first, nr, ctx))
+		at = NULL;
+		if (!re->hi && (re->lo & 1))
+			at = intel_lu_in_slice(intel_lu_in->pages, first, nr,
+					       ctx);
+		if (at && !test_and_set_bit(at - &intel_lu_in->pages[first],
+					    seen))
 			table = iommu_lu_restore_page(ctx, false);
 		if (!table) {
 			re->lo = 0;
@@ -1028,17 +1128,47 @@ intel_lu_in_device_of(struct device_domain_info *info)
 	return NULL;
 }
 
+static struct intel_lu_in_domain *
+intel_lu_in_domain_of(const struct intel_lu_in_device *d)
+{
+	return &intel_lu_in->dom[le16_to_cpu(d->rec->domain)];
+}
+
 /**
  * intel_lu_probe_device() - is this device's translation handed over?
  * @info: the device, just probed
  *
- * Return: true if its context entry was adopted: the device is held (no
- * host driver, attach deferred) until a domain is attached or it is
- * blocked.
+ * Return: true if its adopted context entry is still in place: the device
+ * is held (no host driver, attach deferred) until a domain is attached or
+ * it is blocked. A device probed again after that is not held.
  */
 bool intel_lu_probe_device(struct device_domain_info *info)
 {
-	return intel_lu_in_device_of(info);
+	struct intel_lu_in_device *d;
+
+	guard(mutex)(&intel_lu_lock);
+	d = intel_lu_in_device_of(info);
+	return d && d->held;
+}
+
+/**
+ * intel_lu_held_by() - is the device held, and restored for @owner?
+ * @info: the device
+ * @owner: NULL for "held at all"; else the owner (an iommufd context)
+ *	that restored the device's domain
+ */
+bool intel_lu_held_by(struct device_domain_info *info, void *owner)
+{
+	struct intel_lu_in_device *d;
+
+	if (!READ_ONCE(info->lu_held))
+		return false;
+	if (!owner)
+		return true;
+	guard(mutex)(&intel_lu_lock);
+	d = intel_lu_in_device_of(info);
+	return d && d->held && intel_lu_in_domain_of(d)->restored &&
+	       intel_lu_in_domain_of(d)->owner == owner;
 }
 
 /* The restored domain that a held device's entry already points to */
@@ -1048,51 +1178,121 @@ struct dmar_domain *intel_lu_held_domain(struct device_domain_info *info)
 
 	guard(mutex)(&intel_lu_lock);
 	d = intel_lu_in_device_of(info);
-	if (!d)
+	if (!d || !d->held)
 		return NULL;
-	return intel_lu_in->dom[le16_to_cpu(d->rec->domain)].restored;
+	return intel_lu_in_domain_of(d)->restored;
 }
 
-static void __intel_lu_release_held(struct device_domain_info *info,
-				    bool keep)
+/* Clears a context entry by unit and RID, and flushes (blocks the RID) */
+static void intel_lu_clear_entry(struct intel_iommu *iommu, u8 bus, u8 devfn)
 {
-	struct intel_lu_in_device *d = intel_lu_in_device_of(info);
 	struct context_entry *ce;
-	u16 did = 0;
+	bool cleared = false;
+
+	spin_lock(&iommu->lock);
+	ce = iommu_context_addr(iommu, bus, devfn, 0);
+	if (ce && context_present(ce)) {
+		context_clear_entry(ce);
+		__iommu_flush_cache(iommu, ce, sizeof(*ce));
+		cleared = true;
+	}
+	spin_unlock(&iommu->lock);
+	if (cleared) {
+		iommu->flush.flush_context(iommu, 0, 0, 0,
+					   DMA_CCMD_GLOBAL_INVL);
+		iommu->flush.flush_iotlb(iommu, 0, 0, 0,
+					 DMA_TLB_GLOBAL_FLUSH);
+	}
+}
+
+/*
+ * Ends the hold of @d: with @keep its entry stays (the restored domain is
+ * being attached, and takes the device over), otherwise it is cleared and
+ * the caches flushed, so the device is blocked. The cache tag the restore
+ * gave the device goes in both cases (the attach assigns its own).
+ */
+static void __intel_lu_release_in_device(struct intel_lu_in_device *d,
+					 struct device_domain_info *info,
+					 bool keep)
+{
+	struct intel_lu_in_domain *dom = intel_lu_in_domain_of(d);
 
 	lockdep_assert_held(&intel_lu_lock);
-	info->lu_held = false;
-	if (d)
-		d->held = false;
-	if (keep)
+	if (!d->held)
 		return;
-	spin_lock(&info->iommu->lock);
-	ce = iommu_context_addr(info->iommu, info->bus, info->devfn, 0);
-	if (ce && context_present(ce)) {
-		did = context_domain_id(ce);
-		context_clear_entry(ce);
-		__iommu_flush_cache(info->iommu, ce, sizeof(*ce));
+	d->held = false;
+	if (info) {
+		WRITE_ONCE(info->lu_held, false);
+		if (dom->restored && info->dev)
+			cache_tag_unassign_domain(dom->restored, info->dev,
+						  IOMMU_NO_PASID);
 	}
-	spin_unlock(&info->iommu->lock);
-	if (did) {
-		info->iommu->flush.flush_context(info->iommu, 0, 0, 0,
-						 DMA_CCMD_GLOBAL_INVL);
-		info->iommu->flush.flush_iotlb(info->iommu, 0, 0, 0,
-					       DMA_TLB_GLOBAL_FLUSH);
-	}
+	if (!keep)
+		intel_lu_clear_entry(d->iommu, d->rec->bus, d->rec->devfn);
 }
 
 /**
  * intel_lu_release_held() - a held device stops being held
  * @info: the device
- * @keep: its entry stays (the domain being attached is the restored one,
+ * @keep: its entry stays (the domain just attached is the restored one,
  *	whose DID and tables the entry already names); otherwise the entry
  *	is cleared and the caches flushed, so the device is blocked
  */
 void intel_lu_release_held(struct device_domain_info *info, bool keep)
 {
+	struct intel_lu_in_device *d;
+
 	guard(mutex)(&intel_lu_lock);
-	__intel_lu_release_held(info, keep);
+	d = intel_lu_in_device_of(info);
+	if (d)
+		__intel_lu_release_in_device(d, info, keep);
+	else
+		WRITE_ONCE(info->lu_held, false);
+}
+
+/*
+ * Blocks the held devices of @dom (NULL: of every domain; with
+ * @unrestored, only of domains not restored) and gives back a DID no
+ * restored domain took over. Works from the records, so a device removed
+ * or never probed is blocked too.
+ */
+static void intel_lu_block_held(struct intel_lu_in_domain *dom,
+				bool unrestored)
+{
+	u32 i, nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
+	u32 nv = le32_to_cpu(intel_lu_in->hdr->nr_devices);
+
+	lockdep_assert_held(&intel_lu_lock);
+	for (i = 0; i < nv; i++) {
+		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
+		struct intel_lu_in_domain *di = intel_lu_in_domain_of(d);
+		struct device_domain_info *info = NULL;
+		struct pci_dev *pdev;
+
+		if ((dom && di != dom) || (unrestored && di->restored) ||
+		    !d->held)
+			continue;
+		pdev = pci_get_domain_bus_and_slot(le16_to_cpu(d->rec->segment),
+						   d->rec->bus, d->rec->devfn);
+		if (pdev && dev_iommu_priv_get(&pdev->dev))
+			info = dev_iommu_priv_get(&pdev->dev);
+		__intel_lu_release_in_device(d, info, false);
+		pr_info("%04x:%02x:%02x.%d: blocked: nobody took its preserved translation\n",
+			le16_to_cpu(d->rec->segment), d->rec->bus,
+			PCI_SLOT(d->rec->devfn), PCI_FUNC(d->rec->devfn));
+		pci_dev_put(pdev);
+	}
+	for (i = 0; i < nd; i++) {
+		struct intel_lu_in_domain *di = &intel_lu_in->dom[i];
+
+		if ((dom && di != dom) || (unrestored && di->restored))
+			continue;
+		if (di->did_reserved) {
+			ida_free(&di->iommu->domain_ida,
+				 le16_to_cpu(di->rec->did));
+			di->did_reserved = false;
+		}
+	}
 }
 
 struct intel_lu_vet {
@@ -1113,6 +1313,9 @@ static int intel_lu_vet_table(void *arg, phys_addr_t table)
 		     cmp_phys);
 	if (!at)
 		return -EUCLEAN;
+	/* Listed is not enough to be read: it must be RAM */
+	if (!pfn_to_online_page(PHYS_PFN(table)))
+		return -EUCLEAN;
 	i = at - &v->pages[v->first];
 	/* A table reached twice would be freed twice */
 	if (test_and_set_bit(i, v->seen))
@@ -1126,59 +1329,24 @@ static const struct pt_iommu_lu_walk_ops intel_lu_vet_ops = {
 	.leaf = intel_lu_skip_leaf,
 };
 
-struct iommu_domain *intel_lu_alloc_ss_domain(struct device *dev);
-
-static struct iommu_domain *intel_lu_restore_domain(u64 token,
-						    const char **reason)
+/*
+ * Builds the domain around the vetted tables; on failure *@reason says
+ * why and nothing of the handover is consumed. Called with intel_lu_lock.
+ */
+static struct iommu_domain *__intel_lu_restore_domain(struct intel_lu_in_domain *dom,
+						      struct device *dev,
+						      const char **reason)
 {
-	struct intel_lu_in_device *holder = NULL;
 	struct pt_iommu_vtdss_hw_info pt_info;
-	struct intel_lu_in_domain *dom = NULL;
 	struct dmar_domain *dmar_domain;
 	struct iommu_domain_info *dinfo;
 	struct intel_lu_vet v = {};
 	struct iommu_domain *domain;
-	struct pci_dev *pdev;
-	u32 i, nd, nv;
 	void *top;
+	u32 i;
 	int ret;
 
-	guard(mutex)(&intel_lu_lock);
-	*reason = "no IOMMU handover";
-	if (!intel_lu_in)
-		return ERR_PTR(-ENOENT);
-	nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
-	nv = le32_to_cpu(intel_lu_in->hdr->nr_devices);
-	for (i = 0; i < nd; i++)
-		if (le64_to_cpu(intel_lu_in->domains[i].token) == token)
-			dom = &intel_lu_in->dom[i];
-	*reason = "token not in the IOMMU handover";
-	if (!dom)
-		return ERR_PTR(-ENOENT);
-	*reason = "domain already restored or dropped";
-	if (dom->restored || dom->dropped)
-		return ERR_PTR(-EBUSY);
-	for (i = 0; i < nv; i++) {
-		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
-
-		if (&intel_lu_in->dom[le16_to_cpu(d->rec->domain)] == dom &&
-		    d->held) {
-			holder = d;
-			break;
-		}
-	}
-	*reason = "no device kept its translation";
-	if (!holder || !dom->did_reserved)
-		return ERR_PTR(-ENODEV);
-
-	pdev = pci_get_domain_bus_and_slot(le16_to_cpu(holder->rec->segment),
-					   holder->rec->bus,
-					   holder->rec->devfn);
-	*reason = "preserved device not found";
-	if (!pdev)
-		return ERR_PTR(-ENODEV);
-	domain = intel_lu_alloc_ss_domain(&pdev->dev);
-	pci_dev_put(pdev);
+	domain = intel_lu_alloc_ss_domain(dev);
 	*reason = "cannot allocate a domain";
 	if (IS_ERR(domain))
 		return domain;
@@ -1200,10 +1368,16 @@ static struct iommu_domain *intel_lu_restore_domain(u64 token,
 	v.seen = bitmap_zalloc(v.nr, GFP_KERNEL);
 	if (!v.seen)
 		goto err_free;
-	top = phys_to_virt(le64_to_cpu(dom->rec->top_phys));
-	ret = pt_iommu_vtdss_lu_walk(domain, top, &intel_lu_vet_ops, &v);
+	ret = -EUCLEAN;
+	*reason = "top table is not RAM";
+	top = NULL;
+	if (pfn_to_online_page(PHYS_PFN(le64_to_cpu(dom->rec->top_phys)))) {
+		top = phys_to_virt(le64_to_cpu(dom->rec->top_phys));
+		ret = pt_iommu_vtdss_lu_walk(domain, top, &intel_lu_vet_ops,
+					     &v);
+		*reason = "page table reaches a page that was not handed over";
+	}
 	bitmap_free(v.seen);
-	*reason = "page table reaches a page that was not handed over";
 	if (ret)
 		goto err_free;
 	*reason = "page list names pages the table does not use";
@@ -1229,44 +1403,122 @@ static struct iommu_domain *intel_lu_restore_domain(u64 token,
 					   dom->rec->flags &
 					   VTD_LU_DOMAIN_INCOHERENT)) {
 			/*
-			 * Cannot happen for a page the walk vetted. Leak the
-			 * domain: its tables may still be walked by the unit.
+			 * Only if the previous kernel listed a page it did not
+			 * preserve. Leak the domain: the unit may still walk
+			 * its tables until the device is blocked.
 			 */
 			*reason = "page-table page not preserved";
-			dom->dropped = true;
 			return ERR_PTR(-EUCLEAN);
 		}
 	}
 	pt_iommu_vtdss_lu_adopt_top(domain, top);
-
-	/*
-	 * The DID moves to the domain: the attach of a held device takes a
-	 * reference on it (refcnt 0 -> 1), and freeing the domain unused
-	 * releases it (intel_lu_domain_free()).
-	 */
-	dom->did_reserved = false;
-	dom->restored = dmar_domain;
+	dmar_domain->lu_restored = true;
 	*reason = NULL;
 	return domain;
 
 err_free:
 	xa_erase(&dmar_domain->iommu_array, dom->iommu->seq_id);
+	/* Not restored yet: freeing it touches no handed-over page */
+	mutex_unlock(&intel_lu_lock);
 	domain->ops->free(domain);
+	mutex_lock(&intel_lu_lock);
 	return ERR_PTR(ret);
 }
 
+static struct iommu_domain *intel_lu_restore_domain(u64 token, void *owner,
+						    const char **reason)
+{
+	struct intel_lu_in_domain *dom = NULL;
+	struct iommu_domain *domain;
+	struct pci_dev *pdev = NULL;
+	u32 i, nd, nv;
+
+	guard(mutex)(&intel_lu_lock);
+	*reason = "no IOMMU handover";
+	if (!intel_lu_in)
+		return ERR_PTR(-ENOENT);
+	nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
+	nv = le32_to_cpu(intel_lu_in->hdr->nr_devices);
+	for (i = 0; i < nd; i++)
+		if (le64_to_cpu(intel_lu_in->domains[i].token) == token)
+			dom = &intel_lu_in->dom[i];
+	*reason = "token not in the IOMMU handover";
+	if (!dom)
+		return ERR_PTR(-ENOENT);
+	*reason = "domain already restored or dropped";
+	if (dom->restored || dom->dropped)
+		return ERR_PTR(-EBUSY);
+	/* Its held devices, probed: one gives the domain its unit */
+	for (i = 0; i < nv && !pdev; i++) {
+		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
+
+		if (intel_lu_in_domain_of(d) != dom || !d->held)
+			continue;
+		pdev = pci_get_domain_bus_and_slot(le16_to_cpu(d->rec->segment),
+						   d->rec->bus, d->rec->devfn);
+		if (pdev && !dev_iommu_priv_get(&pdev->dev)) {
+			pci_dev_put(pdev);
+			pdev = NULL;
+		}
+	}
+	*reason = "no device kept its translation";
+	if (!pdev || !dom->did_reserved)
+		return ERR_PTR(-ENODEV);
+	domain = __intel_lu_restore_domain(dom, &pdev->dev, reason);
+	pci_dev_put(pdev);
+	if (IS_ERR(domain))
+		return domain;
+
+	/*
+	 * The DID moves to the domain: each held device gets the domain's
+	 * cache tag, so an unmap before the attach flushes its IOTLB; the
+	 * attach takes a reference on the DID (refcnt 0 -> 1); freeing the
+	 * domain unused releases it (intel_lu_domain_free()).
+	 */
+	dom->did_reserved = false;
+	dom->restored = to_dmar_domain(domain);
+	dom->owner = owner;
+	for (i = 0; i < nv; i++) {
+		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
+
+		if (intel_lu_in_domain_of(d) != dom || !d->held)
+			continue;
+		pdev = pci_get_domain_bus_and_slot(le16_to_cpu(d->rec->segment),
+						   d->rec->bus, d->rec->devfn);
+		if (!pdev || !dev_iommu_priv_get(&pdev->dev) ||
+		    cache_tag_assign_domain(dom->restored, &pdev->dev,
+					    IOMMU_NO_PASID))
+			__intel_lu_release_in_device(d, NULL, false);
+		pci_dev_put(pdev);
+	}
+	return domain;
+}
+
 /**
- * intel_lu_domain_free() - a domain is being freed
+ * intel_lu_domain_free() - a restored domain is being freed
  * @dmar_domain: the domain
  *
- * A restored domain that no device attached still owns the DID it took
- * over (refcnt 0 in its iommu_array): release it.
+ * Its held devices still walk its tables: block them first. A DID the
+ * domain took over but no device attached with is released.
  */
 void intel_lu_domain_free(struct dmar_domain *dmar_domain)
 {
 	struct iommu_domain_info *dinfo;
 	unsigned long idx;
 	u32 i, nd;
+
+	mutex_lock(&intel_lu_lock);
+	nd = intel_lu_in ? le32_to_cpu(intel_lu_in->hdr->nr_domains) : 0;
+	for (i = 0; i < nd; i++) {
+		struct intel_lu_in_domain *dom = &intel_lu_in->dom[i];
+
+		if (dom->restored != dmar_domain)
+			continue;
+		intel_lu_block_held(dom, false);
+		dom->restored = NULL;
+		dom->dropped = true;
+	}
+	mutex_unlock(&intel_lu_lock);
 
 	xa_for_each(&dmar_domain->iommu_array, idx, dinfo) {
 		if (WARN_ON(dinfo->refcnt))
@@ -1275,13 +1527,6 @@ void intel_lu_domain_free(struct dmar_domain *dmar_domain)
 		xa_erase(&dmar_domain->iommu_array, idx);
 		kfree(dinfo);
 	}
-	guard(mutex)(&intel_lu_lock);
-	if (!intel_lu_in)
-		return;
-	nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
-	for (i = 0; i < nd; i++)
-		if (intel_lu_in->dom[i].restored == dmar_domain)
-			intel_lu_in->dom[i].restored = NULL;
 }
 
 struct intel_lu_leaves {
@@ -1322,49 +1567,7 @@ static int intel_lu_domain_leaves(struct iommu_domain *domain,
 	return pt_iommu_vtdss_lu_walk(domain, NULL, &intel_lu_leaf_ops, &l);
 }
 
-/*
- * Blocks the held devices of @dom (NULL: of every domain) that nobody took,
- * and gives back a DID that no restored domain took over.
- */
-static void intel_lu_block_held(struct intel_lu_in_domain *dom)
-{
-	u32 i, nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
-	u32 nv = le32_to_cpu(intel_lu_in->hdr->nr_devices);
-
-	lockdep_assert_held(&intel_lu_lock);
-	for (i = 0; i < nv; i++) {
-		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
-		struct device_domain_info *info = NULL;
-		struct pci_dev *pdev;
-
-		if (dom && &intel_lu_in->dom[le16_to_cpu(d->rec->domain)] != dom)
-			continue;
-		if (!d->held)
-			continue;
-		pdev = pci_get_domain_bus_and_slot(le16_to_cpu(d->rec->segment),
-						   d->rec->bus, d->rec->devfn);
-		if (pdev && pdev->dev.iommu)
-			info = dev_iommu_priv_get(&pdev->dev);
-		if (info && info->lu_held) {
-			__intel_lu_release_held(info, false);
-			pci_info(pdev, "blocked: nobody took its preserved translation\n");
-		}
-		d->held = false;
-		pci_dev_put(pdev);
-	}
-	for (i = 0; i < nd; i++) {
-		struct intel_lu_in_domain *di = &intel_lu_in->dom[i];
-
-		if (dom && di != dom)
-			continue;
-		if (di->did_reserved) {
-			ida_free(&di->iommu->domain_ida,
-				 le16_to_cpu(di->rec->did));
-			di->did_reserved = false;
-		}
-	}
-}
-
+/* @token 0: every domain not restored (a handover nobody can read) */
 static void intel_lu_drop_domain(u64 token)
 {
 	u32 i, nd;
@@ -1372,22 +1575,19 @@ static void intel_lu_drop_domain(u64 token)
 	guard(mutex)(&intel_lu_lock);
 	if (!intel_lu_in)
 		return;
+	if (!token) {
+		intel_lu_block_held(NULL, true);
+		return;
+	}
 	nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
 	for (i = 0; i < nd; i++) {
 		struct intel_lu_in_domain *dom = &intel_lu_in->dom[i];
 
 		if (le64_to_cpu(dom->rec->token) != token)
 			continue;
-		intel_lu_block_held(dom);
+		intel_lu_block_held(dom, false);
 		dom->dropped = true;
 	}
-}
-
-static void intel_lu_finish(void)
-{
-	guard(mutex)(&intel_lu_lock);
-	if (intel_lu_in)
-		intel_lu_block_held(NULL);
 }
 
 static const struct iommu_lu_ops intel_lu_ops = {
@@ -1399,7 +1599,6 @@ static const struct iommu_lu_ops intel_lu_ops = {
 	.restore_domain = intel_lu_restore_domain,
 	.domain_leaves = intel_lu_domain_leaves,
 	.drop_domain = intel_lu_drop_domain,
-	.finish = intel_lu_finish,
 };
 
 void intel_lu_init(void)

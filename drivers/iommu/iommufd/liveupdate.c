@@ -65,8 +65,9 @@ struct iommufd_lu_out {
 /*
  * Test only: damage the handover at the next freeze, so that the next
  * kernel's refusal paths can be tested (docs/testing.md): "version",
- * "crc", "offset" (the first area names other file blocks, checksum
- * valid), "inode" (the first area names an inode not in use).
+ * "crc", "offset" (the first area names the file 2 MiB further on, and
+ * is 2 MiB shorter; checksum valid), "inode" (the first area names an
+ * inode not in use).
  */
 static char lu_test_damage[16];
 module_param_string(lu_test_damage, lu_test_damage, sizeof(lu_test_damage),
@@ -86,6 +87,98 @@ static bool iommufd_lu_damage(const char *what)
 u32 iommufd_lu_crc32c(const u8 *data, size_t len)
 {
 	return crc32c(0, data, len);
+}
+
+/*
+ * How many iommufd files were preserved, handed over in a LUO object of
+ * its own: guestmemfs keeps the mapped files whole until the last one is
+ * finished (guestmemfs_dma_handover_done()).
+ */
+struct iommufd_lu_files {
+	__le64 nr_files;
+};
+
+struct iommufd_lu_files_in {
+	atomic_t remaining;
+};
+
+static int iommufd_lu_files_preserve(struct liveupdate_flb_op_args *args)
+{
+	struct iommufd_lu_files *files;
+
+	files = kho_alloc_preserve(sizeof(*files));
+	if (IS_ERR(files))
+		return PTR_ERR(files);
+	args->data = virt_to_phys(files);
+	args->obj = files;
+	return 0;
+}
+
+static void iommufd_lu_files_unpreserve(struct liveupdate_flb_op_args *args)
+{
+	kho_unpreserve_free(args->obj);
+}
+
+static int iommufd_lu_files_retrieve(struct liveupdate_flb_op_args *args)
+{
+	struct iommufd_lu_files_in *in;
+	struct folio *folio;
+	u64 nr;
+
+	folio = kho_restore_folio(args->data);
+	if (!folio)
+		return -EINVAL;
+	nr = le64_to_cpu(((struct iommufd_lu_files *)folio_address(folio))
+				 ->nr_files);
+	folio_put(folio);
+	if (!nr || nr > INT_MAX)
+		return -EINVAL;
+	in = kzalloc_obj(*in);
+	if (!in)
+		return -ENOMEM;
+	atomic_set(&in->remaining, nr);
+	args->obj = in;
+	return 0;
+}
+
+static void iommufd_lu_files_finish(struct liveupdate_flb_op_args *args)
+{
+	kfree(args->obj);
+}
+
+static const struct liveupdate_flb_ops iommufd_lu_files_ops = {
+	.preserve = iommufd_lu_files_preserve,
+	.unpreserve = iommufd_lu_files_unpreserve,
+	.retrieve = iommufd_lu_files_retrieve,
+	.finish = iommufd_lu_files_finish,
+	.owner = THIS_MODULE,
+};
+
+static struct liveupdate_flb iommufd_lu_files_flb = {
+	.ops = &iommufd_lu_files_ops,
+	.compatible = IOMMUFD_LU_FILES_FLB_COMPATIBLE,
+};
+
+static void iommufd_lu_count_file(int delta)
+{
+	struct iommufd_lu_files *files;
+
+	if (liveupdate_flb_get_outgoing(&iommufd_lu_files_flb, (void **)&files))
+		return;
+	files->nr_files = cpu_to_le64(le64_to_cpu(files->nr_files) + delta);
+	liveupdate_flb_put_outgoing(&iommufd_lu_files_flb);
+}
+
+/* A handed-over iommufd file is finished: the last one ends the handover */
+static void iommufd_lu_file_done(void)
+{
+	struct iommufd_lu_files_in *in;
+
+	if (liveupdate_flb_get_incoming(&iommufd_lu_files_flb, (void **)&in))
+		return;
+	if (atomic_dec_and_test(&in->remaining))
+		guestmemfs_dma_handover_done();
+	liveupdate_flb_put_incoming(&iommufd_lu_files_flb);
 }
 
 static const struct iommu_lu_ops *iommufd_lu_ops(void)
@@ -140,19 +233,28 @@ static int iommufd_lu_collect(struct iommufd_ctx *ictx,
 	return out->nr_hwpts ? 0 : -ENOENT;
 }
 
-static void iommufd_lu_set_preserved(struct iommufd_hwpt_paging *hwpt_paging,
-				     bool preserved)
+static int iommufd_lu_set_preserved(struct iommufd_hwpt_paging *hwpt_paging,
+				    bool preserved)
 {
 	struct io_pagetable *iopt = &hwpt_paging->ioas->iopt;
 	struct iopt_area *area;
+	int rc = 0;
 
 	down_read(&iopt->iova_rwsem);
 	for (area = iopt_area_iter_first(iopt, 0, ULONG_MAX); area;
-	     area = iopt_area_iter_next(area, 0, ULONG_MAX))
-		if (area->pages && iopt_is_gmfs(area->pages))
-			guestmemfs_dma_set_preserved(area->pages->gmfs.hold,
-						     preserved);
+	     area = iopt_area_iter_next(area, 0, ULONG_MAX)) {
+		if (!area->pages || !iopt_is_gmfs(area->pages))
+			continue;
+		rc = guestmemfs_dma_set_preserved(area->pages->gmfs.hold,
+						  preserved);
+		/* Unmarking cannot fail but when frozen, and then it need not */
+		if (rc && preserved)
+			break;
+	}
 	up_read(&iopt->iova_rwsem);
+	if (rc && preserved)
+		iommufd_lu_set_preserved(hwpt_paging, false);
+	return preserved ? rc : 0;
 }
 
 static void iommufd_lu_release_out(struct iommufd_lu_out *out,
@@ -205,12 +307,17 @@ static int iommufd_lu_preserve(struct liveupdate_file_op_args *args)
 					  hwpt_paging->lu_token);
 		if (rc)
 			break;
-		iommufd_lu_set_preserved(hwpt_paging, true);
+		rc = iommufd_lu_set_preserved(hwpt_paging, true);
+		if (rc) {
+			ops->unpreserve_domain(hwpt_paging->common.domain);
+			break;
+		}
 	}
 	if (rc) {
 		iommufd_lu_release_out(out, i);
 		return rc;
 	}
+	iommufd_lu_count_file(1);
 	args->private_data = out;
 	return 0;
 }
@@ -219,6 +326,7 @@ static void iommufd_lu_unpreserve(struct liveupdate_file_op_args *args)
 {
 	struct iommufd_lu_out *out = args->private_data;
 
+	iommufd_lu_count_file(-1);
 	iommufd_lu_release_out(out, out->nr_hwpts);
 }
 
@@ -347,8 +455,11 @@ static int iommufd_lu_encode(struct iommufd_lu_out *out)
 		rc = PTR_ERR(blob);
 		goto out_free;
 	}
-	if (nr_areas && iommufd_lu_damage("offset"))
+	if (nr_areas && iommufd_lu_damage("offset") &&
+	    areas[0].length > SZ_2M) {
 		areas[0].offset += SZ_2M;
+		areas[0].length -= SZ_2M;
+	}
 	if (nr_areas && iommufd_lu_damage("inode"))
 		areas[0].ino = U32_MAX;
 	rc = iommufd_lu_rs_encode(blob, len, hwpts, out->nr_hwpts, areas,
@@ -378,9 +489,17 @@ static int iommufd_lu_freeze(struct liveupdate_file_op_args *args)
 	for (i = 0; i < out->nr_hwpts && !rc; i++) {
 		struct iommufd_hwpt_paging *hwpt_paging = out->hwpts[i];
 
+		unsigned int first = out->nr_devs;
+
 		rc = iommufd_hwpt_walk_devices(out->ictx,
 						  &hwpt_paging->common,
 						  iommufd_lu_add_dev, out);
+		/* Nothing would keep its translation: refuse now, not after */
+		if (!rc && out->nr_devs == first) {
+			pr_err("live update: HWPT token %#llx has no device attached\n",
+			       hwpt_paging->lu_token);
+			rc = -ENODEV;
+		}
 		while (!rc && out->nr_frozen < out->nr_devs) {
 			struct device *dev = out->devs[out->nr_frozen];
 
@@ -530,7 +649,7 @@ static int iommufd_lu_restore_hwpt(struct iommufd_ctx *ictx,
 	if (rc)
 		goto out_ioas;
 
-	domain = ops->restore_domain(h->token, &reason);
+	domain = ops->restore_domain(h->token, ictx, &reason);
 	if (IS_ERR(domain)) {
 		rc = PTR_ERR(domain);
 		strscpy(why, reason, IOMMUFD_LU_WHY);
@@ -545,19 +664,17 @@ static int iommufd_lu_restore_hwpt(struct iommufd_ctx *ictx,
 	if (rc)
 		goto out_domain;
 
-	mutex_lock(&ioas->mutex);
 	hwpt_paging = iommufd_hwpt_paging_adopt(ictx, ioas, domain,
 						h->flags &
 						IOMMUFD_LU_HWPT_ENFORCE_CC);
-	mutex_unlock(&ioas->mutex);
 	if (IS_ERR(hwpt_paging)) {
 		rc = PTR_ERR(hwpt_paging);
 		snprintf(why, IOMMUFD_LU_WHY, "cannot adopt the domain: %d", rc);
 		goto out_domain;
 	}
 	hwpt_paging->lu_restored_token = h->token;
-	iommufd_object_finalize(ictx, &hwpt_paging->common.obj);
 	iommufd_object_finalize(ictx, &ioas->obj);
+	iommufd_object_finalize(ictx, &hwpt_paging->common.obj);
 	kvfree(want.p);
 	kvfree(have.p);
 	return 0;
@@ -565,7 +682,7 @@ static int iommufd_lu_restore_hwpt(struct iommufd_ctx *ictx,
 out_domain:
 	/* Its devices may still walk its tables: block them, then free */
 	ops->drop_domain(h->token);
-	domain->ops->free(domain);
+	iommu_domain_free(domain);
 out_ioas:
 	iommufd_object_abort_and_destroy(ictx, &ioas->obj);
 	kvfree(want.p);
@@ -646,10 +763,18 @@ static int iommufd_lu_retrieve(struct liveupdate_file_op_args *args)
 	return 0;
 
 out_refuse:
-	pr_err("live update token %#llx refused: %s\n", token, why);
-	/* Nothing of this file is handed back: block all its devices */
+	if (token)
+		pr_err("live update token %#llx refused: %s\n", token, why);
+	else
+		pr_err("live update handover refused: %s\n", why);
+	/*
+	 * Nothing of this file is handed back: block all its devices; if
+	 * its tokens cannot be read, every translation not yet restored.
+	 */
 	for (i = 0; hwpts && i < nr_hwpts; i++)
 		ops->drop_domain(hwpts[i].token);
+	if (!hwpts)
+		ops->drop_domain(0);
 	kvfree(hwpts);
 	kvfree(areas);
 	return rc;
@@ -660,13 +785,86 @@ static bool iommufd_lu_can_finish(struct liveupdate_file_op_args *args)
 	return true;
 }
 
-static void iommufd_lu_finish(struct liveupdate_file_op_args *args)
+/* A restored HWPT is destroyed: its devices still held are blocked */
+void iommufd_lu_drop(u64 token)
 {
 	const struct iommu_lu_ops *ops = iommufd_lu_ops();
 
 	if (ops)
-		ops->finish();
-	guestmemfs_dma_handover_done();
+		ops->drop_domain(token);
+}
+
+/* Blocks the devices of this file's tokens that nobody attached */
+static void iommufd_lu_drop_restored(struct iommufd_ctx *ictx)
+{
+	const struct iommu_lu_ops *ops = iommufd_lu_ops();
+	struct iommufd_object *obj;
+	unsigned long index;
+
+	xa_for_each(&ictx->objects, index, obj) {
+		u64 token;
+
+		if (READ_ONCE(obj->type) != IOMMUFD_OBJ_HWPT_PAGING)
+			continue;
+		obj = iommufd_get_object(ictx, index, IOMMUFD_OBJ_HWPT_PAGING);
+		if (IS_ERR(obj))
+			continue;
+		token = container_of(obj, struct iommufd_hwpt_paging,
+				     common.obj)->lu_restored_token;
+		iommufd_put_object(ictx, obj);
+		if (token)
+			ops->drop_domain(token);
+	}
+}
+
+/* Never retrieved: read the tokens to block their devices */
+static void iommufd_lu_drop_unretrieved(u64 serialized)
+{
+	const struct iommu_lu_ops *ops = iommufd_lu_ops();
+	struct iommufd_lu_hwpt_rec *hwpts = NULL;
+	u32 nr_hwpts, nr_areas, i;
+	char why[IOMMUFD_LU_WHY];
+	struct folio *folio;
+	int rc;
+
+	folio = kho_restore_folio(serialized);
+	if (!folio) {
+		ops->drop_domain(0);
+		return;
+	}
+	rc = iommufd_lu_rs_decode(folio_address(folio), folio_size(folio),
+				  &nr_hwpts, &nr_areas, NULL, NULL, why,
+				  sizeof(why));
+	if (!rc) {
+		struct iommufd_lu_area_rec *areas;
+
+		hwpts = kvcalloc(nr_hwpts, sizeof(*hwpts), GFP_KERNEL);
+		areas = kvcalloc(nr_areas, sizeof(*areas), GFP_KERNEL);
+		rc = hwpts && areas ?
+		     iommufd_lu_rs_decode(folio_address(folio),
+					  folio_size(folio), &nr_hwpts,
+					  &nr_areas, hwpts, areas, why,
+					  sizeof(why)) : -ENOMEM;
+		kvfree(areas);
+	}
+	folio_put(folio);
+	for (i = 0; !rc && i < nr_hwpts; i++)
+		ops->drop_domain(hwpts[i].token);
+	if (rc)
+		ops->drop_domain(0);
+	kvfree(hwpts);
+}
+
+static void iommufd_lu_finish(struct liveupdate_file_op_args *args)
+{
+	const struct iommu_lu_ops *ops = iommufd_lu_ops();
+
+	/* A failed retrieve blocked its devices already */
+	if (ops && args->retrieve_status > 0 && args->file)
+		iommufd_lu_drop_restored(args->file->private_data);
+	else if (ops && !args->retrieve_status)
+		iommufd_lu_drop_unretrieved(args->serialized_data);
+	iommufd_lu_file_done();
 }
 
 static const struct liveupdate_file_ops iommufd_lu_file_ops = {
@@ -697,6 +895,9 @@ int iommufd_lu_init(void)
 	if (rc)
 		return rc == -EOPNOTSUPP ? 0 : rc;
 	rc = liveupdate_register_flb(&iommufd_lu_handler, flb);
+	if (!rc)
+		rc = liveupdate_register_flb(&iommufd_lu_handler,
+					     &iommufd_lu_files_flb);
 	if (rc)
 		liveupdate_unregister_file_handler(&iommufd_lu_handler);
 	return rc;

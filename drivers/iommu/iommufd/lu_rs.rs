@@ -61,6 +61,20 @@ pub struct PieceRec {
     pad: u32,
 }
 
+/// A C array as a slice; null (with any length) is empty.
+///
+/// # Safety
+///
+/// A non-null `p` must point to `n` valid records that outlive the slice.
+unsafe fn slice<'a, T>(p: *const T, n: usize) -> &'a [T] {
+    if p.is_null() {
+        &[]
+    } else {
+        // SAFETY: non-null, and the caller guarantees the rest.
+        unsafe { core::slice::from_raw_parts(p, n) }
+    }
+}
+
 /// Writes a NUL-terminated reason into a C buffer, truncating.
 struct Reason<'a> {
     buf: &'a mut [u8],
@@ -121,12 +135,15 @@ pub unsafe extern "C" fn iommufd_lu_rs_encode(
     if format::blob_len(nh, na) != Some(len) {
         return code::EINVAL.to_errno();
     }
+    if out.is_null() {
+        return code::EINVAL.to_errno();
+    }
     // SAFETY: the caller guarantees the three buffers and their lengths.
     let (out, hs, as_) = unsafe {
         (
             core::slice::from_raw_parts_mut(out, len),
-            core::slice::from_raw_parts(hwpts, nh),
-            core::slice::from_raw_parts(areas, na),
+            slice(hwpts, nh),
+            slice(areas, na),
         )
     };
     let (Ok(mut hv), Ok(mut av)) = (
@@ -268,13 +285,9 @@ pub unsafe extern "C" fn iommufd_lu_rs_check(
     why: *mut c_char,
     why_len: usize,
 ) -> c_int {
-    // SAFETY: the caller guarantees both arrays and their lengths.
-    let (e, l) = unsafe {
-        (
-            core::slice::from_raw_parts(expected, nr_expected),
-            core::slice::from_raw_parts(leaves, nr_leaves),
-        )
-    };
+    // SAFETY: the caller guarantees both arrays and their lengths; an
+    // empty array may come as a null pointer.
+    let (e, l) = unsafe { (slice(expected, nr_expected), slice(leaves, nr_leaves)) };
     let piece = |p: &PieceRec| Piece {
         iova: p.iova,
         phys: p.phys,

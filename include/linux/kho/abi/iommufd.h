@@ -35,6 +35,11 @@
  */
 
 #define IOMMUFD_LU_FH_COMPATIBLE	"iommufd-gmfs-v1"
+/*
+ * A LUO File-Lifecycle-Bound object: one __le64, the number of iommufd
+ * files preserved, so that the next kernel knows when the last is finished
+ */
+#define IOMMUFD_LU_FILES_FLB_COMPATIBLE	"iommufd-lu-files-v1"
 /* "IOFDLU01" as a little-endian u64 */
 #define IOMMUFD_LU_MAGIC		0x3130554c44464f49ULL
 #define IOMMUFD_LU_VERSION		1

@@ -11,6 +11,7 @@
  * Skips without one.
  */
 #include <stdlib.h>
+#include <linux/liveupdate.h>
 #include <sys/mman.h>
 #include <sys/statfs.h>
 
@@ -600,6 +601,74 @@ static __u64 map_fixed(struct __test_metadata *_metadata,
 						       IOMMU_IOAS_MAP_WRITEABLE |
 						       IOMMU_IOAS_MAP_READABLE));
 	return iova;
+}
+
+static int find_restored(int fd, __u64 token, __u32 reserved, __u32 *hwpt_id,
+			 __u32 *ioas_id)
+{
+	struct iommu_hwpt_liveupdate_find_restored cmd = {
+		.size = sizeof(cmd),
+		.hwpt_token = token,
+		.__reserved = reserved,
+	};
+	int rc = ioctl(fd, IOMMU_HWPT_LIVEUPDATE_FIND_RESTORED, &cmd);
+
+	*hwpt_id = cmd.out_hwpt_id;
+	*ioas_id = cmd.out_ioas_id;
+	return rc;
+}
+
+/*
+ * FIND_RESTORED in an iommufd that was not retrieved from a live update:
+ * a marked HWPT is not a restored one.
+ */
+TEST_F(guestmemfs, find_restored_errors)
+{
+	__u32 hwpt_id, found_hwpt, found_ioas;
+	__u64 iova;
+
+	test_ioctl_ioas_map_file(self->gfd, 0, 2 * MIB, &iova);
+	hwpt_id = explicit_hwpt(_metadata, self);
+	ASSERT_EQ(0, mark_preserve(self->fd, hwpt_id, 5));
+	EXPECT_ERRNO(ENOENT, find_restored(self->fd, 5, 0, &found_hwpt,
+					   &found_ioas));
+	EXPECT_ERRNO(EINVAL, find_restored(self->fd, 0, 0, &found_hwpt,
+					   &found_ioas));
+	EXPECT_ERRNO(EINVAL, find_restored(self->fd, 5, 1, &found_hwpt,
+					   &found_ioas));
+}
+
+/*
+ * Preserving an iommufd whose marked HWPT is on a domain no IOMMU driver
+ * can hand over (the mock domain) is refused by LUO's preserve, and leaves
+ * nothing behind.
+ */
+TEST_F(guestmemfs, preserve_refused)
+{
+	struct liveupdate_ioctl_create_session cs = { .size = sizeof(cs) };
+	struct liveupdate_session_preserve_fd pf = { .size = sizeof(pf) };
+	__u32 hwpt_id;
+	__u64 iova;
+	int luo;
+
+	luo = open("/dev/liveupdate", O_RDWR);
+	if (luo < 0)
+		SKIP(return, "no /dev/liveupdate");
+	snprintf((char *)cs.name, sizeof(cs.name), "kselftest-iommufd-gmfs");
+	ASSERT_EQ(0, ioctl(luo, LIVEUPDATE_IOCTL_CREATE_SESSION, &cs));
+	iova = map_fixed(_metadata, self, 0, 2 * MIB, 4 * MIB);
+	hwpt_id = explicit_hwpt(_metadata, self);
+	pf.fd = self->fd;
+	pf.token = 1;
+	/* Not marked: nothing to hand over */
+	EXPECT_ERRNO(ENOENT, ioctl(cs.fd, LIVEUPDATE_SESSION_PRESERVE_FD, &pf));
+	ASSERT_EQ(0, mark_preserve(self->fd, hwpt_id, 9));
+	EXPECT_ERRNO(EOPNOTSUPP,
+		     ioctl(cs.fd, LIVEUPDATE_SESSION_PRESERVE_FD, &pf));
+	/* The teardown checks that every block came back */
+	close(cs.fd);
+	close(luo);
+	test_ioctl_ioas_unmap(iova, 2 * MIB);
 }
 
 /*

@@ -337,8 +337,16 @@ fn refused(ctx: &mut Ctx, reason: &str) -> TestResult {
         .find(|l| l.contains("refused") && l.contains(reason))
         .ok_or(format!("no refusal naming {reason:?} in the log"))?;
     diag(&format!("stage 2: {}", line.trim()));
-    // Blocked: the device's context entry is gone (debugfs shows no table).
-    let leaves = iommu_debugfs::read(&bdf).unwrap_or_default();
+    // Blocked: the device's context entry is gone (debugfs shows no table),
+    // and the kernel said so.
+    let leaves = iommu_debugfs::read(&bdf)?;
+    let blocked = log.iter().any(|l| {
+        l.contains("blocked: nobody took its preserved translation")
+            || l.contains("every device is blocked")
+    });
+    if !blocked {
+        return Err("no log line says the preserved device was blocked".into());
+    }
     if !leaves.is_empty() {
         return Err(format!(
             "the device still translates after the refusal: {} leaves",
