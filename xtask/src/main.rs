@@ -4,6 +4,7 @@
 //! `cargo xtask help` lists the commands; docs/testing.md explains them.
 
 mod bench;
+mod bench_lu;
 mod image;
 mod kernel;
 mod ktap;
@@ -33,6 +34,9 @@ commands:
   bench            guestmemfs benchmark: one VM per file count and region
                    size; prints a markdown table (also target/xtask/bench.md)
                    for docs/benchmarks.md
+  bench-lu         iommufd live update benchmark: restore after kexec against
+                   the upstream re-map path, one VM per size, mapping count
+                   and IOPTE size (also target/xtask/bench-lu.md)
   export           write the whole change as a git format-patch series
                    against the pristine 7.3 source (target/xtask/export)
   list             list the VM suites and guest tests
@@ -59,6 +63,9 @@ fn main() -> ExitCode {
         "bench" if rest.is_empty() => setup::setup()
             .and_then(|_| build_all())
             .and_then(|p| bench::run(&p, echo_mode())),
+        "bench-lu" if rest.is_empty() => setup::setup()
+            .and_then(|_| build_all())
+            .and_then(|p| bench_lu::run(&p, echo_mode())),
         "export" if rest.is_empty() => Paths::new().and_then(|p| kernel::export(&p)).map(|out| {
             say(&format!("patch series written to {}", out.display()));
             true
@@ -100,6 +107,10 @@ fn list() {
     );
     println!("\nbenchmark VMs (cargo xtask bench runs them all, one after the other):");
     for c in bench::CASES {
+        println!("  {:<22} {}", c.suite.name, c.suite.about);
+    }
+    println!("\nlive update benchmark VMs (cargo xtask bench-lu):");
+    for c in bench_lu::CASES {
         println!("  {:<22} {}", c.suite.name, c.suite.about);
     }
     println!("\nguest tests (cargo xtask test <test> runs one alone):");

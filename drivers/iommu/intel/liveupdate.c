@@ -131,17 +131,36 @@ static void intel_lu_test_damage(struct vtd_lu_header *hdr,
 {
 	if (sysfs_streq(lu_test_damage, "version"))
 		hdr->version = cpu_to_le32(99);
-	/* The last page that is not the top: sorted, and the top is listed */
+	/*
+	 * A page of the first domain other than its top is listed at a
+	 * nearby address that keeps the list sorted and names no other
+	 * handed-over page: the next kernel's walk finds the real one
+	 * unlisted.
+	 */
 	if (sysfs_streq(lu_test_damage, "pages") && hdr->nr_domains) {
-		u32 last = le32_to_cpu(drec[0].first_page) +
-			   le32_to_cpu(drec[0].nr_pages) - 1;
+		u32 first = le32_to_cpu(drec[0].first_page);
+		u32 nr = le32_to_cpu(drec[0].nr_pages);
+		u32 np = le32_to_cpu(hdr->nr_pages);
 
-		if (pages[last] == drec[0].top_phys &&
-		    last > le32_to_cpu(drec[0].first_page))
-			last--;
-		if (pages[last] != drec[0].top_phys)
-			pages[last] = cpu_to_le64(le64_to_cpu(pages[last]) +
-						  SZ_4K);
+		for (u32 i = first + nr; i-- > first;) {
+			u64 at = le64_to_cpu(pages[i]);
+
+			if (pages[i] == drec[0].top_phys)
+				continue;
+			for (u64 v = at + SZ_4K; v < at + SZ_1M; v += SZ_4K) {
+				bool used = false;
+
+				if (i + 1 < first + nr &&
+				    v >= le64_to_cpu(pages[i + 1]))
+					break;
+				for (u32 k = 0; k < np; k++)
+					used |= le64_to_cpu(pages[k]) == v;
+				if (!used) {
+					pages[i] = cpu_to_le64(v);
+					return;
+				}
+			}
+		}
 	}
 }
 #else
@@ -890,7 +909,13 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 		       why);
 		kvfree(in->blob);
 		in->blob = NULL;
+		return 0;
 	}
+	pr_info("handover of %llu bytes: %u unit(s), %u domain(s), %u device(s), %u pages\n",
+		len, le32_to_cpu(in->hdr->nr_units),
+		le32_to_cpu(in->hdr->nr_domains),
+		le32_to_cpu(in->hdr->nr_devices),
+		le32_to_cpu(in->hdr->nr_pages));
 	return 0;
 }
 

@@ -730,6 +730,11 @@ static int iommufd_lu_retrieve(struct liveupdate_file_op_args *args)
 	folio_put(folio);
 	if (rc)
 		goto out_refuse;
+	pr_info("live update: handover of %zu bytes: %u HWPT(s), %u area(s)\n",
+		sizeof(struct iommufd_lu_header) +
+		nr_hwpts * sizeof(struct iommufd_lu_hwpt) +
+		nr_areas * sizeof(struct iommufd_lu_area) + sizeof(__le32),
+		nr_hwpts, nr_areas);
 
 	file = iommufd_file_create();
 	if (IS_ERR(file)) {

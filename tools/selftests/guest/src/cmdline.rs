@@ -9,7 +9,9 @@
 //! - `gtest.note=V`: what the previous stage expects the next one to find
 //!   (e.g. a physical address), for checking; never the handed-over state;
 //! - `gtest.bench_files=N`: files the benchmark test creates (N >= 1; set by
-//!   `cargo xtask bench`).
+//!   `cargo xtask bench`);
+//! - `gtest.lu_bench=GIB,MAPS,LEAF`: the iommufd live update benchmark's
+//!   configuration (`cargo xtask bench-lu`).
 
 /// What a test boot was asked to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +23,8 @@ pub struct TestBoot {
     pub note: Option<String>,
     /// `gtest.bench_files=N` of the benchmark (`tests/bench.rs`).
     pub bench_files: Option<usize>,
+    /// `gtest.lu_bench=GIB,MAPS,LEAF` (`tests/lu_bench.rs` checks it).
+    pub lu_bench: Option<String>,
     tokens: Vec<String>,
 }
 
@@ -36,6 +40,7 @@ impl TestBoot {
             kexec_extra: Vec::new(),
             note: None,
             bench_files: None,
+            lu_bench: None,
             tokens: Vec::new(),
         };
         for token in &tokens {
@@ -58,6 +63,7 @@ impl TestBoot {
                 }
                 "gtest.kexec_extra" => boot.kexec_extra = split_list(value),
                 "gtest.note" => boot.note = Some(value.to_owned()),
+                "gtest.lu_bench" => boot.lu_bench = Some(value.to_owned()),
                 "gtest.bench_files" => {
                     boot.bench_files = Some(
                         value

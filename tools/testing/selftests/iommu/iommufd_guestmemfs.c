@@ -656,7 +656,7 @@ TEST_F(guestmemfs, preserve_refused)
 		SKIP(return, "no /dev/liveupdate");
 	snprintf((char *)cs.name, sizeof(cs.name), "kselftest-iommufd-gmfs");
 	ASSERT_EQ(0, ioctl(luo, LIVEUPDATE_IOCTL_CREATE_SESSION, &cs));
-	iova = map_fixed(_metadata, self, 0, 2 * MIB, 4 * MIB);
+	test_ioctl_ioas_map_file(self->gfd, 0, 2 * MIB, &iova);
 	hwpt_id = explicit_hwpt(_metadata, self);
 	pf.fd = self->fd;
 	pf.token = 1;
@@ -665,10 +665,11 @@ TEST_F(guestmemfs, preserve_refused)
 	ASSERT_EQ(0, mark_preserve(self->fd, hwpt_id, 9));
 	EXPECT_ERRNO(EOPNOTSUPP,
 		     ioctl(cs.fd, LIVEUPDATE_SESSION_PRESERVE_FD, &pf));
-	/* The teardown checks that every block came back */
+	/* Still marked: immutable. The teardown checks every block came back */
+	EXPECT_ERRNO(EBUSY, _test_ioctl_ioas_unmap(self->fd, self->ioas_id,
+						   iova, 2 * MIB, NULL));
 	close(cs.fd);
 	close(luo);
-	test_ioctl_ioas_unmap(iova, 2 * MIB);
 }
 
 /*

@@ -17,6 +17,7 @@ mod harness;
 mod igb;
 mod igb_kexec;
 mod kselftest;
+pub mod lu_bench;
 mod luo;
 pub mod region;
 mod smoke;
@@ -367,6 +368,12 @@ pub const CATALOG: &[Test] = &[
         summary: "VT-d page list misses a table page: the vetting walk refuses the domain, device blocked",
         timeout_s: 400,
         run: igb_kexec::refuse_vtd_pages,
+    },
+    Test {
+        name: "iommufd_lu_bench",
+        summary: "benchmark (cargo xtask bench-lu): restore of a preserved HWPT after kexec vs re-map of a LUO memfd, gtest.lu_bench=GIB,MAPS,LEAF",
+        timeout_s: 900,
+        run: lu_bench::lu_bench,
     },
     Test {
         name: "iommufd_lu_abort",
