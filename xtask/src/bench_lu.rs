@@ -154,14 +154,17 @@ fn table(rows: &[Row]) -> String {
         "VM s",
         "restore ms",
         "re-map ms",
-        "restore / re-map",
+        "restore IOMMU ms",
+        "re-map IOMMU ms",
+        "IOMMU restore / re-map",
+        "total restore / re-map",
         "retrieve ms",
         "preserve ms",
         "VT-d handover B",
         "table pages",
         "iommufd handover B",
-        "restore ms / mapping",
-        "re-map ms / GiB mapped",
+        "restore IOMMU ms / mapping",
+        "re-map IOMMU ms / GiB mapped",
     ];
     let mut out = String::new();
     let _ = writeln!(out, "| {} |", header.join(" | "));
@@ -173,8 +176,8 @@ fn table(rows: &[Row]) -> String {
             r.number(key)
                 .map_or("–".into(), |v| format!("{:.3}", v / 1000.0 / n))
         };
-        let ratio = match (r.number("ours_us"), r.number("remap_us")) {
-            (Some(o), Some(m)) if m > 0.0 => format!("{:.3} %", 100.0 * o / m),
+        let ratio = |a: &str, b: &str| match (r.number(a), r.number(b)) {
+            (Some(o), Some(m)) if m > 0.0 => format!("{:.2} %", 100.0 * o / m),
             _ => "–".into(),
         };
         let get = |k: &str| r.values.get(k).cloned().unwrap_or_else(|| "–".into());
@@ -186,14 +189,17 @@ fn table(rows: &[Row]) -> String {
             r.secs.to_string(),
             r.ms("ours_us"),
             r.ms("remap_us"),
-            ratio,
+            r.ms("ours_iommu_us"),
+            r.ms("remap_iommu_us"),
+            ratio("ours_iommu_us", "remap_iommu_us"),
+            ratio("ours_us", "remap_us"),
             r.ms("retrieve_us"),
             r.ms("preserve_us"),
             get("vtd_handover_bytes"),
             get("table_pages"),
             get("iommufd_handover_bytes"),
-            per("ours_us", c.maps as f64),
-            per("remap_us", mapped),
+            per("ours_iommu_us", c.maps as f64),
+            per("remap_iommu_us", mapped),
         ];
         let _ = writeln!(out, "| {} |", cells.join(" | "));
     }
@@ -206,14 +212,14 @@ fn shape(rows: &[Row]) -> String {
     let find = |gib, maps, leaf| {
         rows.iter()
             .find(|r| r.case.gib == gib && r.case.maps == maps && r.case.leaf == leaf)
-            .and_then(|r| r.number("ours_us"))
+            .and_then(|r| r.number("ours_iommu_us"))
     };
     let mut out = String::new();
     let mut line = |what: &str, a: Option<f64>, b: Option<f64>, x: f64| {
         if let (Some(a), Some(b)) = (a, b) {
             let _ = writeln!(
                 out,
-                "- {what}: restore ×{:.2} for ×{x} ({:.2} ms → {:.2} ms)",
+                "- {what}: IOMMU restore ×{:.2} for ×{x} ({:.2} ms → {:.2} ms)",
                 b / a,
                 a / 1000.0,
                 b / 1000.0

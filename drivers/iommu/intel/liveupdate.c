@@ -113,6 +113,11 @@ struct intel_lu_incoming {
 static struct intel_lu_incoming *intel_lu_in;
 static bool intel_lu_looked;
 
+struct intel_lu_in_device;
+static void __intel_lu_release_in_device(struct intel_lu_in_device *d,
+					 struct device_domain_info *info,
+					 bool keep);
+
 #if IS_ENABLED(CONFIG_IOMMUFD_TEST)
 #undef MODULE_PARAM_PREFIX
 #define MODULE_PARAM_PREFIX "intel_iommu."
@@ -144,15 +149,19 @@ static void intel_lu_test_damage(struct vtd_lu_header *hdr,
 
 		for (u32 i = first + nr; i-- > first;) {
 			u64 at = le64_to_cpu(pages[i]);
+			u64 lo = i > first ? le64_to_cpu(pages[i - 1]) : 0;
+			u64 hi = i + 1 < first + nr ?
+				 le64_to_cpu(pages[i + 1]) : U64_MAX;
 
 			if (pages[i] == drec[0].top_phys)
 				continue;
-			for (u64 v = at + SZ_4K; v < at + SZ_1M; v += SZ_4K) {
+			/* Up to 1 MiB away, either way, strictly between */
+			for (s64 d = -SZ_1M; d <= SZ_1M; d += SZ_4K) {
+				u64 v = at + d;
 				bool used = false;
 
-				if (i + 1 < first + nr &&
-				    v >= le64_to_cpu(pages[i + 1]))
-					break;
+				if (!d || v <= lo || v >= hi || v > at + SZ_1M)
+					continue;
 				for (u32 k = 0; k < np; k++)
 					used |= le64_to_cpu(pages[k]) == v;
 				if (!used) {
@@ -239,6 +248,10 @@ static int intel_lu_preserve_domain(struct iommu_domain *domain, u64 token)
 	guard(mutex)(&intel_lu_lock);
 	if (intel_lu_find_domain(dmar_domain))
 		return -EBUSY;
+	/* The next kernel finds domains by token: unique system-wide */
+	list_for_each_entry(ld, &intel_lu_domains, link)
+		if (ld->token == token)
+			return -EADDRINUSE;
 
 	ret = pt_iommu_vtdss_lu_walk(domain, NULL, &intel_lu_collect_ops, &c);
 	if (ret)
@@ -759,6 +772,7 @@ static const char *intel_lu_parse(struct intel_lu_incoming *in, size_t len)
 	const struct vtd_lu_header *hdr = in->blob;
 	u32 nu, nd, nv, np, i;
 	const char *why;
+	u64 next;
 	size_t want;
 	u32 crc;
 
@@ -792,6 +806,21 @@ static const char *intel_lu_parse(struct intel_lu_incoming *in, size_t len)
 
 	in->hdr = hdr;
 	in->units = (const void *)(hdr + 1);
+	in->domains = (const void *)(in->units + nu);
+	/* Slices tile pages[] in order: units, then domains */
+	next = 0;
+	for (i = 0; i < nu; i++) {
+		if (le32_to_cpu(in->units[i].first_page) != next)
+			return "page slices do not tile the list";
+		next += min(le32_to_cpu(in->units[i].nr_pages), np);
+	}
+	for (i = 0; i < nd; i++) {
+		if (le32_to_cpu(in->domains[i].first_page) != next)
+			return "page slices do not tile the list";
+		next += min(le32_to_cpu(in->domains[i].nr_pages), np);
+	}
+	if (next != np)
+		return "page slices do not tile the list";
 	in->domains = (const void *)(in->units + nu);
 	in->devices = (const void *)(in->domains + nd);
 	in->pages = (const void *)(in->devices + nv);
@@ -847,10 +876,14 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 	const char *why = NULL;
 	u64 blob_phys, len;
 
+	in = kzalloc_obj(*in);
+	if (!in)
+		return -ENOMEM;
+	args->obj = in;
 	afolio = kho_restore_folio(args->data);
 	if (!afolio) {
 		pr_err("handover refused: anchor not preserved\n");
-		return -EINVAL;
+		return 0;
 	}
 	memcpy(&anchor, folio_address(afolio), sizeof(anchor));
 	folio_put(afolio);
@@ -861,10 +894,6 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 	 * A refused handover is still retrieved (an object without a blob):
 	 * LUO counts the files that use it only when retrieve succeeds.
 	 */
-	in = kzalloc_obj(*in);
-	if (!in)
-		return -ENOMEM;
-	args->obj = in;
 	if (!len) {
 		pr_err("handover refused: nothing was frozen\n");
 		return 0;
@@ -1173,7 +1202,17 @@ bool intel_lu_probe_device(struct device_domain_info *info)
 
 	guard(mutex)(&intel_lu_lock);
 	d = intel_lu_in_device_of(info);
-	return d && d->held;
+	if (!d || !d->held)
+		return false;
+	/*
+	 * This kernel would use the device IOTLB, which the handed-over
+	 * entry does not enable: its invalidations would not match. Block.
+	 */
+	if (info->ats_supported) {
+		__intel_lu_release_in_device(d, NULL, false);
+		return false;
+	}
+	return true;
 }
 
 /**
@@ -1188,12 +1227,12 @@ bool intel_lu_held_by(struct device_domain_info *info, void *owner)
 
 	if (!READ_ONCE(info->lu_held))
 		return false;
-	if (!owner)
-		return true;
 	guard(mutex)(&intel_lu_lock);
 	d = intel_lu_in_device_of(info);
-	return d && d->held && intel_lu_in_domain_of(d)->restored &&
-	       intel_lu_in_domain_of(d)->owner == owner;
+	if (!d || !d->held)
+		return false;
+	return !owner || (intel_lu_in_domain_of(d)->restored &&
+			  intel_lu_in_domain_of(d)->owner == owner);
 }
 
 /* The restored domain that a held device's entry already points to */
@@ -1243,17 +1282,21 @@ static void __intel_lu_release_in_device(struct intel_lu_in_device *d,
 	struct intel_lu_in_domain *dom = intel_lu_in_domain_of(d);
 
 	lockdep_assert_held(&intel_lu_lock);
+	if (info)
+		WRITE_ONCE(info->lu_held, false);
 	if (!d->held)
 		return;
 	d->held = false;
-	if (info) {
-		WRITE_ONCE(info->lu_held, false);
-		if (dom->restored && info->dev)
-			cache_tag_unassign_domain(dom->restored, info->dev,
-						  IOMMU_NO_PASID);
-	}
+	/* Blocked first, so no unmap can skip a flush the entry needs */
 	if (!keep)
 		intel_lu_clear_entry(d->iommu, d->rec->bus, d->rec->devfn);
+	if (dom->restored) {
+		/* The tag and DID reference the restore gave this device */
+		if (info && info->dev && info->iommu == d->iommu)
+			cache_tag_unassign_domain(dom->restored, info->dev,
+						  IOMMU_NO_PASID);
+		domain_detach_iommu(dom->restored, d->iommu);
+	}
 }
 
 /**
@@ -1299,8 +1342,10 @@ static void intel_lu_block_held(struct intel_lu_in_domain *dom,
 			continue;
 		pdev = pci_get_domain_bus_and_slot(le16_to_cpu(d->rec->segment),
 						   d->rec->bus, d->rec->devfn);
-		if (pdev && dev_iommu_priv_get(&pdev->dev))
+		if (pdev)
 			info = dev_iommu_priv_get(&pdev->dev);
+		if (info && info->iommu != d->iommu)
+			info = NULL;
 		__intel_lu_release_in_device(d, info, false);
 		pr_info("%04x:%02x:%02x.%d: blocked: nobody took its preserved translation\n",
 			le16_to_cpu(d->rec->segment), d->rec->bus,
@@ -1442,11 +1487,9 @@ static struct iommu_domain *__intel_lu_restore_domain(struct intel_lu_in_domain 
 	return domain;
 
 err_free:
-	xa_erase(&dmar_domain->iommu_array, dom->iommu->seq_id);
-	/* Not restored yet: freeing it touches no handed-over page */
-	mutex_unlock(&intel_lu_lock);
+	kfree(xa_erase(&dmar_domain->iommu_array, dom->iommu->seq_id));
+	/* Not restored: its free takes no lock and no handed-over page */
 	domain->ops->free(domain);
-	mutex_lock(&intel_lu_lock);
 	return ERR_PTR(ret);
 }
 
@@ -1454,6 +1497,7 @@ static struct iommu_domain *intel_lu_restore_domain(u64 token, void *owner,
 						    const char **reason)
 {
 	struct intel_lu_in_domain *dom = NULL;
+	struct iommu_domain_info *dinfo;
 	struct iommu_domain *domain;
 	struct pci_dev *pdev = NULL;
 	u32 i, nd, nv;
@@ -1495,25 +1539,38 @@ static struct iommu_domain *intel_lu_restore_domain(u64 token, void *owner,
 		return domain;
 
 	/*
-	 * The DID moves to the domain: each held device gets the domain's
-	 * cache tag, so an unmap before the attach flushes its IOTLB; the
-	 * attach takes a reference on the DID (refcnt 0 -> 1); freeing the
-	 * domain unused releases it (intel_lu_domain_free()).
+	 * The DID moves to the domain. Each held device holds a reference on
+	 * it (so it is not freed while an entry names it) and the domain's
+	 * cache tag (so an unmap before the attach flushes its IOTLB); its
+	 * attach takes a reference of its own, and the end of the hold drops
+	 * the first. Freeing the domain unused releases the DID
+	 * (intel_lu_domain_free()).
 	 */
+	dinfo = xa_load(&to_dmar_domain(domain)->iommu_array,
+			dom->iommu->seq_id);
 	dom->did_reserved = false;
 	dom->restored = to_dmar_domain(domain);
 	dom->owner = owner;
 	for (i = 0; i < nv; i++) {
 		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
+		struct device_domain_info *info = NULL;
 
 		if (intel_lu_in_domain_of(d) != dom || !d->held)
 			continue;
 		pdev = pci_get_domain_bus_and_slot(le16_to_cpu(d->rec->segment),
 						   d->rec->bus, d->rec->devfn);
-		if (!pdev || !dev_iommu_priv_get(&pdev->dev) ||
-		    cache_tag_assign_domain(dom->restored, &pdev->dev,
-					    IOMMU_NO_PASID))
+		if (pdev)
+			info = dev_iommu_priv_get(&pdev->dev);
+		if (info && info->iommu != d->iommu)
+			info = NULL;
+		scoped_guard(mutex, &d->iommu->did_lock)
+			dinfo->refcnt++;
+		if (!info || cache_tag_assign_domain(dom->restored, &pdev->dev,
+						     IOMMU_NO_PASID)) {
+			if (info)
+				WRITE_ONCE(info->lu_held, false);
 			__intel_lu_release_in_device(d, NULL, false);
+		}
 		pci_dev_put(pdev);
 	}
 	return domain;
@@ -1545,6 +1602,7 @@ void intel_lu_domain_free(struct dmar_domain *dmar_domain)
 	}
 	mutex_unlock(&intel_lu_lock);
 
+	/* Blocking the held devices dropped their references on the DID */
 	xa_for_each(&dmar_domain->iommu_array, idx, dinfo) {
 		if (WARN_ON(dinfo->refcnt))
 			continue;

@@ -90,60 +90,31 @@ u32 iommufd_lu_crc32c(const u8 *data, size_t len)
 }
 
 /*
- * How many iommufd files were preserved, handed over in a LUO object of
- * its own: guestmemfs keeps the mapped files whole until the last one is
- * finished (guestmemfs_dma_handover_done()).
+ * A LUO object that every preserved iommufd file uses: LUO finishes it
+ * when the last of them is finished, and then guestmemfs stops keeping
+ * the mapped files whole (guestmemfs_dma_handover_done()). It carries no
+ * data: LUO counts the files.
  */
-struct iommufd_lu_files {
-	__le64 nr_files;
-};
-
-struct iommufd_lu_files_in {
-	atomic_t remaining;
-};
-
 static int iommufd_lu_files_preserve(struct liveupdate_flb_op_args *args)
 {
-	struct iommufd_lu_files *files;
-
-	files = kho_alloc_preserve(sizeof(*files));
-	if (IS_ERR(files))
-		return PTR_ERR(files);
-	args->data = virt_to_phys(files);
-	args->obj = files;
+	args->data = 0;
+	args->obj = &iommufd_lu_files_preserve;
 	return 0;
 }
 
 static void iommufd_lu_files_unpreserve(struct liveupdate_flb_op_args *args)
 {
-	kho_unpreserve_free(args->obj);
 }
 
 static int iommufd_lu_files_retrieve(struct liveupdate_flb_op_args *args)
 {
-	struct iommufd_lu_files_in *in;
-	struct folio *folio;
-	u64 nr;
-
-	folio = kho_restore_folio(args->data);
-	if (!folio)
-		return -EINVAL;
-	nr = le64_to_cpu(((struct iommufd_lu_files *)folio_address(folio))
-				 ->nr_files);
-	folio_put(folio);
-	if (!nr || nr > INT_MAX)
-		return -EINVAL;
-	in = kzalloc_obj(*in);
-	if (!in)
-		return -ENOMEM;
-	atomic_set(&in->remaining, nr);
-	args->obj = in;
+	args->obj = &iommufd_lu_files_retrieve;
 	return 0;
 }
 
 static void iommufd_lu_files_finish(struct liveupdate_flb_op_args *args)
 {
-	kfree(args->obj);
+	guestmemfs_dma_handover_done();
 }
 
 static const struct liveupdate_flb_ops iommufd_lu_files_ops = {
@@ -159,26 +130,16 @@ static struct liveupdate_flb iommufd_lu_files_flb = {
 	.compatible = IOMMUFD_LU_FILES_FLB_COMPATIBLE,
 };
 
-static void iommufd_lu_count_file(int delta)
-{
-	struct iommufd_lu_files *files;
-
-	if (liveupdate_flb_get_outgoing(&iommufd_lu_files_flb, (void **)&files))
-		return;
-	files->nr_files = cpu_to_le64(le64_to_cpu(files->nr_files) + delta);
-	liveupdate_flb_put_outgoing(&iommufd_lu_files_flb);
-}
-
-/* A handed-over iommufd file is finished: the last one ends the handover */
+/*
+ * LUO drops a file's reference on the object after the file's finish,
+ * and expects it retrieved by then: retrieve it (idempotent).
+ */
 static void iommufd_lu_file_done(void)
 {
-	struct iommufd_lu_files_in *in;
+	void *obj;
 
-	if (liveupdate_flb_get_incoming(&iommufd_lu_files_flb, (void **)&in))
-		return;
-	if (atomic_dec_and_test(&in->remaining))
-		guestmemfs_dma_handover_done();
-	liveupdate_flb_put_incoming(&iommufd_lu_files_flb);
+	if (!liveupdate_flb_get_incoming(&iommufd_lu_files_flb, &obj))
+		liveupdate_flb_put_incoming(&iommufd_lu_files_flb);
 }
 
 static const struct iommu_lu_ops *iommufd_lu_ops(void)
@@ -317,7 +278,6 @@ static int iommufd_lu_preserve(struct liveupdate_file_op_args *args)
 		iommufd_lu_release_out(out, i);
 		return rc;
 	}
-	iommufd_lu_count_file(1);
 	args->private_data = out;
 	return 0;
 }
@@ -326,7 +286,6 @@ static void iommufd_lu_unpreserve(struct liveupdate_file_op_args *args)
 {
 	struct iommufd_lu_out *out = args->private_data;
 
-	iommufd_lu_count_file(-1);
 	iommufd_lu_release_out(out, out->nr_hwpts);
 }
 
@@ -551,6 +510,16 @@ struct iommufd_lu_pieces {
 static int iommufd_lu_add_piece(struct iommufd_lu_pieces *ps, u64 iova,
 				u64 phys, u64 len, u32 prot)
 {
+	struct iommufd_lu_piece *last = ps->nr ? &ps->p[ps->nr - 1] : NULL;
+
+	prot &= IOMMU_READ | IOMMU_WRITE;
+	/* Contiguous in IOVA and memory: one piece (4 KiB leaves add up) */
+	if (last && last->iova + last->len == iova &&
+	    last->phys + last->len == phys && last->prot == prot &&
+	    last->len + len > last->len) {
+		last->len += len;
+		return 0;
+	}
 	if (ps->nr == ps->max) {
 		size_t max = max_t(size_t, 64, ps->max * 2);
 		struct iommufd_lu_piece *p;
@@ -561,10 +530,9 @@ static int iommufd_lu_add_piece(struct iommufd_lu_pieces *ps, u64 iova,
 		ps->p = p;
 		ps->max = max;
 	}
+	/* The check compares access, not the snoop attribute */
 	ps->p[ps->nr++] = (struct iommufd_lu_piece) {
-		.iova = iova, .phys = phys, .len = len,
-		/* The check compares access, not the snoop attribute */
-		.prot = prot & (IOMMU_READ | IOMMU_WRITE),
+		.iova = iova, .phys = phys, .len = len, .prot = prot,
 	};
 	return 0;
 }
@@ -664,10 +632,12 @@ static int iommufd_lu_restore_hwpt(struct iommufd_ctx *ictx,
 	if (rc)
 		goto out_domain;
 
+	mutex_lock(&ioas->mutex);
 	hwpt_paging = iommufd_hwpt_paging_adopt(ictx, ioas, domain,
 						h->flags &
 						IOMMUFD_LU_HWPT_ENFORCE_CC);
 	if (IS_ERR(hwpt_paging)) {
+		mutex_unlock(&ioas->mutex);
 		rc = PTR_ERR(hwpt_paging);
 		snprintf(why, IOMMUFD_LU_WHY, "cannot adopt the domain: %d", rc);
 		goto out_domain;
@@ -675,6 +645,7 @@ static int iommufd_lu_restore_hwpt(struct iommufd_ctx *ictx,
 	hwpt_paging->lu_restored_token = h->token;
 	iommufd_object_finalize(ictx, &ioas->obj);
 	iommufd_object_finalize(ictx, &hwpt_paging->common.obj);
+	mutex_unlock(&ioas->mutex);
 	kvfree(want.p);
 	kvfree(have.p);
 	return 0;
@@ -708,7 +679,8 @@ static int iommufd_lu_retrieve(struct liveupdate_file_op_args *args)
 	}
 	folio = kho_restore_folio(args->serialized_data);
 	if (!folio) {
-		pr_err("live update refused: handover not preserved\n");
+		pr_err("live update handover refused: not preserved\n");
+		ops->drop_domain(0);
 		return -EINVAL;
 	}
 	rc = iommufd_lu_rs_decode(folio_address(folio), folio_size(folio),

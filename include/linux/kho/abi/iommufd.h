@@ -36,8 +36,9 @@
 
 #define IOMMUFD_LU_FH_COMPATIBLE	"iommufd-gmfs-v1"
 /*
- * A LUO File-Lifecycle-Bound object: one __le64, the number of iommufd
- * files preserved, so that the next kernel knows when the last is finished
+ * A LUO File-Lifecycle-Bound object without data, used by every preserved
+ * iommufd file: LUO finishes it with the last of them (the end of the
+ * guestmemfs boot holds)
  */
 #define IOMMUFD_LU_FILES_FLB_COMPATIBLE	"iommufd-lu-files-v1"
 /* "IOFDLU01" as a little-endian u64 */

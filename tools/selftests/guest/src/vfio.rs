@@ -41,6 +41,9 @@ pub struct Passthrough {
     pub hwpt_id: u32,
     pub ioas: Arc<IommufdIoas>,
     pub iommufd: Arc<IommuFd>,
+    /// Time spent opening the VFIO cdev and binding it (vfio-pci resets
+    /// the device at open): the same on every path, not IOMMU state.
+    pub open_bind: std::time::Duration,
 }
 
 impl Drop for Passthrough {
@@ -149,8 +152,10 @@ impl Passthrough {
         );
         let ioas = Arc::clone(vfio.ioas());
         let sysfs = format!("/sys/bus/pci/devices/{bdf}");
+        let t = std::time::Instant::now();
         let dev = VfioDevice::new(Path::new(&sysfs), vfio, false)
             .map_err(|x| format!("open and bind the VFIO cdev: {x}"))?;
+        let open_bind = t.elapsed();
         dev.attach_hwpt(found.out_hwpt_id)
             .map_err(|x| format!("VFIO_DEVICE_ATTACH_IOMMUFD_PT restored HWPT: {x}"))?;
         Ok((
@@ -159,6 +164,7 @@ impl Passthrough {
                 hwpt_id: found.out_hwpt_id,
                 ioas,
                 iommufd,
+                open_bind,
             },
             found.out_ioas_id,
         ))
@@ -176,8 +182,10 @@ impl Passthrough {
                 .map_err(|x| format!("VfioIommufd: {x}"))?,
         );
         let sysfs = format!("/sys/bus/pci/devices/{bdf}");
+        let t = std::time::Instant::now();
         let dev = VfioDevice::new(Path::new(&sysfs), vfio, false)
             .map_err(|x| format!("open and bind the VFIO cdev: {x}"))?;
+        let open_bind = t.elapsed();
         let dev_id = dev
             .iommufd_dev_id()
             .ok_or("device not bound to the iommufd")?;
@@ -197,6 +205,7 @@ impl Passthrough {
             hwpt_id: hwpt.out_hwpt_id,
             ioas,
             iommufd,
+            open_bind,
         })
     }
 
