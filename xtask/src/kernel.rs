@@ -541,6 +541,37 @@ const NEW_FILE_COMMITS: &[(&str, &str, &str)] = &[
          iommufd by a later patch.",
     ),
     (
+        "include/linux/kho/abi/iommu",
+        "kho: add the iommufd and VT-d live update ABI headers",
+        "The handover of a preserved iommufd (marked HWPTs and their\n\
+         guestmemfs mappings) and of the VT-d state that keeps its devices\n\
+         translating (root, context and page-table pages, domain IDs, device\n\
+         bindings), documented field by field. Used by later patches.",
+    ),
+    (
+        "include/linux/iommu-lu.h",
+        "iommu: add the live update driver interface",
+        "What iommufd asks of the IOMMU driver to preserve and restore a\n\
+         domain across kexec. Used by later patches.",
+    ),
+    (
+        "drivers/iommu/intel/liveupdate.c",
+        "iommu/vt-d: add live update preserve, adopt and restore",
+        "Preserve the tables of marked domains and the contexts of their\n\
+         devices through a LUO object, keep translation on for them at\n\
+         shutdown, adopt the tables in place at boot, hold the devices, and\n\
+         build a domain around the vetted tables on request. Built and hooked\n\
+         into the driver by a later patch.",
+    ),
+    (
+        "drivers/iommu/iommufd/",
+        "iommufd: add the live update file handler",
+        "The LUO file handler that preserves an iommufd's marked HWPTs and\n\
+         restores them, validated against the guestmemfs files, on\n\
+         RETRIEVE_FD; the handover format comes from the Rust crate\n\
+         (lu_rs.rs). Built by a later patch.",
+    ),
+    (
         "tools/testing/",
         "selftests/iommu: add iommufd_guestmemfs",
         "kselftest-harness tests of IOMMU_IOAS_MAP_FILE on guestmemfs files, on\n\
