@@ -5,7 +5,7 @@
 //! with `vfio_cdev`, `iommufd-ioctls`). Only the calls this project adds
 //! (`IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE`, `_FIND_RESTORED`) are local.
 
-use iommufd_bindings::iommufd::{iommu_hwpt_alloc, iommu_ioas_map_file};
+use iommufd_bindings::iommufd::{iommu_hwpt_alloc, iommu_ioas_map_file, iommu_ioas_unmap};
 use iommufd_ioctls::{IommuFd, IommufdIoas};
 use std::fs::{self, File};
 use std::io;
@@ -135,6 +135,65 @@ impl Passthrough {
         iommufd_ioctl(self.iommufd.as_raw_fd(), iommufd_io(0x8f), &mut m)
             .err()
             .and_then(|e| e.raw_os_error())
+    }
+
+    /// `IOMMU_IOAS_MAP_FILE` of `len` bytes of `fd` from `start` at a fixed
+    /// `iova` of IOAS `ioas_id` (not necessarily `self.ioas`).
+    pub fn map_in(
+        &self,
+        ioas_id: u32,
+        fd: &impl AsRawFd,
+        start: u64,
+        len: u64,
+        iova: u64,
+    ) -> Result<(), String> {
+        let m = iommu_ioas_map_file {
+            size: std::mem::size_of::<iommu_ioas_map_file>() as u32,
+            flags: 1 | 2 | 4, // FIXED_IOVA | WRITEABLE | READABLE
+            ioas_id,
+            fd: fd.as_raw_fd(),
+            start,
+            length: len,
+            iova,
+        };
+        self.iommufd
+            .map_iommu_ioas_file(&m)
+            .map_err(|e| format!("IOMMU_IOAS_MAP_FILE into IOAS {ioas_id} at {iova:#x}: {e}"))
+    }
+
+    /// `IOMMU_IOAS_UNMAP` of `[iova, iova + len)` in IOAS `ioas_id`.
+    pub fn unmap_in(&self, ioas_id: u32, iova: u64, len: u64) -> Result<(), String> {
+        let mut u = iommu_ioas_unmap {
+            size: std::mem::size_of::<iommu_ioas_unmap>() as u32,
+            ioas_id,
+            iova,
+            length: len,
+        };
+        self.iommufd
+            .unmap_iommu_ioas(&mut u)
+            .map_err(|e| format!("IOMMU_IOAS_UNMAP in IOAS {ioas_id} at {iova:#x}: {e}"))
+    }
+
+    /// A new HWPT on IOAS `ioas_id`, and the device moved onto it (a
+    /// replace: the device stays attached throughout).
+    pub fn replace_with_new_hwpt(&self, ioas_id: u32) -> Result<u32, String> {
+        let dev_id = self
+            .dev()
+            .iommufd_dev_id()
+            .ok_or("device not bound to the iommufd")?;
+        let mut hwpt = iommu_hwpt_alloc {
+            size: std::mem::size_of::<iommu_hwpt_alloc>() as u32,
+            dev_id,
+            pt_id: ioas_id,
+            ..Default::default()
+        };
+        self.iommufd
+            .alloc_iommu_hwpt(&mut hwpt)
+            .map_err(|x| format!("IOMMU_HWPT_ALLOC on IOAS {ioas_id}: {x}"))?;
+        self.dev()
+            .attach_hwpt(hwpt.out_hwpt_id)
+            .map_err(|x| format!("replace onto HWPT {}: {x}", hwpt.out_hwpt_id))?;
+        Ok(hwpt.out_hwpt_id)
     }
 
     /// After a kexec: the iommufd retrieved from LUO, its HWPT restored

@@ -34,6 +34,11 @@ const A_OFF: u64 = 4096;
 const B_OFF: u64 = 8192;
 /// Blocks of the 1 GiB file that get a frame (every 8th).
 const STRIDE: u64 = 8;
+/// A mapping made after the restore, and where its frame lands.
+const EXTRA_IOVA: u64 = 0x5000_0000;
+const C_OFF: u64 = 16384;
+/// Never mapped.
+const HOLE_IOVA: u64 = 0x3_0000_0000;
 
 fn igb_bdf() -> Result<String, String> {
     let devs = sys::find_pci(0x8086, 0x10c9).map_err(|e| e.to_string())?;
@@ -289,7 +294,6 @@ fn restore(ctx: &mut Ctx) -> TestResult {
     dma(&mut igb, &mut ctl_map, seed_b, &b)?;
     check(&mut data_map, seed_b, &b, "pattern B after kexec")?;
     check(&mut data_map, seed_a, &a, "pattern A after pattern B")?;
-    drop(igb);
     let after = leaves_note(&iommu_debugfs::read(&bdf)?);
     if after != want {
         return Err(format!("VT-d table after the attach differs: {after}"));
@@ -299,11 +303,57 @@ fn restore(ctx: &mut Ctx) -> TestResult {
     if faults.len() > faults0 {
         return Err(format!("DMA faults logged: {:?}", &faults[faults0..]));
     }
+
+    // The restored IOAS is an ordinary one: a new mapping (2 MiB of the
+    // data file's last block, at an IOVA never used) takes DMA, and goes.
+    let extra_off = DATA_LEN - BLOCK;
+    pt.map_in(ioas_id, &data, extra_off, BLOCK, EXTRA_IOVA)?;
+    let seed_c = seed_b ^ 0xc0ffee;
+    let c_dst = extra_off + C_OFF;
+    {
+        let bytes = ctl_map.bytes();
+        let s = SRC_OFF as usize;
+        bytes[s..s + MAX_FRAME].copy_from_slice(&frame(seed_c, c_dst));
+    }
+    igb.submit(&[(CTL_IOVA + SRC_OFF, EXTRA_IOVA + C_OFF, MAX_FRAME)])?;
+    igb.wait(1, |_| MAX_FRAME, Duration::from_secs(30))?;
+    check(&mut data_map, seed_c, &[c_dst], "DMA through a mapping made after restore")?;
+    pt.unmap_in(ioas_id, EXTRA_IOVA, BLOCK)?;
+
+    // A freshly built HWPT on the restored IOAS replaces the restored one.
+    let new_hwpt = pt.replace_with_new_hwpt(ioas_id)?;
+    let d: Vec<u64> = b.iter().map(|o| o + 4096).collect();
+    dma(&mut igb, &mut ctl_map, seed_c, &d)?;
+    check(&mut data_map, seed_c, &d, "DMA through the replacing HWPT")?;
+    check(&mut data_map, seed_a, &a, "pattern A after the replace")?;
+
+    // A DMA to an IOVA that was never mapped still faults.
+    let s = SRC_OFF as usize;
+    ctl_map.bytes()[s..s + MAX_FRAME].copy_from_slice(&frame(seed_c, 0));
+    igb.submit(&[(CTL_IOVA + SRC_OFF, HOLE_IOVA, MAX_FRAME)])?;
+    let _ = igb.wait(1, |_| MAX_FRAME, Duration::from_secs(5));
+    let planted = format!("fault addr {HOLE_IOVA:#x} ");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let f = dmar_faults(&bdf)?;
+        let new: Vec<&String> = f.iter().skip(faults0).collect();
+        if new.iter().any(|l| l.contains(&planted)) {
+            if let Some(other) = new.iter().find(|l| !l.contains(&planted)) {
+                return Err(format!("DMA fault logged: {other}"));
+            }
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("a DMA to an unmapped IOVA after restore logged no fault".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(igb);
     session
         .finish()
         .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH: {e}"))?;
     diag(&format!(
-        "stage 2: restored HWPT {} (IOAS {ioas_id}) attached with no map call; {} frames of pattern B landed in the same guestmemfs pages, pattern A intact, no DMAR faults; session finished",
+        "stage 2: restored HWPT {} (IOAS {ioas_id}) attached with no map call; {} frames of pattern B landed in the same guestmemfs pages, pattern A intact, no DMAR faults; a new mapping took DMA and went; HWPT {new_hwpt} replaced the restored one and took DMA; an unmapped IOVA faults; session finished",
         pt.hwpt_id,
         b.len()
     ));
