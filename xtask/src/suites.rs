@@ -75,6 +75,7 @@ pub const SUITES: &[Suite] = &[
             "iommufd_lu_refuse_inode",
             "iommufd_lu_refuse_vtd_version",
             "iommufd_lu_refuse_vtd_pages",
+            "iommufd_lu_refuse_guestmemfs",
         ],
         add: &["guestmemfs=2G"],
         remove: &[],

@@ -116,9 +116,49 @@ const VTD_DAMAGE: &str = "/sys/module/intel_iommu/parameters/lu_test_damage";
 fn refusal_test(ctx: &mut Ctx, damage: Damage) -> TestResult {
     match ctx.stage {
         1 => preserve(ctx, Some(damage)),
+        2 if damage.0 == GMFS_DAMAGE => refused_by_guestmemfs(ctx, damage.2),
         2 => refused(ctx, damage.2),
         s => Err(format!("no stage {s}")),
     }
+}
+
+const GMFS_DAMAGE: &str = "/sys/kernel/debug/guestmemfs/corrupt";
+
+pub fn refuse_guestmemfs(ctx: &mut Ctx) -> TestResult {
+    refusal_test(ctx, (GMFS_DAMAGE, "magic", "error -117"))
+}
+
+/// guestmemfs refused its own handover: no file can be held by inode, so
+/// iommufd refuses too, and blocks the device; `-o reformat` works once
+/// the session is finished.
+fn refused_by_guestmemfs(ctx: &mut Ctx, reason: &str) -> TestResult {
+    let bdf = igb_bdf()?;
+    let _ = ctx;
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+    if session.retrieve_fd(FD_TOKEN).is_ok() {
+        return Err("RETRIEVE_FD gave back an iommufd over a refused guestmemfs".into());
+    }
+    let log = sys::kernel_log().map_err(|e| e.to_string())?;
+    if !log.iter().any(|l| l.contains("refusing the filesystem")) {
+        return Err("guestmemfs did not refuse its handover".into());
+    }
+    let line = log
+        .iter()
+        .find(|l| l.contains("refused") && l.contains(reason))
+        .ok_or(format!("no iommufd refusal naming {reason:?} in the log"))?;
+    diag(&format!("stage 2: {}", line.trim()));
+    if !iommu_debugfs::read(&bdf)?.is_empty() {
+        return Err("the device still translates after the refusal".into());
+    }
+    session
+        .finish()
+        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH after a refusal: {e}"))?;
+    fs::create_dir_all(super::gmfs::MNT).map_err(|e| e.to_string())?;
+    sys::mount("guestmemfs", super::gmfs::MNT, "guestmemfs", 0, "reformat")
+        .map_err(|e| format!("mount -o reformat after the session finished: {e}"))?;
+    diag("stage 2: device blocked; after FINISH, -o reformat starts an empty filesystem");
+    Ok(Outcome::Pass)
 }
 
 pub fn refuse_version(ctx: &mut Ctx) -> TestResult {

@@ -376,6 +376,12 @@ pub const CATALOG: &[Test] = &[
         run: lu_bench::lu_bench,
     },
     Test {
+        name: "iommufd_lu_refuse_guestmemfs",
+        summary: "guestmemfs refuses its own handover (damaged superblock magic): iommufd refuses too (EUCLEAN), device blocked; -o reformat after FINISH",
+        timeout_s: 400,
+        run: igb_kexec::refuse_guestmemfs,
+    },
+    Test {
         name: "iommufd_lu_abort",
         summary: "preserved iommufd: its HWPT cannot be destroyed (EBUSY); closing the session before kexec undoes it all: HWPT destroyed, file shrinks",
         timeout_s: 120,
