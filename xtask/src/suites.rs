@@ -76,6 +76,7 @@ pub const SUITES: &[Suite] = &[
             "iommufd_lu_refuse_vtd_version",
             "iommufd_lu_refuse_vtd_pages",
             "iommufd_lu_refuse_guestmemfs",
+            "iommufd_lu_fail_nth_restore",
         ],
         add: &["guestmemfs=2G"],
         remove: &[],

@@ -531,3 +531,107 @@ pub fn abort(_ctx: &mut Ctx) -> TestResult {
     fs::remove_file(p("lu-ctl")).map_err(|e| e.to_string())?;
     Ok(Outcome::Pass)
 }
+
+/// Fault injection over the restore: stage 2n makes the n-th allocation
+/// of `RETRIEVE_FD` fail (`/proc/self/task/<tid>/fail-nth`, failslab and
+/// fail_page_alloc), stage 2n+1 preserves again; until an n that the
+/// restore never reaches. Every failure must leave a clean state: after
+/// `FINISH` the device is blocked and the mapped files shrink (no hold
+/// left); a success must give the HWPT back.
+pub fn fail_nth_restore(ctx: &mut Ctx) -> TestResult {
+    const MAX: u32 = 200;
+    if ctx.stage % 2 == 1 {
+        return fail_nth_preserve(ctx);
+    }
+    let n = ctx.stage / 2;
+    if n > MAX {
+        return Err(format!("the restore still fails at allocation {MAX}"));
+    }
+    let bdf = igb_bdf()?;
+    setup_fault_injection()?;
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+    // SAFETY: gettid(2) has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    let nth = format!("/proc/self/task/{tid}/fail-nth");
+    fs::write(&nth, n.to_string()).map_err(|e| format!("{nth}: {e}"))?;
+    let got = session.retrieve_fd(FD_TOKEN);
+    let left = fs::read_to_string(&nth).unwrap_or_default();
+    let _ = fs::write(&nth, "0");
+    let consumed = left.trim() == "0";
+    match got {
+        Ok(fd) => {
+            let iommufd = iommufd_ioctls::IommuFd::new_from_fd(File::from(fd));
+            crate::vfio::find_restored(&iommufd, HWPT_TOKEN)
+                .map_err(|e| format!("restored at fail-nth {n}, but FIND_RESTORED: {e}"))?;
+        }
+        Err(_) if !consumed => {
+            return Err(format!("RETRIEVE_FD failed at fail-nth {n} with no injected failure"))
+        }
+        Err(_) => {}
+    }
+    session
+        .finish()
+        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH at fail-nth {n}: {e}"))?;
+    // /dev/liveupdate has one opener: the next preservation needs it
+    drop(session);
+    drop(luo);
+    if !iommu_debugfs::read(&bdf)?.is_empty() && consumed {
+        return Err(format!("fail-nth {n}: the device still translates after FINISH"));
+    }
+    mount()?;
+    for f in ["lu-ctl", "lu-data"] {
+        open_rw(f)?
+            .set_len(0)
+            .map_err(|e| format!("fail-nth {n}: {f} cannot shrink (a hold leaked?): {e}"))?;
+        fs::remove_file(p(f)).map_err(|e| e.to_string())?;
+    }
+    if !consumed {
+        diag(&format!(
+            "the restore made fewer than {n} allocations; every earlier one failed cleanly"
+        ));
+        return Ok(Outcome::Pass);
+    }
+    fail_nth_preserve(ctx)
+}
+
+fn fail_nth_preserve(ctx: &mut Ctx) -> TestResult {
+    let bdf = igb_bdf()?;
+    mount()?;
+    for f in ["lu-ctl", "lu-data"] {
+        let _ = fs::remove_file(p(f));
+    }
+    let ctl = create_sized(&p("lu-ctl"), CTL_LEN)?;
+    let data = create_sized(&p("lu-data"), 8 * MIB)?;
+    bind_vfio_pci(&bdf)?;
+    let pt = Passthrough::open(&bdf)?;
+    pt.map_file(&ctl, 0, CTL_LEN, CTL_IOVA)?;
+    pt.map_file(&data, 0, 8 * MIB, DATA_IOVA)?;
+    pt.mark_preserve(HWPT_TOKEN)
+        .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
+    session
+        .preserve_fd(pt.iommufd.as_raw_fd(), FD_TOKEN)
+        .map_err(|e| format!("preserve the iommufd: {e}"))?;
+    ctx.keep.push(session.into_owned_fd());
+    std::mem::forget(pt);
+    std::mem::forget((ctl, data));
+    Ok(Outcome::Kexec)
+}
+
+/// As `iommufd_fail_nth.c` sets it up: any allocation may fail, quietly.
+fn setup_fault_injection() -> Result<(), String> {
+    let d = "/sys/kernel/debug";
+    fs::write(format!("{d}/failslab/ignore-gfp-wait"), "N")
+        .map_err(|e| format!("failslab (CONFIG_FAILSLAB): {e}"))?;
+    for (f, v) in [
+        ("fail_page_alloc/ignore-gfp-wait", "N"),
+        ("fail_page_alloc/ignore-gfp-highmem", "N"),
+        ("failslab/verbose", "0"),
+        ("fail_page_alloc/verbose", "0"),
+    ] {
+        let _ = fs::write(format!("{d}/{f}"), v);
+    }
+    Ok(())
+}

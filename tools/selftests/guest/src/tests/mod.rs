@@ -382,6 +382,12 @@ pub const CATALOG: &[Test] = &[
         run: igb_kexec::refuse_guestmemfs,
     },
     Test {
+        name: "iommufd_lu_fail_nth_restore",
+        summary: "fail_nth over RETRIEVE_FD: the n-th allocation of the restore fails, for every n it reaches (a kexec each): clean refusal, device blocked after FINISH, no guestmemfs hold left",
+        timeout_s: 1500,
+        run: igb_kexec::fail_nth_restore,
+    },
+    Test {
         name: "iommufd_lu_abort",
         summary: "preserved iommufd: its HWPT cannot be destroyed (EBUSY); closing the session before kexec undoes it all: HWPT destroyed, file shrinks",
         timeout_s: 120,
