@@ -77,6 +77,7 @@ pub const SUITES: &[Suite] = &[
             "iommufd_lu_refuse_vtd_pages",
             "iommufd_lu_refuse_guestmemfs",
             "iommufd_lu_fail_nth_restore",
+            "iommufd_lu_fail_nth_preserve",
         ],
         add: &["guestmemfs=2G"],
         remove: &[],

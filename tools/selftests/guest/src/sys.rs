@@ -392,6 +392,16 @@ pub fn pack_rootfs(out: &Path) -> io::Result<()> {
 /// `cmdline`, then reboots into it. Returns only on failure. File
 /// descriptors still open (LUO sessions) are what the kexec preserves.
 pub fn kexec_same_kernel(cmdline: &str) -> io::Result<()> {
+    kexec_load_same_kernel(cmdline)?;
+    // SAFETY: plain system calls without pointers.
+    unsafe { libc::sync() };
+    // SAFETY: as above; on success this does not return.
+    check(unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_KEXEC) } as libc::c_long)?;
+    Ok(())
+}
+
+/// Loads this kernel and the test rootfs for a later `reboot(KEXEC)`.
+pub fn kexec_load_same_kernel(cmdline: &str) -> io::Result<()> {
     let initrd_path = Path::new("/tmp/next-initrd.cpio");
     pack_rootfs(initrd_path)?;
     let kernel = File::open("/boot/bzImage")?;
@@ -409,10 +419,6 @@ pub fn kexec_same_kernel(cmdline: &str) -> io::Result<()> {
             0 as libc::c_ulong,
         )
     })?;
-    // SAFETY: plain system calls without pointers.
-    unsafe { libc::sync() };
-    // SAFETY: as above; on success this does not return.
-    check(unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_KEXEC) } as libc::c_long)?;
     Ok(())
 }
 

@@ -357,7 +357,12 @@ fn restore(ctx: &mut Ctx) -> TestResult {
     }
     igb.submit(&[(CTL_IOVA + SRC_OFF, EXTRA_IOVA + C_OFF, MAX_FRAME)])?;
     igb.wait(1, |_| MAX_FRAME, Duration::from_secs(30))?;
-    check(&mut data_map, seed_c, &[c_dst], "DMA through a mapping made after restore")?;
+    check(
+        &mut data_map,
+        seed_c,
+        &[c_dst],
+        "DMA through a mapping made after restore",
+    )?;
     pt.unmap_in(ioas_id, EXTRA_IOVA, BLOCK)?;
 
     // A freshly built HWPT on the restored IOAS replaces the restored one.
@@ -541,7 +546,7 @@ pub fn abort(_ctx: &mut Ctx) -> TestResult {
 pub fn fail_nth_restore(ctx: &mut Ctx) -> TestResult {
     const MAX: u32 = 200;
     if ctx.stage % 2 == 1 {
-        return fail_nth_preserve(ctx);
+        return fail_nth_restore_setup(ctx);
     }
     let n = ctx.stage / 2;
     if n > MAX {
@@ -566,7 +571,9 @@ pub fn fail_nth_restore(ctx: &mut Ctx) -> TestResult {
                 .map_err(|e| format!("restored at fail-nth {n}, but FIND_RESTORED: {e}"))?;
         }
         Err(_) if !consumed => {
-            return Err(format!("RETRIEVE_FD failed at fail-nth {n} with no injected failure"))
+            return Err(format!(
+                "RETRIEVE_FD failed at fail-nth {n} with no injected failure"
+            ))
         }
         Err(_) => {}
     }
@@ -577,7 +584,9 @@ pub fn fail_nth_restore(ctx: &mut Ctx) -> TestResult {
     drop(session);
     drop(luo);
     if !iommu_debugfs::read(&bdf)?.is_empty() && consumed {
-        return Err(format!("fail-nth {n}: the device still translates after FINISH"));
+        return Err(format!(
+            "fail-nth {n}: the device still translates after FINISH"
+        ));
     }
     mount()?;
     for f in ["lu-ctl", "lu-data"] {
@@ -592,10 +601,10 @@ pub fn fail_nth_restore(ctx: &mut Ctx) -> TestResult {
         ));
         return Ok(Outcome::Pass);
     }
-    fail_nth_preserve(ctx)
+    fail_nth_restore_setup(ctx)
 }
 
-fn fail_nth_preserve(ctx: &mut Ctx) -> TestResult {
+fn fail_nth_restore_setup(ctx: &mut Ctx) -> TestResult {
     let bdf = igb_bdf()?;
     mount()?;
     for f in ["lu-ctl", "lu-data"] {
@@ -634,4 +643,153 @@ fn setup_fault_injection() -> Result<(), String> {
         let _ = fs::write(format!("{d}/{f}"), v);
     }
     Ok(())
+}
+
+/// The fail-nth file of the calling thread.
+fn fail_nth_file() -> String {
+    // SAFETY: gettid(2) has no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    format!("/proc/self/task/{tid}/fail-nth")
+}
+
+/// Runs `f` with the `n`-th allocation of this thread failing; says
+/// whether an allocation was made to fail.
+fn with_fail_nth<T>(n: u32, f: impl FnOnce() -> T) -> Result<(T, bool), String> {
+    let nth = fail_nth_file();
+    fs::write(&nth, n.to_string()).map_err(|e| format!("{nth}: {e}"))?;
+    let r = f();
+    let left = fs::read_to_string(&nth).unwrap_or_default();
+    let _ = fs::write(&nth, "0");
+    Ok((r, left.trim() == "0"))
+}
+
+/// After a failed preservation: the session closed, the HWPT can be
+/// destroyed and the file shrinks (no hold, no mark left behind).
+fn check_unpreserved(pt: Passthrough, ctl: File, what: &str) -> Result<(), String> {
+    let iommufd = std::sync::Arc::clone(&pt.iommufd);
+    let hwpt = pt.hwpt_id;
+    drop(pt);
+    if iommufd.destroy_iommu_object(hwpt).is_ok() {
+        return Err(format!("{what}: the HWPT outlived its Passthrough"));
+    }
+    ctl.set_len(0)
+        .map_err(|e| format!("{what}: the mapped file cannot shrink (hold left?): {e}"))?;
+    Ok(())
+}
+
+/// Fault injection over `LIVEUPDATE_SESSION_PRESERVE_FD` of an iommufd,
+/// then over the freeze that `reboot(KEXEC)` runs: each allocation fails
+/// in turn; each failure leaves nothing behind (the session closes, the
+/// HWPT is destroyable, the file shrinks) and a failed freeze fails the
+/// reboot, which returns; the first n the freeze does not reach kexecs,
+/// and stage 2 gets the HWPT back.
+pub fn fail_nth_preserve(ctx: &mut Ctx) -> TestResult {
+    const MAX: u32 = 200;
+    if ctx.stage == 2 {
+        let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+        let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+        let fd = session
+            .retrieve_fd(FD_TOKEN)
+            .map_err(|e| format!("retrieve after the freeze fault injection: {e}"))?;
+        let iommufd = iommufd_ioctls::IommuFd::new_from_fd(File::from(fd));
+        crate::vfio::find_restored(&iommufd, HWPT_TOKEN).map_err(|e| e.to_string())?;
+        session.finish().map_err(|e| e.to_string())?;
+        let n: u32 = ctx
+            .note_in
+            .as_deref()
+            .and_then(|n| n.parse().ok())
+            .ok_or("no note from stage 1")?;
+        if n < 2 {
+            return Err("no allocation of the freeze was made to fail".into());
+        }
+        diag(&format!(
+            "stage 2: freeze: {} allocations failed in turn, each failing reboot(KEXEC) cleanly; the HWPT preserved at the last try is back",
+            n - 1
+        ));
+        return Ok(Outcome::Pass);
+    }
+    let bdf = igb_bdf()?;
+    setup_fault_injection()?;
+    mount()?;
+    bind_vfio_pci(&bdf)?;
+    let setup = || -> Result<(Passthrough, File), String> {
+        let _ = fs::remove_file(p("lu-ctl"));
+        let ctl = create_sized(&p("lu-ctl"), CTL_LEN)?;
+        let pt = Passthrough::open(&bdf)?;
+        pt.map_file(&ctl, 0, CTL_LEN, CTL_IOVA)?;
+        pt.mark_preserve(HWPT_TOKEN)
+            .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
+        Ok((pt, ctl))
+    };
+
+    // The preserve.
+    let mut n = 1;
+    loop {
+        if n > MAX {
+            return Err(format!("the preserve still fails at allocation {MAX}"));
+        }
+        let (pt, ctl) = setup()?;
+        let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+        let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
+        let (r, consumed) =
+            with_fail_nth(n, || session.preserve_fd(pt.iommufd.as_raw_fd(), FD_TOKEN))?;
+        if r.is_err() && !consumed {
+            return Err(format!(
+                "preserve failed at fail-nth {n} with no injected failure"
+            ));
+        }
+        drop(session);
+        drop(luo);
+        check_unpreserved(pt, ctl, &format!("preserve fail-nth {n}"))?;
+        if !consumed {
+            break;
+        }
+        n += 1;
+    }
+    diag(&format!(
+        "preserve: {} allocations failed in turn, each cleanly",
+        n - 1
+    ));
+
+    // The freeze, in reboot(KEXEC).
+    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| e.to_string())?;
+    let boot = crate::cmdline::TestBoot::parse(&cmdline)?;
+    let index = boot
+        .run
+        .iter()
+        .position(|t| t == "iommufd_lu_fail_nth_preserve")
+        .ok_or("not in gtest.run")?;
+    let mut n = 1;
+    loop {
+        if n > MAX {
+            return Err(format!("the freeze still fails at allocation {MAX}"));
+        }
+        let (pt, ctl) = setup()?;
+        let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+        let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
+        session
+            .preserve_fd(pt.iommufd.as_raw_fd(), FD_TOKEN)
+            .map_err(|e| format!("preserve: {e}"))?;
+        let next = boot.next_cmdline(index, 2, Some(&n.to_string()));
+        sys::kexec_load_same_kernel(&next).map_err(|e| format!("kexec_file_load: {e}"))?;
+        if n == 1 {
+            diag("freeze: reboot(KEXEC) with the n-th allocation failing, n = 1, 2, ...");
+        }
+        // SAFETY: plain system calls without pointers.
+        unsafe { libc::sync() };
+        let (r, consumed) = with_fail_nth(n, || {
+            // SAFETY: as above; on success this does not return.
+            unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_KEXEC) }
+        })?;
+        // Still here: the freeze failed, or the kexec did.
+        if !consumed {
+            return Err(format!(
+                "reboot(KEXEC) returned {r} at fail-nth {n} with no injected failure"
+            ));
+        }
+        drop(session);
+        drop(luo);
+        check_unpreserved(pt, ctl, &format!("freeze fail-nth {n}"))?;
+        n += 1;
+    }
 }

@@ -388,6 +388,12 @@ pub const CATALOG: &[Test] = &[
         run: igb_kexec::fail_nth_restore,
     },
     Test {
+        name: "iommufd_lu_fail_nth_preserve",
+        summary: "fail_nth over PRESERVE_FD and the freeze in reboot(KEXEC): each allocation fails in turn, cleanly (session closes, HWPT destroyable, file shrinks; a failed freeze fails the reboot); then the kexec and the HWPT back",
+        timeout_s: 900,
+        run: igb_kexec::fail_nth_preserve,
+    },
+    Test {
         name: "iommufd_lu_abort",
         summary: "preserved iommufd: its HWPT cannot be destroyed (EBUSY); closing the session before kexec undoes it all: HWPT destroyed, file shrinks",
         timeout_s: 120,
