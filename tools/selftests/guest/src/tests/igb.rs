@@ -58,6 +58,28 @@ fn dirty(bytes: &[u8], at: u64) -> bool {
         .any(|&x| x != 0)
 }
 
+/// Enables memory space and bus mastering, then resets and starts the
+/// igb with its rings at the start of `ctl`, which the device sees at
+/// `ctl_iova`.
+///
+/// # Safety
+///
+/// `ctl` must outlive the returned [`Igb`], be mapped at `ctl_iova` in the
+/// device's IOAS, and its first `2 * RING_BYTES` be written only through
+/// the `Igb` (the contract of [`Igb::init`]).
+pub(super) unsafe fn start(pt: &Passthrough, ctl: &Mapping, ctl_iova: u64) -> Result<Igb, String> {
+    pt.config_set16(0x4, 0x2 | 0x4)?;
+    let rings = Rings {
+        tx: ctl.ptr,
+        tx_iova: ctl_iova,
+        // SAFETY: the caller guarantees `ctl` is longer than two rings.
+        rx: unsafe { ctl.ptr.add(RING_BYTES as usize) },
+        rx_iova: ctl_iova + RING_BYTES,
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe { Igb::init(pt.bar0()?, rings) }
+}
+
 /// VT-d supports 2 MiB and 1 GiB second-level pages (cap bits 34, 35).
 pub(super) fn superpages() -> Result<bool, String> {
     let cap = fs::read_to_string("/sys/class/iommu/dmar0/intel-iommu/cap")
@@ -101,19 +123,9 @@ pub fn igb_dma(_ctx: &mut Ctx) -> TestResult {
     let mut data_map =
         Mapping::new(&data, DATA_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
 
-    // PCI_COMMAND: memory space, bus master.
-    pt.config_set16(0x4, 0x2 | 0x4)?;
-    let rings = Rings {
-        tx: ctl_map.ptr,
-        tx_iova: CTL_IOVA,
-        // SAFETY: inside the 8 MiB mapping.
-        rx: unsafe { ctl_map.ptr.add(RING_BYTES as usize) },
-        rx_iova: CTL_IOVA + RING_BYTES,
-    };
-    // SAFETY: both rings are inside `ctl_map`, which outlives `igb`
-    // (declared before it), mapped at CTL_IOVA; the test writes the
-    // rings only through `igb`.
-    let mut igb = unsafe { Igb::init(pt.bar0()?, rings)? };
+    // SAFETY: the rings are at the start of `ctl_map`, mapped at
+    // CTL_IOVA, which outlives `igb`; only `igb` writes them.
+    let mut igb = unsafe { super::igb::start(&pt, &ctl_map, CTL_IOVA)? };
     // A new pattern every run: a stale file cannot pass for fresh DMA.
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -13,7 +13,7 @@
 use super::gmfs::{create_sized, mount, p, Mapping, MIB};
 use super::igb::{dmar_faults, frame, superpages, CTL_IOVA, CTL_LEN, DATA_IOVA, DATA_LEN};
 use super::{Ctx, Outcome, TestResult};
-use crate::igb::{Igb, Rings, MAX_FRAME, RING_BYTES};
+use crate::igb::{Igb, MAX_FRAME};
 use crate::iommu_debugfs::{self, Leaf};
 use crate::ktap::diag;
 use crate::liveupdate::LiveUpdate;
@@ -221,17 +221,9 @@ fn preserve(ctx: &mut Ctx, damage: Option<Damage>) -> TestResult {
         Mapping::new(&ctl, CTL_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
     let mut data_map =
         Mapping::new(&data, DATA_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
-    pt.config_set16(0x4, 0x2 | 0x4)?;
-    let rings = Rings {
-        tx: ctl_map.ptr,
-        tx_iova: CTL_IOVA,
-        // SAFETY: inside the 8 MiB mapping.
-        rx: unsafe { ctl_map.ptr.add(RING_BYTES as usize) },
-        rx_iova: CTL_IOVA + RING_BYTES,
-    };
-    // SAFETY: the rings are inside `ctl_map` at CTL_IOVA, which outlives
-    // `igb`; only `igb` writes them.
-    let mut igb = unsafe { Igb::init(pt.bar0()?, rings)? };
+    // SAFETY: the rings are at the start of `ctl_map`, mapped at
+    // CTL_IOVA, which outlives `igb`; only `igb` writes them.
+    let mut igb = unsafe { super::igb::start(&pt, &ctl_map, CTL_IOVA)? };
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
@@ -319,16 +311,9 @@ fn restore(ctx: &mut Ctx) -> TestResult {
             "IOMMU_IOAS_MAP_FILE over a restored mapping: {again:?}, expected EEXIST"
         ));
     }
-    pt.config_set16(0x4, 0x2 | 0x4)?;
-    let rings = Rings {
-        tx: ctl_map.ptr,
-        tx_iova: CTL_IOVA,
-        // SAFETY: inside the 8 MiB mapping.
-        rx: unsafe { ctl_map.ptr.add(RING_BYTES as usize) },
-        rx_iova: CTL_IOVA + RING_BYTES,
-    };
-    // SAFETY: as in stage 1.
-    let mut igb = unsafe { Igb::init(pt.bar0()?, rings)? };
+    // SAFETY: the rings are at the start of `ctl_map`, mapped at
+    // CTL_IOVA, which outlives `igb`; only `igb` writes them.
+    let mut igb = unsafe { super::igb::start(&pt, &ctl_map, CTL_IOVA)? };
     let seed_b = seed_a.rotate_left(17) ^ 0x5a5a;
     let b = dsts(B_OFF);
     dma(&mut igb, &mut ctl_map, seed_b, &b)?;
@@ -463,16 +448,9 @@ fn refused(ctx: &mut Ctx, reason: &str) -> TestResult {
     pt.map_file(&data, 0, DATA_LEN, DATA_IOVA)?;
     let mut ctl_map =
         Mapping::new(&ctl, CTL_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
-    pt.config_set16(0x4, 0x2 | 0x4)?;
-    let rings = Rings {
-        tx: ctl_map.ptr,
-        tx_iova: CTL_IOVA,
-        // SAFETY: inside the 8 MiB mapping.
-        rx: unsafe { ctl_map.ptr.add(RING_BYTES as usize) },
-        rx_iova: CTL_IOVA + RING_BYTES,
-    };
-    // SAFETY: as in stage 1.
-    let mut igb = unsafe { Igb::init(pt.bar0()?, rings)? };
+    // SAFETY: the rings are at the start of `ctl_map`, mapped at
+    // CTL_IOVA, which outlives `igb`; only `igb` writes them.
+    let mut igb = unsafe { super::igb::start(&pt, &ctl_map, CTL_IOVA)? };
     let seed_b = seed_a ^ 0xb10c;
     let b = dsts(B_OFF);
     dma(&mut igb, &mut ctl_map, seed_b, &b)?;

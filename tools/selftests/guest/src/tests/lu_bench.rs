@@ -15,7 +15,7 @@ use super::gmfs::{mount, p, Mapping, GIB, MIB};
 use super::igb::frame;
 use super::{Ctx, Outcome, TestResult};
 use crate::cmdline::TestBoot;
-use crate::igb::{Igb, Rings, MAX_FRAME, RING_BYTES};
+use crate::igb::MAX_FRAME;
 use crate::ktap::diag;
 use crate::liveupdate::LiveUpdate;
 use crate::sys;
@@ -120,17 +120,9 @@ fn dma_check(pt: &Passthrough, ctl: &File, data: &File, c: &Config, seed: u64) -
     let mut ctl_map = Mapping::new(ctl, CTL_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
     let off = c.len() - MIB;
     let mut data_map = Mapping::new(data, MIB, off, libc::MAP_SHARED).map_err(|e| e.to_string())?;
-    pt.config_set16(0x4, 0x2 | 0x4)?;
-    let rings = Rings {
-        tx: ctl_map.ptr,
-        tx_iova: CTL_IOVA,
-        // SAFETY: inside the 4 MiB mapping.
-        rx: unsafe { ctl_map.ptr.add(RING_BYTES as usize) },
-        rx_iova: CTL_IOVA + RING_BYTES,
-    };
-    // SAFETY: the rings are inside `ctl_map` at CTL_IOVA, which outlives
-    // `igb`; only `igb` writes them.
-    let mut igb = unsafe { Igb::init(pt.bar0()?, rings)? };
+    // SAFETY: the rings are at the start of `ctl_map`, mapped at
+    // CTL_IOVA, which outlives `igb`; only `igb` writes them.
+    let mut igb = unsafe { super::igb::start(pt, &ctl_map, CTL_IOVA)? };
     let src = MIB;
     ctl_map.bytes()[src as usize..src as usize + MAX_FRAME].copy_from_slice(&frame(seed, off));
     igb.submit(&[(CTL_IOVA + src, c.iova(c.maps - 1) + off, MAX_FRAME)])?;
