@@ -32,10 +32,13 @@ const OVERLAY_ROOTS: &[&str] = &[
     "tools/testing",
 ];
 /// Upstream kselftest directories built and copied into the initramfs.
-pub const KSELFTESTS: &[(&str, &[&str])] = &[(
-    "iommu",
-    &["iommufd", "iommufd_fail_nth", "iommufd_guestmemfs"],
-)];
+pub const KSELFTESTS: &[(&str, &[&str])] = &[
+    (
+        "iommu",
+        &["iommufd", "iommufd_fail_nth", "iommufd_guestmemfs"],
+    ),
+    ("liveupdate", &["liveupdate"]),
+];
 
 /// The unpacked upstream source.
 pub struct Source {

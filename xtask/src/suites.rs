@@ -42,8 +42,12 @@ pub const SUITES: &[Suite] = &[
     },
     Suite {
         name: "iommufd",
-        about: "the 7.3 tree's iommufd selftests (regression guard)",
-        tests: &["kselftest_iommufd", "kselftest_iommufd_fail_nth"],
+        about: "the 7.3 tree's iommufd and liveupdate selftests (regression guard)",
+        tests: &[
+            "kselftest_iommufd",
+            "kselftest_iommufd_fail_nth",
+            "kselftest_liveupdate",
+        ],
         // The *_hugepage and *_huge fixtures map MAP_HUGETLB buffers.
         add: &["hugepages=256"],
         remove: &[],

@@ -59,6 +59,10 @@ pub fn iommufd(_ctx: &mut Ctx) -> TestResult {
     run("iommufd")
 }
 
+pub fn liveupdate(_ctx: &mut Ctx) -> TestResult {
+    run("liveupdate")
+}
+
 pub fn iommufd_fail_nth(_ctx: &mut Ctx) -> TestResult {
     run("iommufd_fail_nth")
 }

@@ -86,6 +86,12 @@ pub const CATALOG: &[Test] = &[
         run: kselftest::iommufd,
     },
     Test {
+        name: "kselftest_liveupdate",
+        summary: "tools/testing/selftests/liveupdate/liveupdate from the 7.3 tree (LUO uapi, with our iommufd handler registered)",
+        timeout_s: 300,
+        run: kselftest::liveupdate,
+    },
+    Test {
         name: "kselftest_iommufd_fail_nth",
         summary: "tools/testing/selftests/iommu/iommufd_fail_nth from the 7.3 tree",
         timeout_s: 1800,
