@@ -89,6 +89,15 @@ pub const SUITES: &[Suite] = &[
         expect: Expect::Pass,
     },
     Suite {
+        name: "iommufd_two_devices",
+        about: "guestmemfs=2G, two igb: a preserved device keeps its translation, an unpreserved one on the same unit loses it",
+        tests: &["iommufd_lu_unpreserved_device"],
+        add: &["guestmemfs=2G", crate::vm::SECOND_IGB],
+        remove: &[],
+        memory: None,
+        expect: Expect::Pass,
+    },
+    Suite {
         name: "guestmemfs_region",
         about: "guestmemfs=2G: reserved, aligned, not in the direct map, kept over kexec",
         tests: &[

@@ -42,6 +42,9 @@ pub enum Echo {
     All,
 }
 
+/// Suite kernel parameter that also gives the VM a second igb (06.0; its VF slots must not meet the first one's).
+pub const SECOND_IGB: &str = "gtest.second_igb=1";
+
 pub struct VmRun {
     /// Names the log file.
     pub name: String,
@@ -156,6 +159,13 @@ fn qemu_command(p: &Paths, run: &VmRun, net: &NetBackend) -> Result<Command> {
     .args(["-device", "intel-iommu,intremap=on,caching-mode=on"])
     .args(["-netdev", &net.qemu_args()?])
     .args(["-device", "igb,netdev=net0,addr=02.0,romfile="])
+    // A second igb, not connected, for tests of a device that is not
+    // preserved next to one that is (`SECOND_IGB` on the command line).
+    .args(if run.cmdline.iter().any(|a| a == SECOND_IGB) {
+        &["-device", "igb,addr=06.0,romfile="][..]
+    } else {
+        &[][..]
+    })
     .arg("-kernel")
     .arg(p.bzimage())
     .arg("-initrd")

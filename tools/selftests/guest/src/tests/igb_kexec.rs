@@ -771,3 +771,107 @@ pub fn fail_nth_preserve(ctx: &mut Ctx) -> TestResult {
         n += 1;
     }
 }
+
+/// Two devices on the same VT-d unit: 00:02.0 on the marked HWPT of a
+/// preserved iommufd, 00:06.0 on a HWPT of another iommufd, not preserved,
+/// mapping its own guestmemfs file at the same IOVA. After the kexec the
+/// first is translated by the table it had; the second has no translation
+/// left (debugfs), and a DMA it makes to its old IOVA faults.
+pub fn unpreserved_device(ctx: &mut Ctx) -> TestResult {
+    let devs = sys::find_pci(0x8086, 0x10c9).map_err(|e| e.to_string())?;
+    let [a, b] = devs.as_slice() else {
+        return Err(format!(
+            "{} igb devices, expected 2 (gtest.second_igb=1)",
+            devs.len()
+        ));
+    };
+    let (a, b) = (a.bdf.clone(), b.bdf.clone());
+    if ctx.stage == 2 {
+        let want = ctx.note_in.clone().ok_or("stage 1 left no note")?;
+        let got_a = leaves_note(&iommu_debugfs::read(&a)?);
+        if got_a != want {
+            return Err(format!("{a}: VT-d table after kexec {got_a}, was {want}"));
+        }
+        let got_b = iommu_debugfs::read(&b)?;
+        if !got_b.is_empty() {
+            return Err(format!("{b} (not preserved) still translates: {got_b:x?}"));
+        }
+        // Its old IOVA faults: rings in a new file at another IOVA.
+        mount()?;
+        let _ = fs::remove_file(p("lu-b2"));
+        let rings_file = create_sized(&p("lu-b2"), CTL_LEN)?;
+        let faults0 = dmar_faults(&b)?.len();
+        bind_vfio_pci(&b)?;
+        let ptb = Passthrough::open(&b)?;
+        let rings_iova = 0x2000_0000;
+        ptb.map_file(&rings_file, 0, CTL_LEN, rings_iova)?;
+        let mut rings =
+            Mapping::new(&rings_file, CTL_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+        // SAFETY: the rings are at the start of `rings`, mapped at
+        // rings_iova, which outlives `igb`; only `igb` writes them.
+        let mut igb = unsafe { super::igb::start(&ptb, &rings, rings_iova)? };
+        let s = SRC_OFF as usize;
+        rings.bytes()[s..s + MAX_FRAME].copy_from_slice(&frame(7, 0));
+        igb.submit(&[(rings_iova + SRC_OFF, CTL_IOVA, MAX_FRAME)])?;
+        let _ = igb.wait(1, |_| MAX_FRAME, Duration::from_secs(5));
+        let planted = format!("fault addr {CTL_IOVA:#x} ");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !dmar_faults(&b)?
+            .iter()
+            .skip(faults0)
+            .any(|l| l.contains(&planted))
+        {
+            if std::time::Instant::now() > deadline {
+                return Err(format!("{b}: a DMA to its old IOVA did not fault"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(igb);
+        drop(ptb);
+        // The preserved one comes back as usual.
+        let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+        let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+        let fd = session
+            .retrieve_fd(FD_TOKEN)
+            .map_err(|e| format!("retrieve the iommufd: {e}"))?;
+        bind_vfio_pci(&a)?;
+        let (pta, _) = Passthrough::restored(&a, File::from(fd), HWPT_TOKEN)?;
+        session.finish().map_err(|e| e.to_string())?;
+        drop(pta);
+        for f in ["lu-ctl", "lu-b", "lu-b2"] {
+            let _ = fs::remove_file(p(f));
+        }
+        diag(&format!(
+            "stage 2: {a} kept its table; {b} has none and its DMA to {CTL_IOVA:#x} faults; {a}'s HWPT restored"
+        ));
+        return Ok(Outcome::Pass);
+    }
+    mount()?;
+    for f in ["lu-ctl", "lu-b"] {
+        let _ = fs::remove_file(p(f));
+    }
+    let ctl = create_sized(&p("lu-ctl"), CTL_LEN)?;
+    let other = create_sized(&p("lu-b"), CTL_LEN)?;
+    bind_vfio_pci(&a)?;
+    bind_vfio_pci(&b)?;
+    let pta = Passthrough::open(&a)?;
+    pta.map_file(&ctl, 0, CTL_LEN, CTL_IOVA)?;
+    let ptb = Passthrough::open(&b)?;
+    ptb.map_file(&other, 0, CTL_LEN, CTL_IOVA)?;
+    let leaves_a = iommu_debugfs::read(&a)?;
+    if iommu_debugfs::read(&b)?.is_empty() || leaves_a.is_empty() {
+        return Err("both devices should translate before the kexec".into());
+    }
+    pta.mark_preserve(HWPT_TOKEN)
+        .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
+    session
+        .preserve_fd(pta.iommufd.as_raw_fd(), FD_TOKEN)
+        .map_err(|e| format!("preserve the iommufd: {e}"))?;
+    ctx.note_out = Some(leaves_note(&leaves_a));
+    ctx.keep.push(session.into_owned_fd());
+    // Both stay attached into the kexec.
+    std::mem::forget((pta, ptb, ctl, other));
+    Ok(Outcome::Kexec)
+}

@@ -400,6 +400,12 @@ pub const CATALOG: &[Test] = &[
         run: igb_kexec::fail_nth_preserve,
     },
     Test {
+        name: "iommufd_lu_unpreserved_device",
+        summary: "two igb on one VT-d unit, one preserved: after kexec it keeps its table; the other has none (debugfs) and its DMA to its old IOVA faults",
+        timeout_s: 300,
+        run: igb_kexec::unpreserved_device,
+    },
+    Test {
         name: "iommufd_lu_abort",
         summary: "preserved iommufd: its HWPT cannot be destroyed (EBUSY); closing the session before kexec undoes it all: HWPT destroyed, file shrinks",
         timeout_s: 120,
