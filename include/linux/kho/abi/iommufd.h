@@ -70,7 +70,8 @@ struct iommufd_lu_header {
 /**
  * struct iommufd_lu_hwpt - a preserved HWPT
  * @token: its IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE token
- * @domain: index of its domain in the IOMMU driver's handover
+ * @domain: index of the HWPT in this blob (unique); the IOMMU driver
+ *          finds the domain by @token
  * @flags: IOMMUFD_LU_HWPT_*
  * @first_area: its first area record
  * @nr_areas: its area records

@@ -15,7 +15,7 @@
 //!                blob, checksum included), nr_hwpts u32, nr_areas u32,
 //!                flags u32 = 0, reserved u32 = 0
 //! hwpt (32 B):   token u64 (non-zero, unique), domain u32 (index of the
-//!                domain in the IOMMU handover), flags u32 (HWPT_*),
+//!                HWPT in this blob, unique), flags u32 (HWPT_*),
 //!                first_area u32, nr_areas u32, reserved u64 = 0
 //! area (48 B):   iova u64, length u64, ino u64, igen u64 (guestmemfs inode
 //!                and its generation), offset u64 (in the file), prot u32
@@ -129,7 +129,8 @@ impl core::fmt::Display for Refusal {
 pub struct Hwpt {
     /// Token of `IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE`.
     pub token: u64,
-    /// Index of its domain in the IOMMU driver's handover.
+    /// Index of the HWPT in this blob (unique); the IOMMU driver finds
+    /// the domain by `token`.
     pub domain: u32,
     /// `HWPT_*`.
     pub flags: u32,
