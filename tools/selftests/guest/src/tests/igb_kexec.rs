@@ -40,7 +40,21 @@ const C_OFF: u64 = 16384;
 /// Never mapped.
 const HOLE_IOVA: u64 = 0x3_0000_0000;
 
-fn igb_bdf() -> Result<String, String> {
+/// Marks `pt`'s HWPT and preserves its iommufd in a new LUO session,
+/// which stays open into the kexec.
+fn mark_and_preserve(ctx: &mut Ctx, pt: &Passthrough) -> Result<(), String> {
+    pt.mark_preserve(HWPT_TOKEN)
+        .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
+    session
+        .preserve_fd(pt.iommufd.as_raw_fd(), FD_TOKEN)
+        .map_err(|e| format!("preserve the iommufd: {e}"))?;
+    ctx.keep.push(session.into_owned_fd());
+    Ok(())
+}
+
+pub(super) fn igb_bdf() -> Result<String, String> {
     let devs = sys::find_pci(0x8086, 0x10c9).map_err(|e| e.to_string())?;
     Ok(devs
         .first()
@@ -236,13 +250,7 @@ fn preserve(ctx: &mut Ctx, damage: Option<Damage>) -> TestResult {
     if leaves.is_empty() {
         return Err("no VT-d leaves before the kexec".into());
     }
-    pt.mark_preserve(HWPT_TOKEN)
-        .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
-    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
-    let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
-    session
-        .preserve_fd(pt.iommufd.as_raw_fd(), FD_TOKEN)
-        .map_err(|e| format!("preserve the iommufd: {e}"))?;
+    mark_and_preserve(ctx, &pt)?;
     diag(&format!(
         "stage 1: {} frames of pattern A DMAed; HWPT {} marked {HWPT_TOKEN:#x}; iommufd preserved in {SESSION:?}; {} leaves",
         a.len(),
@@ -256,7 +264,6 @@ fn preserve(ctx: &mut Ctx, damage: Option<Damage>) -> TestResult {
         ));
     }
     ctx.note_out = Some(format!("{seed:x};{}", leaves_note(&leaves)));
-    ctx.keep.push(session.into_owned_fd());
     // The device stays bound and attached across the kexec: the VFIO and
     // iommufd fds stay open until the kernel is replaced.
     std::mem::forget(pt);
@@ -594,14 +601,7 @@ fn fail_nth_restore_setup(ctx: &mut Ctx) -> TestResult {
     let pt = Passthrough::open(&bdf)?;
     pt.map_file(&ctl, 0, CTL_LEN, CTL_IOVA)?;
     pt.map_file(&data, 0, 8 * MIB, DATA_IOVA)?;
-    pt.mark_preserve(HWPT_TOKEN)
-        .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
-    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
-    let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
-    session
-        .preserve_fd(pt.iommufd.as_raw_fd(), FD_TOKEN)
-        .map_err(|e| format!("preserve the iommufd: {e}"))?;
-    ctx.keep.push(session.into_owned_fd());
+    mark_and_preserve(ctx, &pt)?;
     std::mem::forget(pt);
     std::mem::forget((ctl, data));
     Ok(Outcome::Kexec)
@@ -862,15 +862,8 @@ pub fn unpreserved_device(ctx: &mut Ctx) -> TestResult {
     if iommu_debugfs::read(&b)?.is_empty() || leaves_a.is_empty() {
         return Err("both devices should translate before the kexec".into());
     }
-    pta.mark_preserve(HWPT_TOKEN)
-        .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
-    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
-    let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
-    session
-        .preserve_fd(pta.iommufd.as_raw_fd(), FD_TOKEN)
-        .map_err(|e| format!("preserve the iommufd: {e}"))?;
+    mark_and_preserve(ctx, &pta)?;
     ctx.note_out = Some(leaves_note(&leaves_a));
-    ctx.keep.push(session.into_owned_fd());
     // Both stay attached into the kexec.
     std::mem::forget((pta, ptb, ctl, other));
     Ok(Outcome::Kexec)

@@ -13,6 +13,7 @@
 
 use super::gmfs::{mount, p, Mapping, GIB, MIB};
 use super::igb::frame;
+use super::igb_kexec::igb_bdf;
 use super::{Ctx, Outcome, TestResult};
 use crate::cmdline::TestBoot;
 use crate::igb::MAX_FRAME;
@@ -90,11 +91,6 @@ fn config() -> Result<Config, String> {
 
 fn us(d: Duration) -> u128 {
     d.as_micros()
-}
-
-fn igb_bdf() -> Result<String, String> {
-    let devs = sys::find_pci(0x8086, 0x10c9).map_err(|e| e.to_string())?;
-    Ok(devs.first().ok_or("no igb in the VM")?.bdf.clone())
 }
 
 fn open_rw(rel: &str) -> Result<File, String> {
