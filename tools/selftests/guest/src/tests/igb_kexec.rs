@@ -750,7 +750,9 @@ pub fn fail_nth_preserve(ctx: &mut Ctx) -> TestResult {
             .map_err(|e| format!("preserve: {e}"))?;
         let next = boot.next_cmdline(index, 2, Some(&n.to_string()));
         sys::kexec_load_same_kernel(&next).map_err(|e| format!("kexec_file_load: {e}"))?;
-        diag(&format!("freeze: reboot(KEXEC) with allocation {n} failing"));
+        diag(&format!(
+            "freeze: reboot(KEXEC) with allocation {n} failing"
+        ));
         // SAFETY: plain system calls without pointers.
         unsafe { libc::sync() };
         let (r, consumed) = with_fail_nth(n, || {
