@@ -927,11 +927,12 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 			in->dom = NULL;
 			in->dev = NULL;
 			why = "out of memory";
+		} else {
+			for (i = 0; i < nd; i++)
+				in->dom[i].rec = &in->domains[i];
+			for (i = 0; i < nv; i++)
+				in->dev[i].rec = &in->devices[i];
 		}
-		for (i = 0; i < nd; i++)
-			in->dom[i].rec = &in->domains[i];
-		for (i = 0; i < nv; i++)
-			in->dev[i].rec = &in->devices[i];
 	}
 	if (why) {
 		pr_err("handover refused: %s; preserved devices stay blocked\n",
@@ -1525,7 +1526,10 @@ static struct iommu_domain *intel_lu_restore_domain(u64 token, void *owner,
 			continue;
 		pdev = pci_get_domain_bus_and_slot(le16_to_cpu(d->rec->segment),
 						   d->rec->bus, d->rec->devfn);
-		if (pdev && !dev_iommu_priv_get(&pdev->dev)) {
+		if (pdev && (!dev_iommu_priv_get(&pdev->dev) ||
+			     ((struct device_domain_info *)
+			      dev_iommu_priv_get(&pdev->dev))->iommu !=
+			     d->iommu)) {
 			pci_dev_put(pdev);
 			pdev = NULL;
 		}
@@ -1551,6 +1555,9 @@ static struct iommu_domain *intel_lu_restore_domain(u64 token, void *owner,
 	dom->did_reserved = false;
 	dom->restored = to_dmar_domain(domain);
 	dom->owner = owner;
+	/* The loop's own reference: a device released in it cannot free it */
+	scoped_guard(mutex, &dom->iommu->did_lock)
+		dinfo->refcnt = 1;
 	for (i = 0; i < nv; i++) {
 		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
 		struct device_domain_info *info = NULL;
@@ -1573,6 +1580,8 @@ static struct iommu_domain *intel_lu_restore_domain(u64 token, void *owner,
 		}
 		pci_dev_put(pdev);
 	}
+	/* With no device left held, this releases the DID */
+	domain_detach_iommu(dom->restored, dom->iommu);
 	return domain;
 }
 
