@@ -29,7 +29,7 @@ const SMALL_IOVA: u64 = 0x2000_1000;
 const SMALL_OFF: u64 = 7 * MIB;
 const SMALL_LEN: u64 = 16 * 1024;
 /// Never mapped.
-const HOLE_IOVA: u64 = 0x3_0000_0000;
+pub(super) const HOLE_IOVA: u64 = 0x3_0000_0000;
 /// Sources: 1 KiB per frame in `igb-ctl` from 1 MiB (after the rings).
 const SRC_OFF: u64 = MIB;
 const BLOCK: u64 = 2 * MIB;
@@ -80,6 +80,40 @@ pub(super) unsafe fn start(pt: &Passthrough, ctl: &Mapping, ctl_iova: u64) -> Re
     unsafe { Igb::init(pt.bar0()?, rings) }
 }
 
+/// A seed that changes every run: a stale file cannot pass for fresh DMA.
+pub(super) fn fresh_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+}
+
+/// Waits up to 5 s for `bdf`'s DMAR fault at `iova` among the faults
+/// logged after the first `faults0`, and returns its line. With `only`,
+/// any other new fault of `bdf` is an error.
+pub(super) fn wait_fault(
+    bdf: &str,
+    faults0: usize,
+    iova: u64,
+    only: bool,
+) -> Result<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let planted = format!("fault addr {iova:#x} ");
+    loop {
+        let f = dmar_faults(bdf)?;
+        let new: Vec<&String> = f.iter().skip(faults0).collect();
+        if let Some(line) = new.iter().find(|l| l.contains(&planted)) {
+            if let Some(other) = new.iter().find(|l| only && !l.contains(&planted)) {
+                return Err(format!("DMA fault logged: {other}"));
+            }
+            return Ok((*line).clone());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{bdf}: a DMA to {iova:#x} logged no DMAR fault"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// VT-d supports 2 MiB and 1 GiB second-level pages (cap bits 34, 35).
 pub(super) fn superpages() -> Result<bool, String> {
     let cap = fs::read_to_string("/sys/class/iommu/dmar0/intel-iommu/cap")
@@ -126,10 +160,7 @@ pub fn igb_dma(_ctx: &mut Ctx) -> TestResult {
     // SAFETY: the rings are at the start of `ctl_map`, mapped at
     // CTL_IOVA, which outlives `igb`; only `igb` writes them.
     let mut igb = unsafe { super::igb::start(&pt, &ctl_map, CTL_IOVA)? };
-    // A new pattern every run: a stale file cannot pass for fresh DMA.
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
+    let seed = fresh_seed();
     diag(&format!("pattern seed {seed:#x}"));
 
     // Pattern A: three frames per 2 MiB block of the 1 GiB file, at its
@@ -256,23 +287,8 @@ pub fn igb_dma(_ctx: &mut Ctx) -> TestResult {
     ctl_map.bytes()[s..s + MAX_FRAME].copy_from_slice(&frame(seed, 0));
     igb.submit(&[(CTL_IOVA + src_of(k), HOLE_IOVA, MAX_FRAME)])?;
     let _ = igb.wait(1, |_| MAX_FRAME, Duration::from_secs(5));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let planted = format!("fault addr {HOLE_IOVA:#x} ");
-    let fault = loop {
-        let f = dmar_faults(&bdf)?;
-        let new: Vec<&String> = f.iter().skip(faults0).collect();
-        if let Some(line) = new.iter().find(|l| l.contains(&planted)) {
-            // Also no other fault from the main phase, however late.
-            if let Some(other) = new.iter().find(|l| !l.contains(&planted)) {
-                return Err(format!("DMA fault logged: {other}"));
-            }
-            break (*line).clone();
-        }
-        if Instant::now() > deadline {
-            return Err("a DMA to an unmapped IOVA logged no DMAR fault".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    // Also no other fault from the main phase, however late.
+    let fault = wait_fault(&bdf, faults0, HOLE_IOVA, true)?;
     diag(&format!("negative control: {}", fault.trim()));
     igb.remove();
     drop(igb);

@@ -11,7 +11,10 @@
 //! fault may be logged.
 
 use super::gmfs::{create_sized, mount, p, Mapping, MIB};
-use super::igb::{dmar_faults, frame, superpages, CTL_IOVA, CTL_LEN, DATA_IOVA, DATA_LEN};
+use super::igb::{
+    dmar_faults, frame, fresh_seed, superpages, wait_fault, CTL_IOVA, CTL_LEN, DATA_IOVA, DATA_LEN,
+    HOLE_IOVA,
+};
 use super::{Ctx, Outcome, TestResult};
 use crate::igb::{Igb, MAX_FRAME};
 use crate::iommu_debugfs::{self, Leaf};
@@ -37,8 +40,6 @@ const STRIDE: u64 = 8;
 /// A mapping made after the restore, and where its frame lands.
 const EXTRA_IOVA: u64 = 0x5000_0000;
 const C_OFF: u64 = 16384;
-/// Never mapped.
-const HOLE_IOVA: u64 = 0x3_0000_0000;
 
 /// Marks `pt`'s HWPT and preserves its iommufd in a new LUO session,
 /// which stays open into the kexec.
@@ -63,7 +64,7 @@ pub(super) fn igb_bdf() -> Result<String, String> {
         .clone())
 }
 
-fn open_rw(rel: &str) -> Result<File, String> {
+pub(super) fn open_rw(rel: &str) -> Result<File, String> {
     OpenOptions::new()
         .read(true)
         .write(true)
@@ -238,9 +239,7 @@ fn preserve(ctx: &mut Ctx, damage: Option<Damage>) -> TestResult {
     // SAFETY: the rings are at the start of `ctl_map`, mapped at
     // CTL_IOVA, which outlives `igb`; only `igb` writes them.
     let mut igb = unsafe { super::igb::start(&pt, &ctl_map, CTL_IOVA)? };
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
+    let seed = fresh_seed();
     let a = dsts(A_OFF);
     dma(&mut igb, &mut ctl_map, seed, &a)?;
     check(&mut data_map, seed, &a, "pattern A before kexec")?;
@@ -369,22 +368,7 @@ fn restore(ctx: &mut Ctx) -> TestResult {
     ctl_map.bytes()[s..s + MAX_FRAME].copy_from_slice(&frame(seed_c, 0));
     igb.submit(&[(CTL_IOVA + SRC_OFF, HOLE_IOVA, MAX_FRAME)])?;
     let _ = igb.wait(1, |_| MAX_FRAME, Duration::from_secs(5));
-    let planted = format!("fault addr {HOLE_IOVA:#x} ");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let f = dmar_faults(&bdf)?;
-        let new: Vec<&String> = f.iter().skip(faults0).collect();
-        if new.iter().any(|l| l.contains(&planted)) {
-            if let Some(other) = new.iter().find(|l| !l.contains(&planted)) {
-                return Err(format!("DMA fault logged: {other}"));
-            }
-            break;
-        }
-        if std::time::Instant::now() > deadline {
-            return Err("a DMA to an unmapped IOVA after restore logged no fault".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_fault(&bdf, faults0, HOLE_IOVA, true)?;
     drop(igb);
     session
         .finish()
@@ -814,18 +798,7 @@ pub fn unpreserved_device(ctx: &mut Ctx) -> TestResult {
         rings.bytes()[s..s + MAX_FRAME].copy_from_slice(&frame(7, 0));
         igb.submit(&[(rings_iova + SRC_OFF, CTL_IOVA, MAX_FRAME)])?;
         let _ = igb.wait(1, |_| MAX_FRAME, Duration::from_secs(5));
-        let planted = format!("fault addr {CTL_IOVA:#x} ");
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while !dmar_faults(&b)?
-            .iter()
-            .skip(faults0)
-            .any(|l| l.contains(&planted))
-        {
-            if std::time::Instant::now() > deadline {
-                return Err(format!("{b}: a DMA to its old IOVA did not fault"));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_fault(&b, faults0, CTL_IOVA, false)?;
         drop(igb);
         drop(ptb);
         // The preserved one comes back as usual.

@@ -13,7 +13,7 @@
 
 use super::gmfs::{mount, p, Mapping, GIB, MIB};
 use super::igb::frame;
-use super::igb_kexec::igb_bdf;
+use super::igb_kexec::{igb_bdf, open_rw};
 use super::{Ctx, Outcome, TestResult};
 use crate::cmdline::TestBoot;
 use crate::igb::MAX_FRAME;
@@ -21,7 +21,7 @@ use crate::ktap::diag;
 use crate::liveupdate::LiveUpdate;
 use crate::sys;
 use crate::vfio::{bind_vfio_pci, Passthrough};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
@@ -91,14 +91,6 @@ fn config() -> Result<Config, String> {
 
 fn us(d: Duration) -> u128 {
     d.as_micros()
-}
-
-fn open_rw(rel: &str) -> Result<File, String> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(p(rel))
-        .map_err(|e| format!("{rel}: {e}"))
 }
 
 /// Maps the control file and `file` `maps` times into `pt`.
