@@ -26,40 +26,13 @@ fn crc(data: &[u8]) -> u32 {
     unsafe { iommufd_lu_crc32c(data.as_ptr(), data.len()) }
 }
 
-/// `struct iommufd_lu_hwpt_rec` in `lu_rs.h`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct HwptRec {
-    token: u64,
-    domain: u32,
-    flags: u32,
-    first_area: u32,
-    nr_areas: u32,
-}
-
-/// `struct iommufd_lu_area_rec` in `lu_rs.h`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct AreaRec {
-    iova: u64,
-    length: u64,
-    ino: u64,
-    igen: u64,
-    offset: u64,
-    prot: u32,
-    pad: u32,
-}
-
-/// `struct iommufd_lu_piece` in `lu_rs.h`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PieceRec {
-    iova: u64,
-    phys: u64,
-    len: u64,
-    prot: u32,
-    pad: u32,
-}
+// The records cross to C as the crate's `repr(C)` types:
+// `Hwpt` is `struct iommufd_lu_hwpt_rec`, `Area` is `struct
+// iommufd_lu_area_rec` (its `pad` is the tail padding), `Piece` is
+// `struct iommufd_lu_piece` (`lu_rs.h`); the sizes are checked below.
+const _: () = assert!(core::mem::size_of::<Hwpt>() == 24);
+const _: () = assert!(core::mem::size_of::<Area>() == 48);
+const _: () = assert!(core::mem::size_of::<Piece>() == 32);
 
 /// A C array as a slice; null (with any length) is empty.
 ///
@@ -126,9 +99,9 @@ unsafe fn report(why: *mut c_char, why_len: usize, r: Refusal) -> c_int {
 pub unsafe extern "C" fn iommufd_lu_rs_encode(
     out: *mut u8,
     len: usize,
-    hwpts: *const HwptRec,
+    hwpts: *const Hwpt,
     nr_hwpts: u32,
-    areas: *const AreaRec,
+    areas: *const Area,
     nr_areas: u32,
 ) -> c_int {
     let (nh, na) = (nr_hwpts as usize, nr_areas as usize);
@@ -146,38 +119,7 @@ pub unsafe extern "C" fn iommufd_lu_rs_encode(
             slice(areas, na),
         )
     };
-    let (Ok(mut hv), Ok(mut av)) = (
-        KVec::<Hwpt>::with_capacity(nh, GFP_KERNEL),
-        KVec::<Area>::with_capacity(na, GFP_KERNEL),
-    ) else {
-        return code::ENOMEM.to_errno();
-    };
-    for h in hs {
-        let r = Hwpt {
-            token: h.token,
-            domain: h.domain,
-            flags: h.flags,
-            first_area: h.first_area,
-            nr_areas: h.nr_areas,
-        };
-        if hv.push(r, GFP_KERNEL).is_err() {
-            return code::ENOMEM.to_errno();
-        }
-    }
-    for a in as_ {
-        let r = Area {
-            iova: a.iova,
-            length: a.length,
-            ino: a.ino,
-            igen: a.igen,
-            offset: a.offset,
-            prot: a.prot,
-        };
-        if av.push(r, GFP_KERNEL).is_err() {
-            return code::ENOMEM.to_errno();
-        }
-    }
-    match format::encode(out, &hv, &av, crc) {
+    match format::encode(out, hs, as_, crc) {
         Ok(_) => 0,
         Err(_) => code::EINVAL.to_errno(),
     }
@@ -200,8 +142,8 @@ pub unsafe extern "C" fn iommufd_lu_rs_decode(
     len: usize,
     nr_hwpts: *mut u32,
     nr_areas: *mut u32,
-    hwpts: *mut HwptRec,
-    areas: *mut AreaRec,
+    hwpts: *mut Hwpt,
+    areas: *mut Area,
     why: *mut c_char,
     why_len: usize,
 ) -> c_int {
@@ -236,15 +178,7 @@ pub unsafe extern "C" fn iommufd_lu_rs_decode(
             Err(r) => return unsafe { report(why, why_len, r) },
         };
         // SAFETY: `n < nh`, and the caller sized `hwpts` for `nh` records.
-        unsafe {
-            *hwpts.add(n as usize) = HwptRec {
-                token: h.token,
-                domain: h.domain,
-                flags: h.flags,
-                first_area: h.first_area,
-                nr_areas: h.nr_areas,
-            }
-        };
+        unsafe { *hwpts.add(n as usize) = h };
     }
     for i in 0..na {
         let a = match blob.area(i) {
@@ -253,17 +187,7 @@ pub unsafe extern "C" fn iommufd_lu_rs_decode(
             Err(r) => return unsafe { report(why, why_len, r) },
         };
         // SAFETY: `i < na`, and the caller sized `areas` for `na` records.
-        unsafe {
-            *areas.add(i as usize) = AreaRec {
-                iova: a.iova,
-                length: a.length,
-                ino: a.ino,
-                igen: a.igen,
-                offset: a.offset,
-                prot: a.prot,
-                pad: 0,
-            }
-        };
+        unsafe { *areas.add(i as usize) = a };
     }
     0
 }
@@ -278,9 +202,9 @@ pub unsafe extern "C" fn iommufd_lu_rs_decode(
 /// pieces (or be dangling with a zero count); `why` valid for `why_len`.
 #[no_mangle]
 pub unsafe extern "C" fn iommufd_lu_rs_check(
-    expected: *const PieceRec,
+    expected: *const Piece,
     nr_expected: usize,
-    leaves: *const PieceRec,
+    leaves: *const Piece,
     nr_leaves: usize,
     why: *mut c_char,
     why_len: usize,
@@ -288,13 +212,7 @@ pub unsafe extern "C" fn iommufd_lu_rs_check(
     // SAFETY: the caller guarantees both arrays and their lengths; an
     // empty array may come as a null pointer.
     let (e, l) = unsafe { (slice(expected, nr_expected), slice(leaves, nr_leaves)) };
-    let piece = |p: &PieceRec| Piece {
-        iova: p.iova,
-        phys: p.phys,
-        len: p.len,
-        prot: p.prot,
-    };
-    match format::check_translation(e.iter().map(piece), l.iter().map(piece)) {
+    match format::check_translation(e.iter().copied(), l.iter().copied()) {
         Ok(()) => 0,
         // SAFETY: forwarded from the caller.
         Err(r) => unsafe { report(why, why_len, r) },

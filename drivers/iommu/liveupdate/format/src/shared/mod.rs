@@ -124,7 +124,9 @@ impl core::fmt::Display for Refusal {
     }
 }
 
-/// A HWPT record.
+/// A HWPT record. `repr(C)`: the kernel passes arrays of it to and from C
+/// (`struct iommufd_lu_hwpt_rec`, `drivers/iommu/iommufd/lu_rs.h`).
+#[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Hwpt {
     /// Token of `IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE`.
@@ -141,7 +143,8 @@ pub struct Hwpt {
 }
 
 /// An area record: `length` bytes at `iova` map file `ino` (generation
-/// `igen`) from byte `offset`.
+/// `igen`) from byte `offset`. `repr(C)`: `struct iommufd_lu_area_rec`.
+#[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Area {
     /// First IOVA.
@@ -386,7 +389,9 @@ impl<'a> Blob<'a> {
 }
 
 /// `len` bytes at `iova` translate to `phys` with `prot`: a page-table
-/// leaf, or a piece of what a handed-over area should map.
+/// leaf, or a piece of what a handed-over area should map. `repr(C)`:
+/// `struct iommufd_lu_piece`.
+#[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Piece {
     /// First IOVA.
