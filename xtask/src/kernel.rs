@@ -538,10 +538,11 @@ const NEW_FILE_COMMITS: &[(&str, &str, &str)] = &[
     (
         "drivers/iommu/liveupdate/",
         "iommu: add the live update handover format crate",
-        "no_std Rust: encode, decode and validate the iommufd live update\n\
-         handover, and the restore check of an adopted page table against the\n\
-         guestmemfs memory it must translate. Host property tests; built into\n\
-         iommufd by a later patch.",
+        "no_std Rust: encode, decode and validate the iommufd and the VT-d live\n\
+         update handovers, and the restore check of an adopted page table\n\
+         against the guestmemfs memory it must translate. Host unit and\n\
+         property tests; built into iommufd and the VT-d driver by later\n\
+         patches.",
     ),
     (
         "include/linux/kho/abi/iommu",
@@ -558,13 +559,14 @@ const NEW_FILE_COMMITS: &[(&str, &str, &str)] = &[
          domain across kexec. Used by later patches.",
     ),
     (
-        "drivers/iommu/intel/liveupdate.c",
+        "drivers/iommu/intel/",
         "iommu/vt-d: add live update preserve, adopt and restore",
         "Preserve the tables of marked domains and the contexts of their\n\
          devices through a LUO object, keep translation on for them at\n\
          shutdown, adopt the tables in place at boot, hold the devices, and\n\
-         build a domain around the vetted tables on request. Built and hooked\n\
-         into the driver by a later patch.",
+         build a domain around the vetted tables on request. The handover\n\
+         blob is encoded and checked by the Rust format crate (lu_vtd_rs.rs).\n\
+         Built and hooked into the driver by a later patch.",
     ),
     (
         "drivers/iommu/iommufd/",

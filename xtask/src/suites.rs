@@ -42,11 +42,12 @@ pub const SUITES: &[Suite] = &[
     },
     Suite {
         name: "iommufd",
-        about: "the 7.3 tree's iommufd and liveupdate selftests (regression guard)",
+        about: "the 7.3 tree's iommufd, liveupdate and kho selftests (regression guard)",
         tests: &[
             "kselftest_iommufd",
             "kselftest_iommufd_fail_nth",
             "kselftest_liveupdate",
+            "kselftest_kho",
         ],
         // The *_hugepage and *_huge fixtures map MAP_HUGETLB buffers.
         add: &["hugepages=256"],
@@ -80,6 +81,7 @@ pub const SUITES: &[Suite] = &[
             "iommufd_lu_refuse_vtd_version",
             "iommufd_lu_refuse_vtd_pages",
             "iommufd_lu_refuse_guestmemfs",
+            "iommufd_lu_unretrieved",
             "iommufd_lu_fail_nth_restore",
         ],
         add: &["guestmemfs=2G"],

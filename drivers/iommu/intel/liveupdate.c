@@ -38,6 +38,7 @@
 #include <linux/sort.h>
 
 #include "iommu.h"
+#include "lu_vtd_rs.h"
 #include "../iommu-pages.h"
 
 #define ROOT_ENTRY_NR	(VTD_PAGE_SIZE / sizeof(struct root_entry))
@@ -131,11 +132,20 @@ static char lu_test_damage[16];
 module_param_string(lu_test_damage, lu_test_damage, sizeof(lu_test_damage),
 		    0600);
 
-static void intel_lu_test_damage(struct vtd_lu_header *hdr,
-				 struct vtd_lu_domain *drec, __le64 *pages)
+/* Damages an encoded blob, then seals it again (a valid checksum) */
+static void intel_lu_test_damage(void *blob, size_t len)
 {
-	if (sysfs_streq(lu_test_damage, "version"))
+	struct vtd_lu_header *hdr = blob;
+	struct vtd_lu_domain *drec = (void *)((struct vtd_lu_unit *)(hdr + 1) +
+					      le32_to_cpu(hdr->nr_units));
+	__le64 *pages = (void *)((struct vtd_lu_device *)
+				 (drec + le32_to_cpu(hdr->nr_domains)) +
+				 le32_to_cpu(hdr->nr_devices));
+
+	if (sysfs_streq(lu_test_damage, "version")) {
 		hdr->version = cpu_to_le32(99);
+		goto seal;
+	}
 	/*
 	 * A page of the first domain other than its top is listed at a
 	 * nearby address that keeps the list sorted and names no other
@@ -166,15 +176,18 @@ static void intel_lu_test_damage(struct vtd_lu_header *hdr,
 					used |= le64_to_cpu(pages[k]) == v;
 				if (!used) {
 					pages[i] = cpu_to_le64(v);
-					return;
+					goto seal;
 				}
 			}
 		}
 	}
+	return;
+seal:
+	hdr->crc = 0;
+	hdr->crc = cpu_to_le32(crc32c(0, blob, len));
 }
 #else
-static void intel_lu_test_damage(struct vtd_lu_header *hdr,
-				 struct vtd_lu_domain *drec, __le64 *pages)
+static void intel_lu_test_damage(void *blob, size_t len)
 {
 }
 #endif
@@ -494,18 +507,20 @@ static void intel_lu_unfreeze_device(struct device *dev)
 	}
 }
 
+/* Writes the outgoing handover: the Rust format encodes and checks it */
 static int intel_lu_commit(void)
 {
 	unsigned int nr_units = 0, nr_domains = 0, nr_devices = 0, nr_pages = 0;
+	struct vtd_lu_domain_rec *drec = NULL;
+	struct vtd_lu_device_rec *vrec = NULL;
+	struct vtd_lu_unit_rec *urec = NULL;
+	u64 *pages = NULL, *scratch = NULL;
+	char why[VTD_LU_REASON_LEN];
 	struct intel_lu_device *ldev;
 	struct intel_lu_domain *ld;
-	struct vtd_lu_header *hdr;
-	struct vtd_lu_domain *drec;
-	struct vtd_lu_device *vrec;
-	struct vtd_lu_unit *urec;
 	struct intel_lu_unit *u;
 	unsigned int i, p;
-	__le64 *pages;
+	ssize_t ret;
 	size_t len;
 	void *blob;
 
@@ -522,42 +537,38 @@ static int intel_lu_commit(void)
 	}
 	list_for_each_entry(ldev, &intel_lu_devices, link)
 		nr_devices++;
+	/* Bounds the allocations below; the encoder checks the rest */
 	if (nr_units > VTD_LU_MAX_UNITS || nr_domains > VTD_LU_MAX_DOMAINS ||
 	    nr_devices > VTD_LU_MAX_DEVICES || nr_pages > VTD_LU_MAX_PAGES)
 		return -E2BIG;
+	len = sizeof(struct vtd_lu_header) +
+	      nr_units * sizeof(struct vtd_lu_unit) +
+	      nr_domains * sizeof(struct vtd_lu_domain) +
+	      nr_devices * sizeof(struct vtd_lu_device) +
+	      nr_pages * sizeof(__le64);
 
-	len = sizeof(*hdr) + nr_units * sizeof(*urec) +
-	      nr_domains * sizeof(*drec) + nr_devices * sizeof(*vrec) +
-	      nr_pages * sizeof(*pages);
-	blob = kho_alloc_preserve(len);
-	if (IS_ERR(blob))
-		return PTR_ERR(blob);
+	ret = -ENOMEM;
+	urec = kcalloc(nr_units, sizeof(*urec), GFP_KERNEL);
+	drec = kvcalloc(nr_domains, sizeof(*drec), GFP_KERNEL);
+	vrec = kvcalloc(nr_devices, sizeof(*vrec), GFP_KERNEL);
+	pages = kvmalloc_array(nr_pages, sizeof(*pages), GFP_KERNEL);
+	scratch = kvmalloc_array(nr_units + nr_pages, sizeof(*scratch),
+				 GFP_KERNEL);
+	if ((nr_units && !urec) || (nr_domains && !drec) ||
+	    (nr_devices && !vrec) || (nr_pages && !pages) || !scratch)
+		goto out_free;
 
-	hdr = blob;
-	urec = (void *)(hdr + 1);
-	drec = (void *)(urec + nr_units);
-	vrec = (void *)(drec + nr_domains);
-	pages = (void *)(vrec + nr_devices);
-	*hdr = (struct vtd_lu_header) {
-		.magic = cpu_to_le64(VTD_LU_MAGIC),
-		.version = cpu_to_le32(VTD_LU_VERSION),
-		.length = cpu_to_le32(len),
-		.nr_units = cpu_to_le32(nr_units),
-		.nr_domains = cpu_to_le32(nr_domains),
-		.nr_devices = cpu_to_le32(nr_devices),
-		.nr_pages = cpu_to_le32(nr_pages),
-	};
 	p = 0;
 	i = 0;
 	list_for_each_entry(u, &intel_lu_units, link) {
-		urec[i].reg_phys = cpu_to_le64(u->iommu->reg_phys);
-		urec[i].root_phys =
-			cpu_to_le64(virt_to_phys(u->iommu->root_entry));
-		urec[i].first_page = cpu_to_le32(p);
-		urec[i].nr_pages = cpu_to_le32(u->nr_ctx);
+		urec[i++] = (struct vtd_lu_unit_rec) {
+			.reg_phys = u->iommu->reg_phys,
+			.root_phys = virt_to_phys(u->iommu->root_entry),
+			.first_page = p,
+			.nr_pages = u->nr_ctx,
+		};
 		for (unsigned int k = 0; k < u->nr_ctx; k++)
-			pages[p++] = cpu_to_le64(u->ctx[k]);
-		i++;
+			pages[p++] = u->ctx[k];
 	}
 	i = 0;
 	list_for_each_entry(ld, &intel_lu_domains, link) {
@@ -578,22 +589,20 @@ static int intel_lu_commit(void)
 				break;
 			unit++;
 		}
-		drec[i] = (struct vtd_lu_domain) {
-			.token = cpu_to_le64(ld->token),
-			.top_phys = cpu_to_le64(pt_info.ssptptr),
-			.first_page = cpu_to_le32(p),
-			.nr_pages = cpu_to_le32(ld->nr_tables),
-			.unit = cpu_to_le16(iommu ? unit : U16_MAX),
-			.did = cpu_to_le16(iommu ?
-				domain_id_iommu(ld->domain, iommu) : 0),
+		drec[i++] = (struct vtd_lu_domain_rec) {
+			.token = ld->token,
+			.top_phys = pt_info.ssptptr,
+			.first_page = p,
+			.nr_pages = ld->nr_tables,
+			.unit = iommu ? unit : U16_MAX,
+			.did = iommu ? domain_id_iommu(ld->domain, iommu) : 0,
 			.aw = pt_info.aw,
 			/* Legacy mode (v1): the unit's coherency is the table's */
 			.flags = iommu && !ecap_coherent(iommu->ecap) ?
 				VTD_LU_DOMAIN_INCOHERENT : 0,
 		};
 		for (unsigned int k = 0; k < ld->nr_tables; k++)
-			pages[p++] = cpu_to_le64(ld->tables[k]);
-		i++;
+			pages[p++] = ld->tables[k];
 	}
 	i = 0;
 	list_for_each_entry(ldev, &intel_lu_devices, link) {
@@ -604,22 +613,43 @@ static int intel_lu_commit(void)
 				break;
 			d++;
 		}
-		vrec[i++] = (struct vtd_lu_device) {
-			.segment = cpu_to_le16(ldev->segment),
+		vrec[i++] = (struct vtd_lu_device_rec) {
+			.segment = ldev->segment,
 			.bus = ldev->bus,
 			.devfn = ldev->devfn,
-			.domain = cpu_to_le16(d),
+			.domain = d,
 		};
 	}
-	intel_lu_test_damage(hdr, drec, pages);
-	hdr->crc = cpu_to_le32(crc32c(0, blob, len));
+
+	blob = kho_alloc_preserve(len);
+	if (IS_ERR(blob)) {
+		ret = PTR_ERR(blob);
+		goto out_free;
+	}
+	ret = vtd_lu_encode_rs(blob, len, urec, nr_units, drec, nr_domains,
+			       vrec, nr_devices, pages, nr_pages, scratch,
+			       nr_units + nr_pages, why, sizeof(why));
+	if (ret < 0) {
+		/* What the next kernel would refuse is not handed over */
+		pr_err("handover not written: %s\n", why);
+		kho_unpreserve_free(blob);
+		goto out_free;
+	}
+	intel_lu_test_damage(blob, len);
 
 	if (intel_lu_blob)
 		kho_unpreserve_free(intel_lu_blob);
 	intel_lu_blob = blob;
 	intel_lu_anchor->blob_phys = cpu_to_le64(virt_to_phys(blob));
 	intel_lu_anchor->blob_len = cpu_to_le64(len);
-	return 0;
+	ret = 0;
+out_free:
+	kvfree(scratch);
+	kvfree(pages);
+	kvfree(vrec);
+	kvfree(drec);
+	kfree(urec);
+	return ret;
 }
 
 static bool intel_lu_frozen_entry(struct intel_iommu *iommu, u8 bus, u8 devfn,
@@ -713,163 +743,45 @@ static void intel_lu_flb_unpreserve(struct liveupdate_flb_op_args *args)
 	intel_lu_anchor = NULL;
 }
 
-static const char *intel_lu_slice_ok(const __le64 *pages, u32 nr_pages,
-				     u32 first, u32 nr)
+/* The Rust format's checksum: the kernel's chaining crc32c */
+u32 vtd_lu_crc32c(u32 seed, const u8 *data, size_t len)
 {
-	u32 i;
-
-	if (first > nr_pages || nr > nr_pages - first)
-		return "page slice out of range";
-	for (i = 0; i < nr; i++) {
-		u64 p = le64_to_cpu(pages[first + i]);
-
-		if (!p || p & ~VTD_PAGE_MASK)
-			return "unaligned page";
-		if (i && p <= le64_to_cpu(pages[first + i - 1]))
-			return "pages not sorted";
-	}
-	return NULL;
-}
-
-static int cmp_u64(const void *a, const void *b)
-{
-	u64 x = *(const u64 *)a, y = *(const u64 *)b;
-
-	return x < y ? -1 : x > y;
+	return crc32c(seed, data, len);
 }
 
 /*
- * Every handed-over page (roots, context tables, page tables) is listed
- * once: a page restored twice, or a live table adopted as another's, would
- * be freed twice.
+ * Checks a blob copied out of the handover with the Rust format's parser;
+ * NULL if it is sound, else the reason (in @why). Then every count, slice
+ * and index in it is in bounds, every page listed once, tokens unique.
  */
-static const char *intel_lu_disjoint(struct intel_lu_incoming *in)
-{
-	u32 nu = le32_to_cpu(in->hdr->nr_units);
-	u32 np = le32_to_cpu(in->hdr->nr_pages);
-	const char *why = NULL;
-	u64 *all;
-	u32 i;
-
-	all = kvmalloc_array(np + nu, sizeof(*all), GFP_KERNEL);
-	if (!all)
-		return "out of memory";
-	for (i = 0; i < np; i++)
-		all[i] = le64_to_cpu(in->pages[i]);
-	for (i = 0; i < nu; i++)
-		all[np + i] = le64_to_cpu(in->units[i].root_phys);
-	sort(all, np + nu, sizeof(*all), cmp_u64, NULL);
-	for (i = 1; i < np + nu; i++)
-		if (all[i] == all[i - 1])
-			why = "a page is handed over twice";
-	kvfree(all);
-	return why;
-}
-
-/* Checks a blob copied out of the handover; NULL if it is sound */
-static const char *intel_lu_parse(struct intel_lu_incoming *in, size_t len)
+static const char *intel_lu_parse(struct intel_lu_incoming *in, size_t len,
+				  char *why, size_t why_len)
 {
 	const struct vtd_lu_header *hdr = in->blob;
-	u32 nu, nd, nv, np, i;
-	const char *why;
-	u64 next;
-	size_t want;
-	u32 crc;
+	/* A unit or a page takes 8 bytes or more: len / 8 entries do */
+	size_t n = len / 8 ?: 1;
+	u64 *scratch;
+	int ret;
 
-	if (len < sizeof(*hdr))
-		return "truncated";
-	if (le64_to_cpu(hdr->magic) != VTD_LU_MAGIC)
-		return "bad magic";
-	if (le32_to_cpu(hdr->version) != VTD_LU_VERSION)
-		return "unsupported version";
-	if (le32_to_cpu(hdr->length) != len)
-		return "length mismatch";
-	if (hdr->flags)
-		return "unknown flags";
-	nu = le32_to_cpu(hdr->nr_units);
-	nd = le32_to_cpu(hdr->nr_domains);
-	nv = le32_to_cpu(hdr->nr_devices);
-	np = le32_to_cpu(hdr->nr_pages);
-	if (nu > VTD_LU_MAX_UNITS || nd > VTD_LU_MAX_DOMAINS ||
-	    nv > VTD_LU_MAX_DEVICES || np > VTD_LU_MAX_PAGES)
-		return "too many records";
-	want = sizeof(*hdr) + (size_t)nu * sizeof(struct vtd_lu_unit) +
-	       (size_t)nd * sizeof(struct vtd_lu_domain) +
-	       (size_t)nv * sizeof(struct vtd_lu_device) +
-	       (size_t)np * sizeof(__le64);
-	if (want != len)
-		return "counts do not match the length";
-	crc = le32_to_cpu(hdr->crc);
-	((struct vtd_lu_header *)in->blob)->crc = 0;
-	if (crc32c(0, in->blob, len) != crc)
-		return "checksum mismatch";
-
+	scratch = kvmalloc_array(n, sizeof(*scratch), GFP_KERNEL);
+	if (!scratch)
+		return "out of memory";
+	ret = vtd_lu_parse_rs(in->blob, len, scratch, n, why, why_len);
+	kvfree(scratch);
+	if (ret)
+		return why;
 	in->hdr = hdr;
 	in->units = (const void *)(hdr + 1);
-	in->domains = (const void *)(in->units + nu);
-	/* Slices tile pages[] in order: units, then domains */
-	next = 0;
-	for (i = 0; i < nu; i++) {
-		if (le32_to_cpu(in->units[i].first_page) != next)
-			return "page slices do not tile the list";
-		next += min(le32_to_cpu(in->units[i].nr_pages), np);
-	}
-	for (i = 0; i < nd; i++) {
-		if (le32_to_cpu(in->domains[i].first_page) != next)
-			return "page slices do not tile the list";
-		next += min(le32_to_cpu(in->domains[i].nr_pages), np);
-	}
-	if (next != np)
-		return "page slices do not tile the list";
-	in->domains = (const void *)(in->units + nu);
-	in->devices = (const void *)(in->domains + nd);
-	in->pages = (const void *)(in->devices + nv);
-	for (i = 0; i < nu; i++) {
-		why = intel_lu_slice_ok(in->pages, np,
-					le32_to_cpu(in->units[i].first_page),
-					le32_to_cpu(in->units[i].nr_pages));
-		if (why)
-			return why;
-		if (le64_to_cpu(in->units[i].root_phys) & ~VTD_PAGE_MASK)
-			return "unaligned root";
-	}
-	for (i = 0; i < nd; i++) {
-		const struct vtd_lu_domain *d = &in->domains[i];
-		u64 top = le64_to_cpu(d->top_phys);
-		u32 first = le32_to_cpu(d->first_page);
-		u32 nr = le32_to_cpu(d->nr_pages);
-
-		why = intel_lu_slice_ok(in->pages, np, first, nr);
-		if (why)
-			return why;
-		if (!nr || !d->token || d->reserved[0] || d->reserved[1] ||
-		    d->flags & ~VTD_LU_DOMAIN_INCOHERENT)
-			return "bad domain record";
-		if (le16_to_cpu(d->unit) != U16_MAX &&
-		    le16_to_cpu(d->unit) >= nu)
-			return "domain names no unit";
-		if (!bsearch(&(__le64){ cpu_to_le64(top) }, &in->pages[first],
-			     nr, sizeof(__le64), cmp_phys))
-			return "top table not in the page list";
-	}
-	for (i = 0; i < nv; i++) {
-		const struct vtd_lu_device *v = &in->devices[i];
-
-		if (le16_to_cpu(v->domain) >= nd || v->reserved)
-			return "bad device record";
-		if (le16_to_cpu(in->domains[le16_to_cpu(v->domain)].unit) >=
-		    nu)
-			return "device's domain has no unit";
-	}
-	for (i = 0; i < nd; i++)
-		for (u32 j = 0; j < i; j++)
-			if (in->domains[i].token == in->domains[j].token)
-				return "two domains with one token";
-	return intel_lu_disjoint(in);
+	in->domains = (const void *)(in->units + le32_to_cpu(hdr->nr_units));
+	in->devices = (const void *)(in->domains +
+				     le32_to_cpu(hdr->nr_domains));
+	in->pages = (const void *)(in->devices + le32_to_cpu(hdr->nr_devices));
+	return NULL;
 }
 
 static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 {
+	char reason[VTD_LU_REASON_LEN];
 	struct intel_lu_incoming *in;
 	struct vtd_lu_anchor anchor;
 	struct folio *afolio, *bfolio;
@@ -913,7 +825,7 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 	if (!why && !in->blob)
 		why = "out of memory";
 	if (!why)
-		why = intel_lu_parse(in, len);
+		why = intel_lu_parse(in, len, reason, sizeof(reason));
 	if (!why) {
 		u32 nd = le32_to_cpu(in->hdr->nr_domains);
 		u32 nv = le32_to_cpu(in->hdr->nr_devices);
@@ -1236,16 +1148,49 @@ bool intel_lu_held_by(struct device_domain_info *info, void *owner)
 			  intel_lu_in_domain_of(d)->owner == owner);
 }
 
-/* The restored domain that a held device's entry already points to */
-struct dmar_domain *intel_lu_held_domain(struct device_domain_info *info)
+/**
+ * intel_lu_attach_begin() - is @domain the one a held device's entry names?
+ * @info: the device being attached
+ * @domain: the domain being attached
+ *
+ * Return: true if @domain is the restored domain whose DID and tables the
+ * device's context entry already names: the attach then writes nothing.
+ * intel_lu_lock stays held until intel_lu_attach_end(), so a FINISH or a
+ * dropped domain cannot clear the entry between the attach finding it
+ * present and the hold ending; info->lu_held is cleared for the attach,
+ * whose error path must not end the hold itself.
+ */
+bool intel_lu_attach_begin(struct device_domain_info *info,
+			   struct dmar_domain *domain)
 {
 	struct intel_lu_in_device *d;
 
-	guard(mutex)(&intel_lu_lock);
+	if (!READ_ONCE(info->lu_held))
+		return false;
+	mutex_lock(&intel_lu_lock);
 	d = intel_lu_in_device_of(info);
-	if (!d || !d->held)
-		return NULL;
-	return intel_lu_in_domain_of(d)->restored;
+	if (d && d->held && intel_lu_in_domain_of(d)->restored == domain) {
+		WRITE_ONCE(info->lu_held, false);
+		return true;
+	}
+	mutex_unlock(&intel_lu_lock);
+	return false;
+}
+
+/**
+ * intel_lu_attach_end() - the attach intel_lu_attach_begin() allowed is over
+ * @info: the device
+ * @attached: the attach succeeded, and the domain owns the entry now;
+ *	otherwise the entry is cleared (the device is blocked)
+ */
+void intel_lu_attach_end(struct device_domain_info *info, bool attached)
+{
+	struct intel_lu_in_device *d = intel_lu_in_device_of(info);
+
+	lockdep_assert_held(&intel_lu_lock);
+	if (d)
+		__intel_lu_release_in_device(d, info, attached);
+	mutex_unlock(&intel_lu_lock);
 }
 
 /* Clears a context entry by unit and RID, and flushes (blocks the RID) */

@@ -174,9 +174,8 @@ impl Passthrough {
             .map_err(|e| format!("IOMMU_IOAS_UNMAP in IOAS {ioas_id} at {iova:#x}: {e}"))
     }
 
-    /// A new HWPT on IOAS `ioas_id`, and the device moved onto it (a
-    /// replace: the device stays attached throughout).
-    pub fn replace_with_new_hwpt(&self, ioas_id: u32) -> Result<u32, String> {
+    /// A new HWPT for the device on IOAS `ioas_id` (not attached).
+    pub fn alloc_hwpt(&self, ioas_id: u32) -> Result<u32, String> {
         let dev_id = self
             .dev()
             .iommufd_dev_id()
@@ -190,10 +189,22 @@ impl Passthrough {
         self.iommufd
             .alloc_iommu_hwpt(&mut hwpt)
             .map_err(|x| format!("IOMMU_HWPT_ALLOC on IOAS {ioas_id}: {x}"))?;
-        self.dev()
-            .attach_hwpt(hwpt.out_hwpt_id)
-            .map_err(|x| format!("replace onto HWPT {}: {x}", hwpt.out_hwpt_id))?;
         Ok(hwpt.out_hwpt_id)
+    }
+
+    /// Moves the attached device onto HWPT `hwpt_id` (a replace: the
+    /// device stays attached throughout).
+    pub fn replace(&self, hwpt_id: u32) -> Result<(), String> {
+        self.dev()
+            .attach_hwpt(hwpt_id)
+            .map_err(|x| format!("replace onto HWPT {hwpt_id}: {x}"))
+    }
+
+    /// A new HWPT on IOAS `ioas_id`, and the device moved onto it.
+    pub fn replace_with_new_hwpt(&self, ioas_id: u32) -> Result<u32, String> {
+        let hwpt = self.alloc_hwpt(ioas_id)?;
+        self.replace(hwpt)?;
+        Ok(hwpt)
     }
 
     /// After a kexec: the iommufd retrieved from LUO, its HWPT restored

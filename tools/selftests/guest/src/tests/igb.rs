@@ -114,6 +114,109 @@ pub(super) fn wait_fault(
     }
 }
 
+/// Pins the calling thread to `cpu`.
+fn pin_to(cpu: usize) -> Result<(), String> {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET and
+    // sched_setaffinity only access the set they are given.
+    let r = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if r != 0 {
+        return Err(format!(
+            "sched_setaffinity({cpu}): {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Where the frames of [`replace_under_dma`] land: `map` is mapped at
+/// `iova`, one frame per offset.
+pub(super) struct Sink<'a> {
+    pub map: &'a mut Mapping,
+    pub iova: u64,
+    pub offsets: &'a [u64],
+}
+
+/// The igb copies `batches` batches of frames into the sink on the first
+/// CPU while the second replaces the device's HWPT back and forth the
+/// whole time, between `hwpts[1]` and `hwpts[0]` (the device starts on
+/// `hwpts[0]` and ends on `hwpts[1]`; both on an IOAS that maps
+/// `CTL_IOVA` to `ctl` and the sink). A replace that passes through a
+/// blocked context entry makes a DMA in flight fault: every frame must
+/// land (and the caller checks that no DMAR fault was logged). Returns
+/// the number of replaces.
+pub(super) fn replace_under_dma(
+    pt: &Passthrough,
+    igb: &mut Igb,
+    ctl: &mut Mapping,
+    sink: Sink<'_>,
+    hwpts: [u32; 2],
+    batches: usize,
+) -> Result<usize, String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let Sink {
+        map: data,
+        iova: data_iova,
+        offsets: dsts,
+    } = sink;
+    assert!(batches > 0 && !dsts.is_empty() && dsts.len() <= 64);
+    let done = AtomicBool::new(false);
+    let seed0 = fresh_seed();
+    // SAFETY: a zeroed cpu_set_t is valid; the call writes at most its size.
+    let mut all: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut all) };
+    pin_to(0)?;
+    let (replaced, copied) = std::thread::scope(|s| {
+        let replacer = s.spawn(|| {
+            pin_to(1)?;
+            let mut n = 0;
+            // An odd count ends on hwpts[1].
+            while !done.load(Ordering::Acquire) || n % 2 == 0 {
+                pt.replace(hwpts[(n + 1) % 2])?;
+                n += 1;
+            }
+            Ok::<usize, String>(n)
+        });
+        let copied = (|| {
+            for batch in 0..batches {
+                let seed = seed0.wrapping_add(batch as u64);
+                let bytes = ctl.bytes();
+                let mut list = Vec::with_capacity(dsts.len());
+                for (k, &d) in dsts.iter().enumerate() {
+                    let s = SRC_OFF as usize + k * MAX_FRAME;
+                    bytes[s..s + MAX_FRAME].copy_from_slice(&frame(seed, d));
+                    list.push((CTL_IOVA + s as u64, data_iova + d, MAX_FRAME));
+                }
+                igb.submit(&list)?;
+                igb.wait(list.len(), |_| MAX_FRAME, Duration::from_secs(30))?;
+                let d = data.bytes();
+                if let Some(&o) = dsts
+                    .iter()
+                    .find(|&&o| d[o as usize..o as usize + MAX_FRAME] != frame(seed, o))
+                {
+                    return Err(format!(
+                        "batch {batch} during the replaces: the frame for file offset {o:#x} did not land"
+                    ));
+                }
+            }
+            Ok(())
+        })();
+        done.store(true, Ordering::Release);
+        let replaced = replacer
+            .join()
+            .unwrap_or_else(|_| Err("replacer thread panicked".into()));
+        (replaced, copied)
+    });
+    // SAFETY: `all` is the set read above.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &all) };
+    copied?;
+    replaced
+}
+
 /// VT-d supports 2 MiB and 1 GiB second-level pages (cap bits 34, 35).
 pub(super) fn superpages() -> Result<bool, String> {
     let cap = fs::read_to_string("/sys/class/iommu/dmar0/intel-iommu/cap")
@@ -279,6 +382,37 @@ pub fn igb_dma(_ctx: &mut Ctx) -> TestResult {
     if faults.len() > faults0 {
         return Err(format!("DMA faults logged: {:?}", &faults[faults0..]));
     }
+
+    // Replacing the HWPT under DMA loses nothing (the context entry moves
+    // in one write): the device copies 100 batches of frames while the
+    // HWPT is replaced back and forth the whole time.
+    let other = pt.alloc_hwpt(pt.ioas.id())?;
+    let spread: Vec<u64> = (0..32).map(|k| k * 16 * BLOCK + 4096 + 100).collect();
+    let replaces = replace_under_dma(
+        &pt,
+        &mut igb,
+        &mut ctl_map,
+        Sink {
+            map: &mut data_map,
+            iova: DATA_IOVA,
+            offsets: &spread,
+        },
+        [pt.hwpt_id, other],
+        100,
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let faults = dmar_faults(&bdf)?;
+    if faults.len() > faults0 {
+        return Err(format!(
+            "DMA faults during the HWPT replaces: {:?}",
+            &faults[faults0..]
+        ));
+    }
+    diag(&format!(
+        "{replaces} replaces between HWPTs {} and {other} during 100 DMA batches of {} frames: all landed, no DMAR fault",
+        pt.hwpt_id,
+        spread.len()
+    ));
 
     // Negative control: a frame to an IOVA never mapped faults, and the
     // fault check above would have seen it.

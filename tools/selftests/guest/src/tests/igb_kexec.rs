@@ -217,6 +217,86 @@ pub fn refuse_vtd_pages(ctx: &mut Ctx) -> TestResult {
     refusal_test(ctx, (VTD_DAMAGE, "pages", "not handed over"))
 }
 
+/// Whether `/sys/kernel/debug/iommu/intel/dmar_translation_struct` lists
+/// a present context entry for `bdf` ("bb:dd.f" at the start of a line).
+fn context_present(bdf: &str) -> Result<bool, String> {
+    let path = "/sys/kernel/debug/iommu/intel/dmar_translation_struct";
+    let dump = fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let rid = bdf.split_once(':').map_or(bdf, |(_, r)| r);
+    Ok(dump.lines().any(|l| l.starts_with(&format!("{rid}\t"))))
+}
+
+/// Binds `bdf` to pci-stub (a host driver that uses the DMA API's default
+/// domain): the driver core's result.
+fn bind_stub(bdf: &str) -> std::io::Result<()> {
+    let dev = format!("/sys/bus/pci/devices/{bdf}");
+    if let Ok(link) = fs::read_link(format!("{dev}/driver")) {
+        if link.ends_with("pci-stub") {
+            return Ok(());
+        }
+        fs::write(format!("{dev}/driver/unbind"), bdf)?;
+    }
+    fs::write(format!("{dev}/driver_override"), "pci-stub")?;
+    fs::write("/sys/bus/pci/drivers/pci-stub/bind", bdf)
+}
+
+/// Nobody retrieves the preserved iommufd: while the device is held, a
+/// host driver cannot bind it (EBUSY); `LIVEUPDATE_SESSION_FINISH` blocks
+/// it; then a host driver binds, and the device gets its default domain
+/// at bind (a present context entry) instead of staying blocked.
+pub fn unretrieved(ctx: &mut Ctx) -> TestResult {
+    if ctx.stage == 1 {
+        return preserve(ctx, None);
+    }
+    let bdf = igb_bdf()?;
+    if !context_present(&bdf)? {
+        return Err("the held device has no context entry after the kexec".into());
+    }
+    match bind_stub(&bdf) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+        r => {
+            return Err(format!(
+                "pci-stub bind of the held device: {r:?}, expected EBUSY"
+            ))
+        }
+    }
+    if fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver")).is_ok() {
+        return Err("a host driver is bound to the held device".into());
+    }
+    diag("stage 2: pci-stub cannot bind the held device (EBUSY)");
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+    session
+        .finish()
+        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH, iommufd never retrieved: {e}"))?;
+    drop(session);
+    let log = sys::kernel_log().map_err(|e| e.to_string())?;
+    if !log
+        .iter()
+        .any(|l| l.contains("blocked: nobody took its preserved translation"))
+    {
+        return Err("FINISH did not log the unretrieved device as blocked".into());
+    }
+    if context_present(&bdf)? {
+        return Err("FINISH left the unretrieved device's context entry".into());
+    }
+    bind_stub(&bdf).map_err(|e| format!("pci-stub bind after FINISH: {e}"))?;
+    let present = context_present(&bdf)?;
+    let _ = fs::write(format!("/sys/bus/pci/devices/{bdf}/driver/unbind"), &bdf);
+    if !present {
+        return Err(
+            "after FINISH a host driver bound, but the device has no context entry: its default domain was never attached"
+                .into(),
+        );
+    }
+    diag("stage 2: FINISH blocked the unretrieved device; pci-stub then bound it and its default domain was attached at bind");
+    mount()?;
+    for f in ["lu-ctl", "lu-data"] {
+        fs::remove_file(p(f)).map_err(|e| e.to_string())?;
+    }
+    Ok(Outcome::Pass)
+}
+
 fn preserve(ctx: &mut Ctx, damage: Option<Damage>) -> TestResult {
     let bdf = igb_bdf()?;
     if !superpages()? {
@@ -356,8 +436,34 @@ fn restore(ctx: &mut Ctx) -> TestResult {
     )?;
     pt.unmap_in(ioas_id, EXTRA_IOVA, BLOCK)?;
 
-    // A freshly built HWPT on the restored IOAS replaces the restored one.
-    let new_hwpt = pt.replace_with_new_hwpt(ioas_id)?;
+    // A freshly built HWPT on the restored IOAS replaces the restored one
+    // while the device copies frames: nothing is lost (replaces back and
+    // forth during 50 batches, ending on the new HWPT).
+    let new_hwpt = pt.alloc_hwpt(ioas_id)?;
+    let spread: Vec<u64> = b.iter().take(32).map(|o| o + 2048).collect();
+    let replaces = super::igb::replace_under_dma(
+        &pt,
+        &mut igb,
+        &mut ctl_map,
+        super::igb::Sink {
+            map: &mut data_map,
+            iova: DATA_IOVA,
+            offsets: &spread,
+        },
+        [pt.hwpt_id, new_hwpt],
+        50,
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let faults = dmar_faults(&bdf)?;
+    if faults.len() > faults0 {
+        return Err(format!(
+            "DMA faults while replacing the restored HWPT: {:?}",
+            &faults[faults0..]
+        ));
+    }
+    diag(&format!(
+        "stage 2: {replaces} replaces between the restored HWPT and a new one during 50 DMA batches: all landed, no DMAR fault"
+    ));
     let d: Vec<u64> = b.iter().map(|o| o + 4096).collect();
     dma(&mut igb, &mut ctl_map, seed_c, &d)?;
     check(&mut data_map, seed_c, &d, "DMA through the replacing HWPT")?;

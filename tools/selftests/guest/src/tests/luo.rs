@@ -25,6 +25,29 @@ pub fn memfd_kexec(ctx: &mut Ctx) -> TestResult {
     }
 }
 
+/// The 7.3 `kho` selftest's check, in this harness's kexec instead of its
+/// own vmtest.sh VM: `lib/test_kho.c` (built in) saves folios and an FDT
+/// at the first boot; after the kexec it verifies them and logs the result.
+pub fn kho_selftest(ctx: &mut Ctx) -> TestResult {
+    let log = sys::kernel_log().map_err(|e| e.to_string())?;
+    let restored = |l: &&String| l.contains("KHO restore");
+    match ctx.stage {
+        1 => match log.iter().find(restored) {
+            Some(l) => Err(format!("first boot already restored KHO test data: {l}")),
+            None => Ok(Outcome::Kexec),
+        },
+        2 => match log.iter().find(restored) {
+            Some(l) if l.contains("KHO restore succeeded") => {
+                diag(&format!("stage 2: {}", l.trim()));
+                Ok(Outcome::Pass)
+            }
+            Some(l) => Err(format!("test_kho after kexec: {l}")),
+            None => Err("test_kho logged nothing after the kexec".into()),
+        },
+        s => Err(format!("no stage {s}")),
+    }
+}
+
 fn preserve(ctx: &mut Ctx) -> TestResult {
     let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
     let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;

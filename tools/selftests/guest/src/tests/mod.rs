@@ -80,6 +80,12 @@ pub const CATALOG: &[Test] = &[
         run: luo::memfd_kexec,
     },
     Test {
+        name: "kselftest_kho",
+        summary: "the 7.3 kho selftest's check (lib/test_kho.c built in): data saved at boot, kexec, \"KHO restore succeeded\"",
+        timeout_s: 180,
+        run: luo::kho_selftest,
+    },
+    Test {
         name: "kselftest_iommufd",
         summary: "tools/testing/selftests/iommu/iommufd from the 7.3 tree",
         timeout_s: 600,
@@ -386,6 +392,12 @@ pub const CATALOG: &[Test] = &[
         summary: "guestmemfs refuses its own handover (damaged superblock magic): iommufd refuses too (EUCLEAN), device blocked; -o reformat after FINISH",
         timeout_s: 400,
         run: igb_kexec::refuse_guestmemfs,
+    },
+    Test {
+        name: "iommufd_lu_unretrieved",
+        summary: "the iommufd is preserved but never retrieved: a host driver (pci-stub) cannot bind the held device (EBUSY); FINISH blocks it; then pci-stub binds and the default domain is attached at bind",
+        timeout_s: 400,
+        run: igb_kexec::unretrieved,
     },
     Test {
         name: "iommufd_lu_fail_nth_restore",
