@@ -29,6 +29,7 @@
 #include <linux/bsearch.h>
 #include <linux/crash_dump.h>
 #include <linux/crc32c.h>
+#include <linux/fault-inject.h>
 #include <linux/iommu-lu.h>
 #include <linux/kexec_handover.h>
 #include <linux/kho/abi/iommu_vtd.h>
@@ -113,6 +114,8 @@ struct intel_lu_incoming {
 
 static struct intel_lu_incoming *intel_lu_in;
 static bool intel_lu_looked;
+/* The incoming object when even that cannot be allocated: no handover */
+static struct intel_lu_incoming intel_lu_no_handover;
 
 struct intel_lu_in_device;
 static void __intel_lu_release_in_device(struct intel_lu_in_device *d,
@@ -186,11 +189,38 @@ seal:
 	hdr->crc = 0;
 	hdr->crc = cpu_to_le32(crc32c(0, blob, len));
 }
+
+/*
+ * Test only: fail_vtd_lu_adopt=<interval>,<probability>,<space>,<times> on
+ * the command line (Documentation/fault-injection) fails allocations of
+ * the boot-time handover paths, which no userspace fail-nth can reach:
+ * "N,100,0,1" fails the N-th.
+ */
+static DECLARE_FAULT_ATTR(fail_vtd_lu_adopt);
+
+static int __init fail_vtd_lu_adopt_setup(char *str)
+{
+	return setup_fault_attr(&fail_vtd_lu_adopt, str);
+}
+__setup("fail_vtd_lu_adopt=", fail_vtd_lu_adopt_setup);
+
+static bool intel_lu_adopt_fail(void)
+{
+	return should_fail(&fail_vtd_lu_adopt, 1);
+}
 #else
 static void intel_lu_test_damage(void *blob, size_t len)
 {
 }
+
+static bool intel_lu_adopt_fail(void)
+{
+	return false;
+}
 #endif
+
+/* An allocation of the boot-time handover paths (may be failed in tests) */
+#define intel_lu_adopt_alloc(alloc)	(intel_lu_adopt_fail() ? NULL : (alloc))
 
 static int cmp_phys(const void *a, const void *b)
 {
@@ -763,7 +793,8 @@ static const char *intel_lu_parse(struct intel_lu_incoming *in, size_t len,
 	u64 *scratch;
 	int ret;
 
-	scratch = kvmalloc_array(n, sizeof(*scratch), GFP_KERNEL);
+	scratch = intel_lu_adopt_alloc(kvmalloc_array(n, sizeof(*scratch),
+						      GFP_KERNEL));
 	if (!scratch)
 		return "out of memory";
 	ret = vtd_lu_parse_rs(in->blob, len, scratch, n, why, why_len);
@@ -788,9 +819,16 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 	const char *why = NULL;
 	u64 blob_phys, len;
 
-	in = kzalloc_obj(*in);
-	if (!in)
-		return -ENOMEM;
+	/*
+	 * Out of memory, the handover is refused like any other: LUO WARNs
+	 * on a failed retrieve (at FINISH), so the object is an empty one.
+	 */
+	in = intel_lu_adopt_alloc(kzalloc_obj(*in));
+	if (!in) {
+		pr_err("handover refused: out of memory; preserved devices stay blocked\n");
+		args->obj = &intel_lu_no_handover;
+		return 0;
+	}
 	args->obj = in;
 	afolio = kho_restore_folio(args->data);
 	if (!afolio) {
@@ -816,7 +854,7 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 	} else if (len > folio_size(bfolio)) {
 		why = "blob longer than its memory";
 	} else {
-		in->blob = kvmalloc(len, GFP_KERNEL);
+		in->blob = intel_lu_adopt_alloc(kvmalloc(len, GFP_KERNEL));
 		if (in->blob)
 			memcpy(in->blob, folio_address(bfolio), len);
 	}
@@ -831,8 +869,10 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 		u32 nv = le32_to_cpu(in->hdr->nr_devices);
 		u32 i;
 
-		in->dom = kvcalloc(nd, sizeof(*in->dom), GFP_KERNEL);
-		in->dev = kvcalloc(nv, sizeof(*in->dev), GFP_KERNEL);
+		in->dom = intel_lu_adopt_alloc(kvcalloc(nd, sizeof(*in->dom),
+							GFP_KERNEL));
+		in->dev = intel_lu_adopt_alloc(kvcalloc(nv, sizeof(*in->dev),
+							GFP_KERNEL));
 		if (!in->dom || !in->dev) {
 			kvfree(in->dom);
 			kvfree(in->dev);
@@ -947,6 +987,7 @@ static bool intel_lu_reserve_did(struct intel_iommu *iommu,
 	if (dom->iommu)
 		return dom->iommu == iommu;
 	if (did < IDA_START_DID || did >= iommu->max_domain_id ||
+	    intel_lu_adopt_fail() ||
 	    ida_alloc_range(&iommu->domain_ida, did, did, GFP_KERNEL) < 0)
 		return false;
 	dom->iommu = iommu;

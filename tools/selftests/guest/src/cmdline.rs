@@ -6,6 +6,8 @@
 //! - `gtest.stage=S`: stage of test `I` that this boot runs (default 1);
 //! - `gtest.kexec_extra=p1,p2`: parameters added to the command line of
 //!   every kexec'd kernel (used to break a stage on purpose);
+//! - `gtest.once=k1,k2`: the parameters with these keys were set by the
+//!   previous stage for this boot only (a kexec drops them);
 //! - `gtest.note=V`: what the previous stage expects the next one to find
 //!   (e.g. a physical address), for checking; never the handed-over state;
 //! - `gtest.bench_files=N`: files the benchmark test creates (N >= 1; set by
@@ -20,6 +22,8 @@ pub struct TestBoot {
     pub next: usize,
     pub stage: u32,
     pub kexec_extra: Vec<String>,
+    /// Keys of the parameters that hold for this boot only.
+    pub once: Vec<String>,
     pub note: Option<String>,
     /// `gtest.bench_files=N` of the benchmark (`tests/bench.rs`).
     pub bench_files: Option<usize>,
@@ -38,6 +42,7 @@ impl TestBoot {
             next: 0,
             stage: 1,
             kexec_extra: Vec::new(),
+            once: Vec::new(),
             note: None,
             bench_files: None,
             lu_bench: None,
@@ -62,6 +67,7 @@ impl TestBoot {
                         .ok_or_else(|| format!("bad gtest.stage value {value:?}"))?
                 }
                 "gtest.kexec_extra" => boot.kexec_extra = split_list(value),
+                "gtest.once" => boot.once = split_list(value),
                 "gtest.note" => boot.note = Some(value.to_owned()),
                 "gtest.lu_bench" => boot.lu_bench = Some(value.to_owned()),
                 "gtest.bench_files" => {
@@ -86,9 +92,18 @@ impl TestBoot {
     }
 
     /// Command line for the kernel that continues with test `next` at
-    /// `stage`: this boot's parameters with the position replaced and the
-    /// `gtest.kexec_extra` parameters appended once.
-    pub fn next_cmdline(&self, next: usize, stage: u32, note: Option<&str>) -> String {
+    /// `stage`: this boot's parameters with the position replaced, this
+    /// boot's one-boot parameters dropped, the `gtest.kexec_extra`
+    /// parameters appended once and `once` (parameters for the next boot
+    /// only) appended.
+    pub fn next_cmdline(
+        &self,
+        next: usize,
+        stage: u32,
+        note: Option<&str>,
+        once: &[String],
+    ) -> String {
+        let key = |t: &str| t.split_once('=').map_or(t, |(k, _)| k).to_owned();
         let mut out: Vec<String> = self
             .tokens
             .iter()
@@ -96,6 +111,8 @@ impl TestBoot {
                 !t.starts_with("gtest.next=")
                     && !t.starts_with("gtest.stage=")
                     && !t.starts_with("gtest.note=")
+                    && !t.starts_with("gtest.once=")
+                    && !self.once.contains(&key(t))
             })
             .cloned()
             .collect();
@@ -103,6 +120,11 @@ impl TestBoot {
             if !out.contains(extra) {
                 out.push(extra.clone());
             }
+        }
+        if !once.is_empty() {
+            out.extend(once.iter().cloned());
+            let keys: Vec<String> = once.iter().map(|t| key(t)).collect();
+            out.push(format!("gtest.once={}", keys.join(",")));
         }
         out.push(format!("gtest.next={next}"));
         out.push(format!("gtest.stage={stage}"));
@@ -150,7 +172,7 @@ mod tests {
         assert_eq!(TestBoot::parse("quiet").unwrap().bench_files, None);
         let b = TestBoot::parse("gtest.run=t gtest.bench_files=100000").unwrap();
         assert_eq!(b.bench_files, Some(100_000));
-        let next = TestBoot::parse(&b.next_cmdline(0, 2, None)).unwrap();
+        let next = TestBoot::parse(&b.next_cmdline(0, 2, None, &[])).unwrap();
         assert_eq!(next.bench_files, Some(100_000));
     }
 
@@ -159,7 +181,7 @@ mod tests {
         let b =
             TestBoot::parse("a=1 gtest.run=t gtest.next=0 gtest.stage=1 gtest.kexec_extra=x=1,y")
                 .unwrap();
-        let next = b.next_cmdline(0, 2, None);
+        let next = b.next_cmdline(0, 2, None, &[]);
         assert_eq!(
             next,
             "a=1 gtest.run=t gtest.kexec_extra=x=1,y x=1 y gtest.next=0 gtest.stage=2"
@@ -167,12 +189,34 @@ mod tests {
         let b2 = TestBoot::parse(&next).unwrap();
         assert_eq!((b2.next, b2.stage), (0, 2));
         assert_eq!(
-            b2.next_cmdline(1, 1, Some("0x100")),
+            b2.next_cmdline(1, 1, Some("0x100"), &[]),
             "a=1 gtest.run=t gtest.kexec_extra=x=1,y x=1 y gtest.next=1 gtest.stage=1 gtest.note=0x100"
         );
         assert_eq!(
             TestBoot::parse("gtest.note=0x100").unwrap().note.as_deref(),
             Some("0x100")
+        );
+    }
+
+    #[test]
+    fn once_parameters_hold_for_one_boot() {
+        let b = TestBoot::parse("a=1 gtest.run=t gtest.kexec_extra=x=1").unwrap();
+        let once = ["f=3,100,0,1".to_owned(), "g".to_owned()];
+        let next = b.next_cmdline(0, 2, None, &once);
+        assert_eq!(
+            next,
+            "a=1 gtest.run=t gtest.kexec_extra=x=1 x=1 f=3,100,0,1 g gtest.once=f,g gtest.next=0 gtest.stage=2"
+        );
+        let b2 = TestBoot::parse(&next).unwrap();
+        assert_eq!(b2.once, ["f", "g"]);
+        assert_eq!(
+            b2.next_cmdline(0, 3, None, &[]),
+            "a=1 gtest.run=t gtest.kexec_extra=x=1 x=1 gtest.next=0 gtest.stage=3"
+        );
+        // A new value replaces the one of this boot.
+        assert_eq!(
+            b2.next_cmdline(0, 3, None, &["f=4,100,0,1".to_owned()]),
+            "a=1 gtest.run=t gtest.kexec_extra=x=1 x=1 f=4,100,0,1 gtest.once=f gtest.next=0 gtest.stage=3"
         );
     }
 }

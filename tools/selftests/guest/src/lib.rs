@@ -11,6 +11,7 @@
 pub mod cmdline;
 pub mod igb;
 pub mod iommu_debugfs;
+pub mod kmemleak;
 pub mod ktap;
 pub mod liveupdate;
 pub mod pattern;

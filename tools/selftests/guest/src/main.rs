@@ -49,6 +49,7 @@ fn run() {
         keep: Vec::new(),
         note_out: None,
         note_in: None,
+        once_out: Vec::new(),
     };
     for (index, name) in boot.run.iter().enumerate().skip(boot.next) {
         let number = index + 1;
@@ -59,6 +60,7 @@ fn run() {
             None
         };
         ctx.note_out = None;
+        ctx.once_out.clear();
         diag(&format!("gtest: start {name} stage {}", ctx.stage));
         let Some(test) = tests::find(name) else {
             line(&format!("not ok {number} {name} # unknown test"));
@@ -70,7 +72,8 @@ fn run() {
             Ok(Outcome::Pass) => line(&format!("ok {number} {name}")),
             Ok(Outcome::Skip(why)) => line(&format!("ok {number} {name} # SKIP {why}")),
             Ok(Outcome::Kexec) => {
-                let next = boot.next_cmdline(index, ctx.stage + 1, ctx.note_out.as_deref());
+                let next =
+                    boot.next_cmdline(index, ctx.stage + 1, ctx.note_out.as_deref(), &ctx.once_out);
                 diag(&format!(
                     "gtest: {name} stage {} done, kexec into stage {}",
                     ctx.stage,

@@ -609,6 +609,7 @@ pub fn abort(_ctx: &mut Ctx) -> TestResult {
         .map_err(|e| format!("truncating the unmapped file: {e}"))?;
     drop(ctl);
     fs::remove_file(p("lu-ctl")).map_err(|e| e.to_string())?;
+    crate::kmemleak::check("after the aborted preservation")?;
     Ok(Outcome::Pass)
 }
 
@@ -670,6 +671,7 @@ pub fn fail_nth_restore(ctx: &mut Ctx) -> TestResult {
             .map_err(|e| format!("fail-nth {n}: {f} cannot shrink (a hold leaked?): {e}"))?;
         fs::remove_file(p(f)).map_err(|e| e.to_string())?;
     }
+    crate::kmemleak::check(&format!("RETRIEVE_FD fail-nth {n}"))?;
     if !consumed {
         diag(&format!(
             "the restore made fewer than {n} allocations; every earlier one failed cleanly"
@@ -677,6 +679,90 @@ pub fn fail_nth_restore(ctx: &mut Ctx) -> TestResult {
         return Ok(Outcome::Pass);
     }
     fail_nth_restore_setup(ctx)
+}
+
+/// Fault injection at boot, where no userspace fail-nth reaches: the
+/// VT-d driver's test-only fault attribute `fail_vtd_lu_adopt=N,100,0,1`,
+/// set for the next boot only, fails the N-th allocation of its handover
+/// retrieve and table adoption, for N = 1, 2, ... (a kexec each). Every
+/// boot: no WARN or BUG; RETRIEVE_FD fails, or gives back a HWPT that
+/// FIND_RESTORED finds; FINISH works; the device, never attached, keeps no
+/// translation; no guestmemfs hold and no kmemleak object is left. The
+/// first N the boot does not reach must restore normally; it ends the test.
+pub fn fail_nth_adopt(ctx: &mut Ctx) -> TestResult {
+    const MAX: u32 = 50;
+    if ctx.stage == 1 {
+        return fail_nth_adopt_setup(ctx, 1);
+    }
+    let n = ctx.stage - 1;
+    let bdf = igb_bdf()?;
+    let log = sys::kernel_log().map_err(|e| e.to_string())?;
+    let injected = log
+        .iter()
+        .any(|l| l.contains("FAULT_INJECTION: forcing a failure"));
+    if let Some(bad) = log
+        .iter()
+        .find(|l| l.contains("WARNING:") || l.contains("BUG:"))
+    {
+        return Err(format!("fail_vtd_lu_adopt {n}: {}", bad.trim()));
+    }
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+    let got = session.retrieve_fd(FD_TOKEN);
+    let restored = match got {
+        Ok(fd) => {
+            let iommufd = iommufd_ioctls::IommuFd::new_from_fd(File::from(fd));
+            crate::vfio::find_restored(&iommufd, HWPT_TOKEN).map_err(|e| {
+                format!("fail_vtd_lu_adopt {n}: RETRIEVE_FD worked, but FIND_RESTORED: {e}")
+            })?;
+            true
+        }
+        Err(e) if !injected => {
+            return Err(format!(
+                "fail_vtd_lu_adopt {n}: no failure was injected, yet RETRIEVE_FD: {e}"
+            ))
+        }
+        Err(_) => false,
+    };
+    session
+        .finish()
+        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH at fail_vtd_lu_adopt {n}: {e}"))?;
+    drop(session);
+    drop(luo);
+    if !iommu_debugfs::read(&bdf)?.is_empty() {
+        return Err(format!(
+            "fail_vtd_lu_adopt {n}: the device still translates after FINISH"
+        ));
+    }
+    mount()?;
+    for f in ["lu-ctl", "lu-data"] {
+        open_rw(f)?.set_len(0).map_err(|e| {
+            format!("fail_vtd_lu_adopt {n}: {f} cannot shrink (a hold leaked?): {e}")
+        })?;
+        fs::remove_file(p(f)).map_err(|e| e.to_string())?;
+    }
+    crate::kmemleak::check(&format!("fail_vtd_lu_adopt {n}"))?;
+    if !injected {
+        if !restored {
+            return Err(format!(
+                "fail_vtd_lu_adopt {n}: nothing injected, nothing restored"
+            ));
+        }
+        diag(&format!(
+            "the boot-time handover made fewer than {n} allocations; every earlier one failed cleanly"
+        ));
+        return Ok(Outcome::Pass);
+    }
+    if n >= MAX {
+        return Err(format!("the adoption still fails at allocation {MAX}"));
+    }
+    fail_nth_adopt_setup(ctx, n + 1)
+}
+
+fn fail_nth_adopt_setup(ctx: &mut Ctx, n: u32) -> TestResult {
+    let outcome = fail_nth_restore_setup(ctx)?;
+    ctx.once_out.push(format!("fail_vtd_lu_adopt={n},100,0,1"));
+    Ok(outcome)
 }
 
 fn fail_nth_restore_setup(ctx: &mut Ctx) -> TestResult {
@@ -818,6 +904,7 @@ pub fn fail_nth_preserve(ctx: &mut Ctx) -> TestResult {
         "preserve: {} allocations failed in turn, each cleanly",
         n - 1
     ));
+    crate::kmemleak::check("after the PRESERVE_FD fault injection")?;
 
     // The freeze, in reboot(KEXEC).
     let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| e.to_string())?;
@@ -838,7 +925,7 @@ pub fn fail_nth_preserve(ctx: &mut Ctx) -> TestResult {
         session
             .preserve_fd(pt.iommufd.as_raw_fd(), FD_TOKEN)
             .map_err(|e| format!("preserve: {e}"))?;
-        let next = boot.next_cmdline(index, 2, Some(&n.to_string()));
+        let next = boot.next_cmdline(index, 2, Some(&n.to_string()), &[]);
         sys::kexec_load_same_kernel(&next).map_err(|e| format!("kexec_file_load: {e}"))?;
         diag(&format!(
             "freeze: reboot(KEXEC) with allocation {n} failing"
@@ -858,6 +945,7 @@ pub fn fail_nth_preserve(ctx: &mut Ctx) -> TestResult {
         drop(session);
         drop(luo);
         check_unpreserved(pt, ctl, &format!("freeze fail-nth {n}"))?;
+        crate::kmemleak::check(&format!("freeze fail-nth {n}"))?;
         n += 1;
     }
 }

@@ -32,6 +32,8 @@ pub struct Ctx {
     pub note_out: Option<String>,
     /// The previous stage's `note_out`.
     pub note_in: Option<String>,
+    /// Set by a stage: kernel parameters for the next boot only.
+    pub once_out: Vec<String>,
 }
 
 /// How a test (stage) ended.
@@ -398,6 +400,12 @@ pub const CATALOG: &[Test] = &[
         summary: "the iommufd is preserved but never retrieved: a host driver (pci-stub) cannot bind the held device (EBUSY); FINISH blocks it; then pci-stub binds and the default domain is attached at bind",
         timeout_s: 400,
         run: igb_kexec::unretrieved,
+    },
+    Test {
+        name: "iommufd_lu_fail_nth_adopt",
+        summary: "fault injection at boot (fail_vtd_lu_adopt=N, next boot only): the N-th allocation of the VT-d handover retrieve and adoption fails, for every N it reaches (a kexec each): no WARN, RETRIEVE_FD fails or restores, FINISH works, no translation, hold or kmemleak object left",
+        timeout_s: 1500,
+        run: igb_kexec::fail_nth_adopt,
     },
     Test {
         name: "iommufd_lu_fail_nth_restore",
