@@ -114,6 +114,14 @@ struct intel_lu_incoming {
 
 static struct intel_lu_incoming *intel_lu_in;
 static bool intel_lu_looked;
+/* The longest blob the record limits allow */
+#define VTD_LU_MAX_LEN							\
+	(sizeof(struct vtd_lu_header) +					\
+	 VTD_LU_MAX_UNITS * sizeof(struct vtd_lu_unit) +		\
+	 VTD_LU_MAX_DOMAINS * sizeof(struct vtd_lu_domain) +		\
+	 VTD_LU_MAX_DEVICES * sizeof(struct vtd_lu_device) +		\
+	 (size_t)VTD_LU_MAX_PAGES * sizeof(__le64))
+
 /* The incoming object when even that cannot be allocated: no handover */
 static struct intel_lu_incoming intel_lu_no_handover;
 
@@ -674,6 +682,13 @@ static int intel_lu_commit(void)
 	intel_lu_anchor->blob_len = cpu_to_le64(len);
 	ret = 0;
 out_free:
+	/* Never a stale blob: the next kernel then finds nothing frozen */
+	if (ret && intel_lu_blob) {
+		kho_unpreserve_free(intel_lu_blob);
+		intel_lu_blob = NULL;
+		intel_lu_anchor->blob_phys = 0;
+		intel_lu_anchor->blob_len = 0;
+	}
 	kvfree(scratch);
 	kvfree(pages);
 	kvfree(vrec);
@@ -851,6 +866,8 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 	bfolio = kho_restore_folio(blob_phys);
 	if (!bfolio) {
 		why = "blob not preserved";
+	} else if (len < sizeof(struct vtd_lu_header) || len > VTD_LU_MAX_LEN) {
+		why = "length out of range";
 	} else if (len > folio_size(bfolio)) {
 		why = "blob longer than its memory";
 	} else {
@@ -890,7 +907,8 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 		pr_err("handover refused: %s; preserved devices stay blocked\n",
 		       why);
 		kvfree(in->blob);
-		in->blob = NULL;
+		/* Nothing may point into the freed copy */
+		*in = (struct intel_lu_incoming){};
 		return 0;
 	}
 	pr_info("handover of %llu bytes: %u unit(s), %u domain(s), %u device(s), %u pages\n",

@@ -13,7 +13,7 @@ use kernel::ffi::{c_char, c_int};
 // Only the VT-d half of the crate (iommufd's `lu_rs.rs` builds the rest).
 #[path = "../liveupdate/format/src/shared/vtd.rs"]
 #[allow(dead_code)]
-mod vtd;
+pub mod vtd;
 
 use vtd::{Device, Domain, Unit, VtdRefusal};
 

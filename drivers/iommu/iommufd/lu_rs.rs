@@ -8,7 +8,6 @@
 use core::fmt::Write;
 use kernel::error::code;
 use kernel::ffi::{c_char, c_int};
-use kernel::prelude::*;
 
 #[path = "../liveupdate/format/src/shared/mod.rs"]
 #[allow(dead_code)]
