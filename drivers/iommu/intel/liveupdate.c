@@ -93,6 +93,7 @@ struct intel_lu_in_domain {
 	void *owner;		/* who restored it (an iommufd context) */
 	bool did_reserved;	/* the DID is still ours, not a domain's */
 	bool dropped;
+	bool tables_freed;	/* never restored, pages given back */
 };
 
 struct intel_lu_in_device {
@@ -1324,6 +1325,36 @@ void intel_lu_release_held(struct device_domain_info *info, bool keep)
 }
 
 /*
+ * A domain that will never be restored: no context entry names its tables
+ * any more (its held devices were blocked, the caches flushed), so its
+ * handed-over pages go back to the page allocator instead of staying
+ * reserved. A page already taken (a restore that failed after taking
+ * some) is not handed over any more and is skipped: its domain keeps it.
+ */
+static void intel_lu_free_tables(struct intel_lu_in_domain *dom)
+{
+	u32 first = le32_to_cpu(dom->rec->first_page);
+	u32 nr = le32_to_cpu(dom->rec->nr_pages);
+	u32 i, freed = 0;
+
+	lockdep_assert_held(&intel_lu_lock);
+	if (dom->tables_freed)
+		return;
+	dom->tables_freed = true;
+	for (i = 0; i < nr; i++) {
+		void *table = iommu_lu_restore_page(
+			le64_to_cpu(intel_lu_in->pages[first + i]), false);
+
+		if (table) {
+			iommu_free_pages(table);
+			freed++;
+		}
+	}
+	pr_info("domain %#llx dropped unrestored: %u of its %u table pages freed\n",
+		le64_to_cpu(dom->rec->token), freed, nr);
+}
+
+/*
  * Blocks the held devices of @dom (NULL: of every domain; with
  * @unrestored, only of domains not restored) and gives back a DID no
  * restored domain took over. Works from the records, so a device removed
@@ -1367,6 +1398,8 @@ static void intel_lu_block_held(struct intel_lu_in_domain *dom,
 				 le16_to_cpu(di->rec->did));
 			di->did_reserved = false;
 		}
+		if (!di->restored)
+			intel_lu_free_tables(di);
 	}
 }
 

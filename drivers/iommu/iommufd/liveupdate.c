@@ -512,7 +512,7 @@ static int iommufd_lu_add_piece(struct iommufd_lu_pieces *ps, u64 iova,
 {
 	struct iommufd_lu_piece *last = ps->nr ? &ps->p[ps->nr - 1] : NULL;
 
-	prot &= IOMMU_READ | IOMMU_WRITE;
+	prot &= IOMMU_READ | IOMMU_WRITE | IOMMU_CACHE;
 	/* Contiguous in IOVA and memory: one piece (4 KiB leaves add up) */
 	if (last && last->iova + last->len == iova &&
 	    last->phys + last->len == phys && last->prot == prot &&
@@ -530,7 +530,7 @@ static int iommufd_lu_add_piece(struct iommufd_lu_pieces *ps, u64 iova,
 		ps->p = p;
 		ps->max = max;
 	}
-	/* The check compares access, not the snoop attribute */
+	/* The check compares access; snooping only of a coherent HWPT */
 	ps->p[ps->nr++] = (struct iommufd_lu_piece) {
 		.iova = iova, .phys = phys, .len = len, .prot = prot,
 	};
@@ -625,8 +625,8 @@ static int iommufd_lu_restore_hwpt(struct iommufd_ctx *ictx,
 	}
 	rc = ops->domain_leaves(domain, iommufd_lu_leaf, &have);
 	if (!rc)
-		rc = iommufd_lu_rs_check(want.p, want.nr, have.p, have.nr, why,
-					 IOMMUFD_LU_WHY);
+		rc = iommufd_lu_rs_check(want.p, want.nr, have.p, have.nr,
+					 h->flags, why, IOMMUFD_LU_WHY);
 	else
 		strscpy(why, "out of memory", IOMMUFD_LU_WHY);
 	if (rc)

@@ -46,6 +46,6 @@ int iommufd_lu_rs_decode(const u8 *buf, size_t len, u32 *nr_hwpts,
 int iommufd_lu_rs_check(const struct iommufd_lu_piece *expected,
 			size_t nr_expected,
 			const struct iommufd_lu_piece *leaves, size_t nr_leaves,
-			char *why, size_t why_len);
+			u32 flags, char *why, size_t why_len);
 
 #endif

@@ -191,9 +191,11 @@ pub unsafe extern "C" fn iommufd_lu_rs_decode(
     0
 }
 
-/// The restore check (`format::check_translation`): `leaves` (a walk of
-/// the adopted table, sorted by IOVA) translate exactly `expected` (every
-/// area's guestmemfs runs, sorted by IOVA) and nothing else.
+/// The restore check of a HWPT record with `flags`
+/// (`format::check_hwpt_translation`): `leaves` (a walk of the adopted
+/// table, sorted by IOVA) translate exactly `expected` (every area's
+/// guestmemfs runs, sorted by IOVA) and nothing else, and snoop if the
+/// HWPT enforces cache coherency.
 ///
 /// # Safety
 ///
@@ -205,13 +207,14 @@ pub unsafe extern "C" fn iommufd_lu_rs_check(
     nr_expected: usize,
     leaves: *const Piece,
     nr_leaves: usize,
+    flags: u32,
     why: *mut c_char,
     why_len: usize,
 ) -> c_int {
     // SAFETY: the caller guarantees both arrays and their lengths; an
     // empty array may come as a null pointer.
     let (e, l) = unsafe { (slice(expected, nr_expected), slice(leaves, nr_leaves)) };
-    match format::check_translation(e.iter().copied(), l.iter().copied()) {
+    match format::check_hwpt_translation(e.iter().copied(), l.iter().copied(), flags) {
         Ok(()) => 0,
         // SAFETY: forwarded from the caller.
         Err(r) => unsafe { report(why, why_len, r) },

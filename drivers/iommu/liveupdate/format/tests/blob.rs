@@ -215,6 +215,40 @@ fn first_difference_inside_a_run() {
     assert!(check(&[p(0, 0x10_0000, u64::MAX), p(u64::MAX, 0, u64::MAX)]).is_err());
 }
 
+/// A cache-coherent HWPT's leaves must all snoop; otherwise snooping is
+/// not compared, access is.
+#[test]
+fn snoop_of_coherent_hwpts() {
+    let p = |iova, prot| Piece {
+        iova,
+        phys: 0x10_0000 + iova,
+        len: PAGE,
+        prot,
+    };
+    let rw = PROT_READ | PROT_WRITE;
+    let want = [p(0, rw | PROT_CACHE), p(PAGE, rw | PROT_CACHE)];
+    let check = |leaves: &[Piece], flags| {
+        check_hwpt_translation(want.iter().copied(), leaves.iter().copied(), flags)
+    };
+    let snooping = [p(0, rw | PROT_CACHE), p(PAGE, rw | PROT_CACHE)];
+    let one_not = [p(0, rw | PROT_CACHE), p(PAGE, rw)];
+    assert_eq!(check(&snooping, HWPT_ENFORCE_CC), Ok(()));
+    assert_eq!(
+        check(&one_not, HWPT_ENFORCE_CC),
+        Err(Refusal::NoSnoop { iova: PAGE })
+    );
+    assert_eq!(check(&one_not, 0), Ok(()));
+    // Access still counts, with or without coherency.
+    assert_eq!(
+        check(&[p(0, rw | PROT_CACHE), p(PAGE, PROT_READ | PROT_CACHE)], 0),
+        Err(Refusal::Mismatch { iova: PAGE })
+    );
+    assert_eq!(
+        Refusal::NoSnoop { iova: PAGE }.to_string(),
+        "IOVA 0x1000 does not snoop in a cache-coherent HWPT"
+    );
+}
+
 /// Every rule has its refusal (fields set with a valid checksum).
 #[test]
 fn each_rule_refused() {

@@ -226,24 +226,26 @@ fn context_present(bdf: &str) -> Result<bool, String> {
     Ok(dump.lines().any(|l| l.starts_with(&format!("{rid}\t"))))
 }
 
-/// Binds `bdf` to pci-stub (a host driver that uses the DMA API's default
-/// domain): the driver core's result.
-fn bind_stub(bdf: &str) -> std::io::Result<()> {
+/// Binds `bdf` to pci-pf-stub: a host driver that, unlike pci-stub and
+/// vfio-pci (`driver_managed_dma`), takes the device's default domain at
+/// bind, as igb or any DMA API user would. The driver core's result.
+fn bind_host_driver(bdf: &str) -> std::io::Result<()> {
     let dev = format!("/sys/bus/pci/devices/{bdf}");
     if let Ok(link) = fs::read_link(format!("{dev}/driver")) {
-        if link.ends_with("pci-stub") {
+        if link.ends_with("pci-pf-stub") {
             return Ok(());
         }
         fs::write(format!("{dev}/driver/unbind"), bdf)?;
     }
-    fs::write(format!("{dev}/driver_override"), "pci-stub")?;
-    fs::write("/sys/bus/pci/drivers/pci-stub/bind", bdf)
+    fs::write(format!("{dev}/driver_override"), "pci-pf-stub")?;
+    fs::write("/sys/bus/pci/drivers/pci-pf-stub/bind", bdf)
 }
 
 /// Nobody retrieves the preserved iommufd: while the device is held, a
-/// host driver cannot bind it (EBUSY); `LIVEUPDATE_SESSION_FINISH` blocks
-/// it; then a host driver binds, and the device gets its default domain
-/// at bind (a present context entry) instead of staying blocked.
+/// host driver (pci-pf-stub) cannot bind it (EBUSY); `LIVEUPDATE_SESSION_FINISH` blocks
+/// it and gives the domain's table pages back; then a host driver binds,
+/// and the device gets its default domain at bind (a present context
+/// entry) instead of staying blocked.
 pub fn unretrieved(ctx: &mut Ctx) -> TestResult {
     if ctx.stage == 1 {
         return preserve(ctx, None);
@@ -252,18 +254,18 @@ pub fn unretrieved(ctx: &mut Ctx) -> TestResult {
     if !context_present(&bdf)? {
         return Err("the held device has no context entry after the kexec".into());
     }
-    match bind_stub(&bdf) {
+    match bind_host_driver(&bdf) {
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
         r => {
             return Err(format!(
-                "pci-stub bind of the held device: {r:?}, expected EBUSY"
+                "host driver (pci-pf-stub) bind of the held device: {r:?}, expected EBUSY"
             ))
         }
     }
     if fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver")).is_ok() {
         return Err("a host driver is bound to the held device".into());
     }
-    diag("stage 2: pci-stub cannot bind the held device (EBUSY)");
+    diag("stage 2: a host driver (pci-pf-stub) cannot bind the held device (EBUSY)");
     let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
     let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
     session
@@ -277,10 +279,25 @@ pub fn unretrieved(ctx: &mut Ctx) -> TestResult {
     {
         return Err("FINISH did not log the unretrieved device as blocked".into());
     }
+    // The never-restored domain's table pages are given back.
+    let freed = log
+        .iter()
+        .find(|l| l.contains("dropped unrestored:"))
+        .ok_or("FINISH did not free the unrestored domain's table pages")?;
+    let counts: Vec<u64> = freed
+        .split_once("dropped unrestored:")
+        .map_or("", |(_, r)| r)
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    if counts.len() != 2 || counts[0] != counts[1] || counts[0] == 0 {
+        return Err(format!("table pages not all freed: {}", freed.trim()));
+    }
+    diag(&format!("stage 2: {}", freed.trim()));
     if context_present(&bdf)? {
         return Err("FINISH left the unretrieved device's context entry".into());
     }
-    bind_stub(&bdf).map_err(|e| format!("pci-stub bind after FINISH: {e}"))?;
+    bind_host_driver(&bdf).map_err(|e| format!("pci-pf-stub bind after FINISH: {e}"))?;
     let present = context_present(&bdf)?;
     let _ = fs::write(format!("/sys/bus/pci/devices/{bdf}/driver/unbind"), &bdf);
     if !present {
@@ -289,7 +306,7 @@ pub fn unretrieved(ctx: &mut Ctx) -> TestResult {
                 .into(),
         );
     }
-    diag("stage 2: FINISH blocked the unretrieved device; pci-stub then bound it and its default domain was attached at bind");
+    diag("stage 2: FINISH blocked the unretrieved device; pci-pf-stub then bound it and its default domain was attached at bind");
     mount()?;
     for f in ["lu-ctl", "lu-data"] {
         fs::remove_file(p(f)).map_err(|e| e.to_string())?;

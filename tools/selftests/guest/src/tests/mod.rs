@@ -397,7 +397,7 @@ pub const CATALOG: &[Test] = &[
     },
     Test {
         name: "iommufd_lu_unretrieved",
-        summary: "the iommufd is preserved but never retrieved: a host driver (pci-stub) cannot bind the held device (EBUSY); FINISH blocks it; then pci-stub binds and the default domain is attached at bind",
+        summary: "the iommufd is preserved but never retrieved: a host driver (pci-pf-stub) cannot bind the held device (EBUSY); FINISH blocks it and frees its table pages; then pci-pf-stub binds and the default domain is attached at bind",
         timeout_s: 400,
         run: igb_kexec::unretrieved,
     },

@@ -93,6 +93,12 @@ pub enum Refusal {
         /// First such IOVA.
         iova: u64,
     },
+    /// A leaf of a cache-coherent HWPT ([`HWPT_ENFORCE_CC`]) at `iova`
+    /// does not snoop: not a table the kernel wrote for it.
+    NoSnoop {
+        /// First such IOVA.
+        iova: u64,
+    },
 }
 
 impl core::fmt::Display for Refusal {
@@ -120,6 +126,9 @@ impl core::fmt::Display for Refusal {
                 write!(f, "IOVA {iova:#x} is mapped but not handed over")
             }
             Refusal::Unmapped { iova } => write!(f, "IOVA {iova:#x} is handed over but not mapped"),
+            Refusal::NoSnoop { iova } => {
+                write!(f, "IOVA {iova:#x} does not snoop in a cache-coherent HWPT")
+            }
         }
     }
 }
@@ -427,6 +436,27 @@ impl<I: Iterator<Item = Piece>> Iterator for Runs<I> {
         }
         Some(run)
     }
+}
+
+/// The restore check of a HWPT with `flags` (`HWPT_*`): every leaf of a
+/// cache-coherent one snoops (`PROT_CACHE`), then [`check_translation`]
+/// of the access bits (`PROT_READ | PROT_WRITE`; whether a leaf of
+/// another HWPT snoops is the domain's choice, not the handover's).
+pub fn check_hwpt_translation(
+    expected: impl Iterator<Item = Piece>,
+    leaves: impl Iterator<Item = Piece> + Clone,
+    flags: u32,
+) -> Result<(), Refusal> {
+    if flags & HWPT_ENFORCE_CC != 0 {
+        if let Some(l) = leaves.clone().find(|l| l.prot & PROT_CACHE == 0) {
+            return Err(Refusal::NoSnoop { iova: l.iova });
+        }
+    }
+    let access = |p: Piece| Piece {
+        prot: p.prot & (PROT_READ | PROT_WRITE),
+        ..p
+    };
+    check_translation(expected.map(access), leaves.map(access))
 }
 
 /// The restore check: a page table's leaves (`leaves`, sorted by IOVA,
