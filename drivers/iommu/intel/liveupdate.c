@@ -200,22 +200,29 @@ seal:
 }
 
 /*
- * Test only: fail_vtd_lu_adopt=<interval>,<probability>,<space>,<times> on
- * the command line (Documentation/fault-injection) fails allocations of
- * the boot-time handover paths, which no userspace fail-nth can reach:
- * "N,100,0,1" fails the N-th.
+ * Test only: intel_iommu.lu_fail_adopt=<interval>,<probability>,<space>,
+ * <times> (Documentation/fault-injection) fails allocations of the
+ * boot-time handover paths, which no userspace fail-nth can reach:
+ * "N,100,0,1" fails the N-th. A parameter, parsed at first use: a __setup
+ * handler would run setup_fault_attr() before the allocators exist (its
+ * prandom_init_once() allocates and queues work).
  */
+static char lu_fail_adopt[32];
+module_param_string(lu_fail_adopt, lu_fail_adopt, sizeof(lu_fail_adopt),
+		    0400);
 static DECLARE_FAULT_ATTR(fail_vtd_lu_adopt);
-
-static int __init fail_vtd_lu_adopt_setup(char *str)
-{
-	return setup_fault_attr(&fail_vtd_lu_adopt, str);
-}
-__setup("fail_vtd_lu_adopt=", fail_vtd_lu_adopt_setup);
 
 static bool intel_lu_adopt_fail(void)
 {
-	return should_fail(&fail_vtd_lu_adopt, 1);
+	static bool parsed;
+
+	if (!parsed) {
+		parsed = true;
+		if (!lu_fail_adopt[0] ||
+		    !setup_fault_attr(&fail_vtd_lu_adopt, lu_fail_adopt))
+			return false;
+	}
+	return lu_fail_adopt[0] && should_fail(&fail_vtd_lu_adopt, 1);
 }
 #else
 static void intel_lu_test_damage(void *blob, size_t len)

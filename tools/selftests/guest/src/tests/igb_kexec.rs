@@ -699,7 +699,7 @@ pub fn fail_nth_restore(ctx: &mut Ctx) -> TestResult {
 }
 
 /// Fault injection at boot, where no userspace fail-nth reaches: the
-/// VT-d driver's test-only fault attribute `fail_vtd_lu_adopt=N,100,0,1`,
+/// VT-d driver's test-only fault attribute `intel_iommu.lu_fail_adopt=N,100,0,1`,
 /// set for the next boot only, fails the N-th allocation of its handover
 /// retrieve and table adoption, for N = 1, 2, ... (a kexec each). Every
 /// boot: no WARN or BUG; RETRIEVE_FD fails, or gives back a HWPT that
@@ -721,7 +721,7 @@ pub fn fail_nth_adopt(ctx: &mut Ctx) -> TestResult {
         .iter()
         .find(|l| l.contains("WARNING:") || l.contains("BUG:"))
     {
-        return Err(format!("fail_vtd_lu_adopt {n}: {}", bad.trim()));
+        return Err(format!("lu_fail_adopt {n}: {}", bad.trim()));
     }
     let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
     let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
@@ -730,39 +730,39 @@ pub fn fail_nth_adopt(ctx: &mut Ctx) -> TestResult {
         Ok(fd) => {
             let iommufd = iommufd_ioctls::IommuFd::new_from_fd(File::from(fd));
             crate::vfio::find_restored(&iommufd, HWPT_TOKEN).map_err(|e| {
-                format!("fail_vtd_lu_adopt {n}: RETRIEVE_FD worked, but FIND_RESTORED: {e}")
+                format!("lu_fail_adopt {n}: RETRIEVE_FD worked, but FIND_RESTORED: {e}")
             })?;
             true
         }
         Err(e) if !injected => {
             return Err(format!(
-                "fail_vtd_lu_adopt {n}: no failure was injected, yet RETRIEVE_FD: {e}"
+                "lu_fail_adopt {n}: no failure was injected, yet RETRIEVE_FD: {e}"
             ))
         }
         Err(_) => false,
     };
     session
         .finish()
-        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH at fail_vtd_lu_adopt {n}: {e}"))?;
+        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH at lu_fail_adopt {n}: {e}"))?;
     drop(session);
     drop(luo);
     if !iommu_debugfs::read(&bdf)?.is_empty() {
         return Err(format!(
-            "fail_vtd_lu_adopt {n}: the device still translates after FINISH"
+            "lu_fail_adopt {n}: the device still translates after FINISH"
         ));
     }
     mount()?;
     for f in ["lu-ctl", "lu-data"] {
-        open_rw(f)?.set_len(0).map_err(|e| {
-            format!("fail_vtd_lu_adopt {n}: {f} cannot shrink (a hold leaked?): {e}")
-        })?;
+        open_rw(f)?
+            .set_len(0)
+            .map_err(|e| format!("lu_fail_adopt {n}: {f} cannot shrink (a hold leaked?): {e}"))?;
         fs::remove_file(p(f)).map_err(|e| e.to_string())?;
     }
-    crate::kmemleak::check(&format!("fail_vtd_lu_adopt {n}"))?;
+    crate::kmemleak::check(&format!("lu_fail_adopt {n}"))?;
     if !injected {
         if !restored {
             return Err(format!(
-                "fail_vtd_lu_adopt {n}: nothing injected, nothing restored"
+                "lu_fail_adopt {n}: nothing injected, nothing restored"
             ));
         }
         diag(&format!(
@@ -778,7 +778,8 @@ pub fn fail_nth_adopt(ctx: &mut Ctx) -> TestResult {
 
 fn fail_nth_adopt_setup(ctx: &mut Ctx, n: u32) -> TestResult {
     let outcome = fail_nth_restore_setup(ctx)?;
-    ctx.once_out.push(format!("fail_vtd_lu_adopt={n},100,0,1"));
+    ctx.once_out
+        .push(format!("intel_iommu.lu_fail_adopt={n},100,0,1"));
     Ok(outcome)
 }
 

@@ -403,7 +403,7 @@ pub const CATALOG: &[Test] = &[
     },
     Test {
         name: "iommufd_lu_fail_nth_adopt",
-        summary: "fault injection at boot (fail_vtd_lu_adopt=N, next boot only): the N-th allocation of the VT-d handover retrieve and adoption fails, for every N it reaches (a kexec each): no WARN, RETRIEVE_FD fails or restores, FINISH works, no translation, hold or kmemleak object left",
+        summary: "fault injection at boot (intel_iommu.lu_fail_adopt=N,100,0,1, next boot only): the N-th allocation of the VT-d handover retrieve and adoption fails, for every N it reaches (a kexec each): no WARN, RETRIEVE_FD fails or restores, FINISH works, no translation, hold or kmemleak object left",
         timeout_s: 1500,
         run: igb_kexec::fail_nth_adopt,
     },
