@@ -192,7 +192,16 @@ pub(super) fn replace_under_dma(
                     list.push((CTL_IOVA + s as u64, data_iova + d, MAX_FRAME));
                 }
                 igb.submit(&list)?;
-                igb.wait(list.len(), |_| MAX_FRAME, Duration::from_secs(30))?;
+                igb.wait(list.len(), |_| MAX_FRAME, Duration::from_secs(30))
+                    .map_err(|e| {
+                        // A DMA that met a blocked entry stalls the ring
+                        let fault = sys::kernel_log()
+                            .ok()
+                            .and_then(|l| l.into_iter().find(|l| l.contains("DMAR: [")));
+                        format!(
+                            "batch {batch} during the replaces: {e}; first DMAR fault: {fault:?}"
+                        )
+                    })?;
                 let d = data.bytes();
                 if let Some(&o) = dsts
                     .iter()
