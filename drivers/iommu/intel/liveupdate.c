@@ -93,7 +93,8 @@ struct intel_lu_in_domain {
 	void *owner;		/* who restored it (an iommufd context) */
 	bool did_reserved;	/* the DID is still ours, not a domain's */
 	bool dropped;
-	bool tables_freed;	/* never restored, pages given back */
+	bool tables_taken;	/* a restore took (some of) its pages */
+	bool tables_done;	/* its pages given back or left reserved */
 };
 
 struct intel_lu_in_device {
@@ -221,6 +222,8 @@ static bool intel_lu_adopt_fail(void)
 		if (!lu_fail_adopt[0] ||
 		    !setup_fault_attr(&fail_vtd_lu_adopt, lu_fail_adopt))
 			return false;
+		/* The message only: a stack dump reads as a kernel bug */
+		fail_vtd_lu_adopt.verbose = 1;
 	}
 	return lu_fail_adopt[0] && should_fail(&fail_vtd_lu_adopt, 1);
 }
@@ -584,9 +587,10 @@ static int intel_lu_commit(void)
 	list_for_each_entry(ldev, &intel_lu_devices, link)
 		nr_devices++;
 	/* Bounds the allocations below; the encoder checks the rest */
+	ret = -E2BIG;
 	if (nr_units > VTD_LU_MAX_UNITS || nr_domains > VTD_LU_MAX_DOMAINS ||
 	    nr_devices > VTD_LU_MAX_DEVICES || nr_pages > VTD_LU_MAX_PAGES)
-		return -E2BIG;
+		goto out_free;
 	len = sizeof(struct vtd_lu_header) +
 	      nr_units * sizeof(struct vtd_lu_unit) +
 	      nr_domains * sizeof(struct vtd_lu_domain) +
@@ -675,6 +679,10 @@ static int intel_lu_commit(void)
 	ret = vtd_lu_encode_rs(blob, len, urec, nr_units, drec, nr_domains,
 			       vrec, nr_devices, pages, nr_pages, scratch,
 			       nr_units + nr_pages, why, sizeof(why));
+	if (ret >= 0 && (size_t)ret != len) {
+		strscpy(why, "encoded length differs", sizeof(why));
+		ret = -EINVAL;
+	}
 	if (ret < 0) {
 		/* What the next kernel would refuse is not handed over */
 		pr_err("handover not written: %s\n", why);
@@ -927,12 +935,21 @@ static int intel_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
 	return 0;
 }
 
+static void intel_lu_block_held(struct intel_lu_in_domain *dom,
+				bool unrestored, bool give_back);
+
 static void intel_lu_flb_finish(struct liveupdate_flb_op_args *args)
 {
 	/*
-	 * The incoming state stays: devices blocked or attached since then
-	 * are looked up in it (intel_lu_probe_device() after a rescan).
+	 * Every file that could restore a domain has finished: block what is
+	 * still held (a domain no file named) and give back the tables of
+	 * every domain not restored. The incoming state stays: devices
+	 * blocked or attached since then are looked up in it
+	 * (intel_lu_probe_device() after a rescan).
 	 */
+	guard(mutex)(&intel_lu_lock);
+	if (intel_lu_in && args->obj == intel_lu_in)
+		intel_lu_block_held(NULL, true, true);
 }
 
 static const struct liveupdate_flb_ops intel_lu_flb_ops = {
@@ -1049,9 +1066,15 @@ bool intel_lu_adopt_unit(struct intel_iommu *iommu, bool *refused)
 
 	*refused = false;
 	if (!intel_lu_in && !intel_lu_looked &&
-	    !liveupdate_flb_get_incoming(&intel_lu_flb, &obj) &&
-	    ((struct intel_lu_incoming *)obj)->blob)
-		intel_lu_in = obj;
+	    !liveupdate_flb_get_incoming(&intel_lu_flb, &obj)) {
+		/*
+		 * Not kept: LUO then finishes the object with the last file
+		 * that uses it (intel_lu_flb_finish()). The object stays.
+		 */
+		liveupdate_flb_put_incoming(&intel_lu_flb);
+		if (((struct intel_lu_incoming *)obj)->blob)
+			intel_lu_in = obj;
+	}
 	intel_lu_looked = true;
 	unit = intel_lu_unit_of(iommu, &index);
 	if (!unit) {
@@ -1331,23 +1354,64 @@ void intel_lu_release_held(struct device_domain_info *info, bool keep)
 		WRITE_ONCE(info->lu_held, false);
 }
 
+static int intel_lu_vet(struct intel_lu_in_domain *dom,
+			struct iommu_domain *domain, void **top,
+			const char **reason);
+
 /*
  * A domain that will never be restored: no context entry names its tables
  * any more (its held devices were blocked, the caches flushed), so its
  * handed-over pages go back to the page allocator instead of staying
- * reserved. A page already taken (a restore that failed after taking
- * some) is not handed over any more and is skipped: its domain keeps it.
+ * reserved. Only pages the table walk vets (listed, reached, each once,
+ * RAM) are taken: a page list that is not the table's may name memory
+ * another KHO user preserved. Pages a restore took belong to its domain.
  */
 static void intel_lu_free_tables(struct intel_lu_in_domain *dom)
 {
 	u32 first = le32_to_cpu(dom->rec->first_page);
 	u32 nr = le32_to_cpu(dom->rec->nr_pages);
-	u32 i, freed = 0;
+	u64 token = le64_to_cpu(dom->rec->token);
+	const char *why = "no device of its unit to vet it with";
+	struct iommu_domain *domain;
+	struct pci_dev *pdev = NULL;
+	u32 i, nv, freed = 0;
+	bool vetted = false;
+	void *top;
 
 	lockdep_assert_held(&intel_lu_lock);
-	if (dom->tables_freed)
+	if (dom->tables_done || dom->tables_taken || dom->restored)
 		return;
-	dom->tables_freed = true;
+	dom->tables_done = true;
+	nv = le32_to_cpu(intel_lu_in->hdr->nr_devices);
+	for (i = 0; i < nv && !pdev; i++) {
+		struct intel_lu_in_device *d = &intel_lu_in->dev[i];
+		struct device_domain_info *info;
+
+		if (intel_lu_in_domain_of(d) != dom || !dom->iommu)
+			continue;
+		pdev = pci_get_domain_bus_and_slot(le16_to_cpu(d->rec->segment),
+						   d->rec->bus, d->rec->devfn);
+		info = pdev ? dev_iommu_priv_get(&pdev->dev) : NULL;
+		if (!info || info->iommu != dom->iommu) {
+			pci_dev_put(pdev);
+			pdev = NULL;
+		}
+	}
+	if (pdev) {
+		/* A scratch domain for the table format; it takes no page */
+		domain = intel_lu_alloc_ss_domain(&pdev->dev);
+		pci_dev_put(pdev);
+		why = "cannot allocate a domain";
+		if (!IS_ERR(domain)) {
+			vetted = !intel_lu_vet(dom, domain, &top, &why);
+			domain->ops->free(domain);
+		}
+	}
+	if (!vetted) {
+		pr_warn("domain %#llx dropped unrestored: its %u table pages stay reserved (%s)\n",
+			token, nr, why);
+		return;
+	}
 	for (i = 0; i < nr; i++) {
 		void *table = iommu_lu_restore_page(
 			le64_to_cpu(intel_lu_in->pages[first + i]), false);
@@ -1358,17 +1422,18 @@ static void intel_lu_free_tables(struct intel_lu_in_domain *dom)
 		}
 	}
 	pr_info("domain %#llx dropped unrestored: %u of its %u table pages freed\n",
-		le64_to_cpu(dom->rec->token), freed, nr);
+		token, freed, nr);
 }
 
 /*
  * Blocks the held devices of @dom (NULL: of every domain; with
  * @unrestored, only of domains not restored) and gives back a DID no
- * restored domain took over. Works from the records, so a device removed
- * or never probed is blocked too.
+ * restored domain took over; with @give_back, also the table pages of
+ * those domains (intel_lu_free_tables()). Works from the records, so a
+ * device removed or never probed is blocked too.
  */
 static void intel_lu_block_held(struct intel_lu_in_domain *dom,
-				bool unrestored)
+				bool unrestored, bool give_back)
 {
 	u32 i, nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
 	u32 nv = le32_to_cpu(intel_lu_in->hdr->nr_devices);
@@ -1405,7 +1470,7 @@ static void intel_lu_block_held(struct intel_lu_in_domain *dom,
 				 le16_to_cpu(di->rec->did));
 			di->did_reserved = false;
 		}
-		if (!di->restored)
+		if (give_back)
 			intel_lu_free_tables(di);
 	}
 }
@@ -1448,14 +1513,62 @@ static const struct pt_iommu_lu_walk_ops intel_lu_vet_ops = {
  * Builds the domain around the vetted tables; on failure *@reason says
  * why and nothing of the handover is consumed. Called with intel_lu_lock.
  */
+/*
+ * Checks that @domain (a new one, for its format) can take @dom's tables:
+ * the format matches, and every table pointer the walk from the top
+ * follows is in @dom's page list, RAM, and reached once, and every listed
+ * page is reached. Reads only; on failure *@reason says why.
+ */
+static int intel_lu_vet(struct intel_lu_in_domain *dom,
+			struct iommu_domain *domain, void **top,
+			const char **reason)
+{
+	struct pt_iommu_vtdss_hw_info pt_info;
+	struct intel_lu_vet v = {};
+	int ret;
+
+	pt_iommu_vtdss_hw_info(&to_dmar_domain(domain)->sspt, &pt_info);
+	*reason = "page-table format differs";
+	if (pt_info.aw != dom->rec->aw ||
+	    !ecap_coherent(dom->iommu->ecap) !=
+	    !!(dom->rec->flags & VTD_LU_DOMAIN_INCOHERENT))
+		return -EINVAL;
+
+	v.pages = intel_lu_in->pages;
+	v.first = le32_to_cpu(dom->rec->first_page);
+	v.nr = le32_to_cpu(dom->rec->nr_pages);
+	*reason = "out of memory";
+	v.seen = bitmap_zalloc(v.nr, GFP_KERNEL);
+	if (!v.seen)
+		return -ENOMEM;
+	ret = -EUCLEAN;
+	*reason = "top table is not RAM";
+	*top = NULL;
+	if (pfn_to_online_page(PHYS_PFN(le64_to_cpu(dom->rec->top_phys)))) {
+		*top = phys_to_virt(le64_to_cpu(dom->rec->top_phys));
+		ret = pt_iommu_vtdss_lu_walk(domain, *top, &intel_lu_vet_ops,
+					     &v);
+		*reason = "page table reaches a page that was not handed over";
+	}
+	bitmap_free(v.seen);
+	if (ret)
+		return ret;
+	*reason = "page list names pages the table does not use";
+	if (v.nr_seen != v.nr)
+		return -EUCLEAN;
+	*reason = NULL;
+	return 0;
+}
+
 static struct iommu_domain *__intel_lu_restore_domain(struct intel_lu_in_domain *dom,
 						      struct device *dev,
 						      const char **reason)
 {
-	struct pt_iommu_vtdss_hw_info pt_info;
+	u32 first = le32_to_cpu(dom->rec->first_page);
+	u32 nr = le32_to_cpu(dom->rec->nr_pages);
+	const __le64 *pages = intel_lu_in->pages;
 	struct dmar_domain *dmar_domain;
 	struct iommu_domain_info *dinfo;
-	struct intel_lu_vet v = {};
 	struct iommu_domain *domain;
 	void *top;
 	u32 i;
@@ -1466,38 +1579,8 @@ static struct iommu_domain *__intel_lu_restore_domain(struct intel_lu_in_domain 
 	if (IS_ERR(domain))
 		return domain;
 	dmar_domain = to_dmar_domain(domain);
-
-	pt_iommu_vtdss_hw_info(&dmar_domain->sspt, &pt_info);
-	ret = -EINVAL;
-	*reason = "page-table format differs";
-	if (pt_info.aw != dom->rec->aw ||
-	    !ecap_coherent(dom->iommu->ecap) !=
-	    !!(dom->rec->flags & VTD_LU_DOMAIN_INCOHERENT))
-		goto err_free;
-
-	v.pages = intel_lu_in->pages;
-	v.first = le32_to_cpu(dom->rec->first_page);
-	v.nr = le32_to_cpu(dom->rec->nr_pages);
-	ret = -ENOMEM;
-	*reason = "out of memory";
-	v.seen = bitmap_zalloc(v.nr, GFP_KERNEL);
-	if (!v.seen)
-		goto err_free;
-	ret = -EUCLEAN;
-	*reason = "top table is not RAM";
-	top = NULL;
-	if (pfn_to_online_page(PHYS_PFN(le64_to_cpu(dom->rec->top_phys)))) {
-		top = phys_to_virt(le64_to_cpu(dom->rec->top_phys));
-		ret = pt_iommu_vtdss_lu_walk(domain, top, &intel_lu_vet_ops,
-					     &v);
-		*reason = "page table reaches a page that was not handed over";
-	}
-	bitmap_free(v.seen);
+	ret = intel_lu_vet(dom, domain, &top, reason);
 	if (ret)
-		goto err_free;
-	*reason = "page list names pages the table does not use";
-	ret = -EUCLEAN;
-	if (v.nr_seen != v.nr)
 		goto err_free;
 
 	dinfo = kzalloc_obj(*dinfo);
@@ -1513,8 +1596,10 @@ static struct iommu_domain *__intel_lu_restore_domain(struct intel_lu_in_domain 
 		kfree(dinfo);
 		goto err_free;
 	}
-	for (i = 0; i < v.nr; i++) {
-		if (!iommu_lu_restore_page(le64_to_cpu(v.pages[v.first + i]),
+	/* From here the pages are this domain's, whatever happens */
+	dom->tables_taken = true;
+	for (i = 0; i < nr; i++) {
+		if (!iommu_lu_restore_page(le64_to_cpu(pages[first + i]),
 					   dom->rec->flags &
 					   VTD_LU_DOMAIN_INCOHERENT)) {
 			/*
@@ -1649,7 +1734,7 @@ void intel_lu_domain_free(struct dmar_domain *dmar_domain)
 
 		if (dom->restored != dmar_domain)
 			continue;
-		intel_lu_block_held(dom, false);
+		intel_lu_block_held(dom, false, false);
 		dom->restored = NULL;
 		dom->dropped = true;
 	}
@@ -1703,7 +1788,12 @@ static int intel_lu_domain_leaves(struct iommu_domain *domain,
 	return pt_iommu_vtdss_lu_walk(domain, NULL, &intel_lu_leaf_ops, &l);
 }
 
-/* @token 0: every domain not restored (a handover nobody can read) */
+/*
+ * @token 0: an iommufd handover nobody can read, so which domains were
+ * its is unknown: block the devices of every domain not restored, and
+ * give nothing back (another file may still restore its domain; the
+ * FLB's finish gives back what is left).
+ */
 static void intel_lu_drop_domain(u64 token)
 {
 	u32 i, nd;
@@ -1712,7 +1802,7 @@ static void intel_lu_drop_domain(u64 token)
 	if (!intel_lu_in)
 		return;
 	if (!token) {
-		intel_lu_block_held(NULL, true);
+		intel_lu_block_held(NULL, true, false);
 		return;
 	}
 	nd = le32_to_cpu(intel_lu_in->hdr->nr_domains);
@@ -1721,7 +1811,7 @@ static void intel_lu_drop_domain(u64 token)
 
 		if (le64_to_cpu(dom->rec->token) != token)
 			continue;
-		intel_lu_block_held(dom, false);
+		intel_lu_block_held(dom, false, !dom->restored);
 		dom->dropped = true;
 	}
 }

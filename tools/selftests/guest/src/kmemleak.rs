@@ -10,12 +10,12 @@ use std::time::Duration;
 const KMEMLEAK: &str = "/sys/kernel/debug/kmemleak";
 /// Functions in a leak's allocation backtrace that make it ours.
 const OURS: &[&str] = &[
-    "iommufd",
+    // iommufd, iommu core and VT-d (intel_iommu_*, pt_iommu_*, iommu_lu_*)
+    "iommu",
     "iopt_",
     "intel_lu",
-    "iommu_lu",
-    "intel_iommu",
-    "domain_attach_iommu",
+    "dmar_",
+    "cache_tag",
     "liveupdate",
     "luo_",
     "kho_",

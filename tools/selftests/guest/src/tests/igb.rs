@@ -146,8 +146,8 @@ pub(super) struct Sink<'a> {
 /// `hwpts[0]` and ends on `hwpts[1]`; both on an IOAS that maps
 /// `CTL_IOVA` to `ctl` and the sink). A replace that passes through a
 /// blocked context entry makes a DMA in flight fault: every frame must
-/// land (and the caller checks that no DMAR fault was logged). Returns
-/// the number of replaces.
+/// land and `dmar.0` may log no DMAR fault after the first `dmar.1`.
+/// Returns the number of replaces.
 pub(super) fn replace_under_dma(
     pt: &Passthrough,
     igb: &mut Igb,
@@ -155,6 +155,7 @@ pub(super) fn replace_under_dma(
     sink: Sink<'_>,
     hwpts: [u32; 2],
     batches: usize,
+    dmar: (&str, usize),
 ) -> Result<usize, String> {
     use std::sync::atomic::{AtomicBool, Ordering};
     let Sink {
@@ -223,6 +224,14 @@ pub(super) fn replace_under_dma(
     // SAFETY: `all` is the set read above.
     unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &all) };
     copied?;
+    std::thread::sleep(Duration::from_millis(300));
+    let faults = dmar_faults(dmar.0)?;
+    if faults.len() > dmar.1 {
+        return Err(format!(
+            "DMA faults during the HWPT replaces: {:?}",
+            &faults[dmar.1..]
+        ));
+    }
     replaced
 }
 
@@ -408,15 +417,8 @@ pub fn igb_dma(_ctx: &mut Ctx) -> TestResult {
         },
         [pt.hwpt_id, other],
         100,
+        (&bdf, faults0),
     )?;
-    std::thread::sleep(Duration::from_millis(300));
-    let faults = dmar_faults(&bdf)?;
-    if faults.len() > faults0 {
-        return Err(format!(
-            "DMA faults during the HWPT replaces: {:?}",
-            &faults[faults0..]
-        ));
-    }
     diag(&format!(
         "{replaces} replaces between HWPTs {} and {other} during 100 DMA batches of {} frames: all landed, no DMAR fault",
         pt.hwpt_id,
