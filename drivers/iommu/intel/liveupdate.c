@@ -1381,6 +1381,7 @@ static void intel_lu_free_tables(struct intel_lu_in_domain *dom)
 	lockdep_assert_held(&intel_lu_lock);
 	if (dom->tables_done || dom->tables_taken || dom->restored)
 		return;
+	/* Once: a failed vet (even out of memory) leaves them reserved */
 	dom->tables_done = true;
 	nv = le32_to_cpu(intel_lu_in->hdr->nr_devices);
 	for (i = 0; i < nv && !pdev; i++) {
@@ -1400,12 +1401,12 @@ static void intel_lu_free_tables(struct intel_lu_in_domain *dom)
 	if (pdev) {
 		/* A scratch domain for the table format; it takes no page */
 		domain = intel_lu_alloc_ss_domain(&pdev->dev);
-		pci_dev_put(pdev);
 		why = "cannot allocate a domain";
 		if (!IS_ERR(domain)) {
 			vetted = !intel_lu_vet(dom, domain, &top, &why);
 			domain->ops->free(domain);
 		}
+		pci_dev_put(pdev);
 	}
 	if (!vetted) {
 		pr_warn("domain %#llx dropped unrestored: its %u table pages stay reserved (%s)\n",
@@ -1497,6 +1498,7 @@ static int intel_lu_vet_table(void *arg, phys_addr_t table)
 	if (!pfn_to_online_page(PHYS_PFN(table)))
 		return -EUCLEAN;
 	i = at - &v->pages[v->first];
+	cond_resched();
 	/* A table reached twice would be freed twice */
 	if (test_and_set_bit(i, v->seen))
 		return -ELOOP;
@@ -1509,10 +1511,6 @@ static const struct pt_iommu_lu_walk_ops intel_lu_vet_ops = {
 	.leaf = intel_lu_skip_leaf,
 };
 
-/*
- * Builds the domain around the vetted tables; on failure *@reason says
- * why and nothing of the handover is consumed. Called with intel_lu_lock.
- */
 /*
  * Checks that @domain (a new one, for its format) can take @dom's tables:
  * the format matches, and every table pointer the walk from the top
@@ -1560,6 +1558,10 @@ static int intel_lu_vet(struct intel_lu_in_domain *dom,
 	return 0;
 }
 
+/*
+ * Builds the domain around the vetted tables; on failure *@reason says
+ * why and nothing of the handover is consumed. Called with intel_lu_lock.
+ */
 static struct iommu_domain *__intel_lu_restore_domain(struct intel_lu_in_domain *dom,
 						      struct device *dev,
 						      const char **reason)

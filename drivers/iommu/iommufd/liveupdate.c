@@ -871,10 +871,15 @@ int iommufd_lu_init(void)
 	rc = liveupdate_register_file_handler(&iommufd_lu_handler);
 	if (rc)
 		return rc == -EOPNOTSUPP ? 0 : rc;
-	rc = liveupdate_register_flb(&iommufd_lu_handler, flb);
+	/*
+	 * LUO finishes a handler's FLBs in reverse order: the driver's (which
+	 * blocks every device still held) before the files' (which lets
+	 * guestmemfs free what no hold keeps).
+	 */
+	rc = liveupdate_register_flb(&iommufd_lu_handler,
+				     &iommufd_lu_files_flb);
 	if (!rc)
-		rc = liveupdate_register_flb(&iommufd_lu_handler,
-					     &iommufd_lu_files_flb);
+		rc = liveupdate_register_flb(&iommufd_lu_handler, flb);
 	if (rc)
 		liveupdate_unregister_file_handler(&iommufd_lu_handler);
 	return rc;
