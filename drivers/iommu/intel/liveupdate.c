@@ -1494,8 +1494,11 @@ static int intel_lu_vet_table(void *arg, phys_addr_t table)
 		     cmp_phys);
 	if (!at)
 		return -EUCLEAN;
-	/* Listed is not enough to be read: it must be RAM */
-	if (!pfn_to_online_page(PHYS_PFN(table)))
+	/*
+	 * Listed is not enough to be read: it must be a page the previous
+	 * kernel preserved (so RAM, mapped, and nobody else's here)
+	 */
+	if (!kho_page_preserved(table, 0))
 		return -EUCLEAN;
 	i = at - &v->pages[v->first];
 	cond_resched();
@@ -1540,9 +1543,9 @@ static int intel_lu_vet(struct intel_lu_in_domain *dom,
 	if (!v.seen)
 		return -ENOMEM;
 	ret = -EUCLEAN;
-	*reason = "top table is not RAM";
+	*reason = "top table was not preserved";
 	*top = NULL;
-	if (pfn_to_online_page(PHYS_PFN(le64_to_cpu(dom->rec->top_phys)))) {
+	if (kho_page_preserved(le64_to_cpu(dom->rec->top_phys), 0)) {
 		*top = phys_to_virt(le64_to_cpu(dom->rec->top_phys));
 		ret = pt_iommu_vtdss_lu_walk(domain, *top, &intel_lu_vet_ops,
 					     &v);
