@@ -409,8 +409,8 @@ pub const CATALOG: &[Test] = &[
     },
     Test {
         name: "iommufd_lu_fail_nth_restore",
-        summary: "fail_nth over RETRIEVE_FD: the n-th allocation of the restore fails, for every n it reaches (a kexec each): clean refusal, device blocked after FINISH, no guestmemfs hold left",
-        timeout_s: 1500,
+        summary: "fail_nth over RETRIEVE_FD: the n-th allocation of the restore fails, for every n it reaches (a kexec each): clean refusal, device blocked after FINISH, no guestmemfs hold, kmemleak object or kernel warning left (about 72 rounds with kmemleak on)",
+        timeout_s: 2700,
         run: igb_kexec::fail_nth_restore,
     },
     Test {
