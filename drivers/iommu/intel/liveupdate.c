@@ -947,9 +947,16 @@ static void intel_lu_flb_finish(struct liveupdate_flb_op_args *args)
 	 * blocked or attached since then are looked up in it
 	 * (intel_lu_probe_device() after a rescan).
 	 */
+	struct intel_lu_incoming *in = args->obj;
+
 	guard(mutex)(&intel_lu_lock);
-	if (intel_lu_in && args->obj == intel_lu_in)
+	if (intel_lu_in && in == intel_lu_in) {
 		intel_lu_block_held(NULL, true, true);
+		return;
+	}
+	/* A refused handover: LUO drops its pointer, nothing else has one */
+	if (in != &intel_lu_no_handover)
+		kfree(in);
 }
 
 static const struct liveupdate_flb_ops intel_lu_flb_ops = {

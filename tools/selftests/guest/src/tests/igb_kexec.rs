@@ -19,7 +19,7 @@ use super::{Ctx, Outcome, TestResult};
 use crate::igb::{Igb, MAX_FRAME};
 use crate::iommu_debugfs::{self, Leaf};
 use crate::ktap::diag;
-use crate::liveupdate::LiveUpdate;
+use crate::liveupdate::{LiveUpdate, Session};
 use crate::sys;
 use crate::vfio::{bind_vfio_pci, Passthrough};
 use std::fs::{self, File, OpenOptions};
@@ -675,26 +675,13 @@ pub fn fail_nth_restore(ctx: &mut Ctx) -> TestResult {
         }
         Err(_) => {}
     }
-    session
-        .finish()
-        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH at fail-nth {n}: {e}"))?;
-    // /dev/liveupdate has one opener: the next preservation needs it
-    drop(session);
-    drop(luo);
-    if !iommu_debugfs::read(&bdf)?.is_empty() && consumed {
-        return Err(format!(
-            "fail-nth {n}: the device still translates after FINISH"
-        ));
-    }
-    mount()?;
-    for f in ["lu-ctl", "lu-data"] {
-        open_rw(f)?
-            .set_len(0)
-            .map_err(|e| format!("fail-nth {n}: {f} cannot shrink (a hold leaked?): {e}"))?;
-        fs::remove_file(p(f)).map_err(|e| e.to_string())?;
-    }
-    crate::kmemleak::check(&format!("RETRIEVE_FD fail-nth {n}"))?;
-    no_kernel_trouble(&format!("RETRIEVE_FD fail-nth {n}"))?;
+    end_fail_round(
+        session,
+        luo,
+        &bdf,
+        &format!("RETRIEVE_FD fail-nth {n}"),
+        consumed,
+    )?;
     if !consumed {
         diag(&format!(
             "the restore made fewer than {n} allocations; every earlier one failed cleanly"
@@ -741,25 +728,7 @@ pub fn fail_nth_adopt(ctx: &mut Ctx) -> TestResult {
         }
         Err(_) => false,
     };
-    session
-        .finish()
-        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH at lu_fail_adopt {n}: {e}"))?;
-    drop(session);
-    drop(luo);
-    if !iommu_debugfs::read(&bdf)?.is_empty() {
-        return Err(format!(
-            "lu_fail_adopt {n}: the device still translates after FINISH"
-        ));
-    }
-    mount()?;
-    for f in ["lu-ctl", "lu-data"] {
-        open_rw(f)?
-            .set_len(0)
-            .map_err(|e| format!("lu_fail_adopt {n}: {f} cannot shrink (a hold leaked?): {e}"))?;
-        fs::remove_file(p(f)).map_err(|e| e.to_string())?;
-    }
-    crate::kmemleak::check(&format!("lu_fail_adopt {n}"))?;
-    no_kernel_trouble(&format!("lu_fail_adopt {n}"))?;
+    end_fail_round(session, luo, &bdf, &format!("lu_fail_adopt {n}"), true)?;
     if !injected {
         if !restored {
             return Err(format!(
@@ -782,6 +751,36 @@ fn fail_nth_adopt_setup(ctx: &mut Ctx, n: u32) -> TestResult {
     ctx.once_out
         .push(format!("intel_iommu.lu_fail_adopt={n},100,0,1"));
     Ok(outcome)
+}
+
+/// The end of a fault-injection round after a kexec: `FINISH` works and,
+/// if `blocked`, leaves the device no translation; the mapped files shrink
+/// (no hold leaked); no kmemleak object and no kernel warning is left.
+fn end_fail_round(
+    session: Session,
+    luo: LiveUpdate,
+    bdf: &str,
+    what: &str,
+    blocked: bool,
+) -> Result<(), String> {
+    session
+        .finish()
+        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH at {what}: {e}"))?;
+    // /dev/liveupdate has one opener: the next preservation needs it
+    drop(session);
+    drop(luo);
+    if blocked && !iommu_debugfs::read(bdf)?.is_empty() {
+        return Err(format!("{what}: the device still translates after FINISH"));
+    }
+    mount()?;
+    for f in ["lu-ctl", "lu-data"] {
+        open_rw(f)?
+            .set_len(0)
+            .map_err(|e| format!("{what}: {f} cannot shrink (a hold leaked?): {e}"))?;
+        fs::remove_file(p(f)).map_err(|e| e.to_string())?;
+    }
+    crate::kmemleak::check(what)?;
+    no_kernel_trouble(what)
 }
 
 fn fail_nth_restore_setup(ctx: &mut Ctx) -> TestResult {
