@@ -573,6 +573,7 @@ fn refused(ctx: &mut Ctx, reason: &str) -> TestResult {
     let b = dsts(B_OFF);
     dma(&mut igb, &mut ctl_map, seed_b, &b)?;
     check(&mut data_map, seed_b, &b, "DMA after the refusal")?;
+    crate::kmemleak::check("after the refusal")?;
     no_kernel_trouble("after the refusal")?;
     drop(igb);
     drop(pt);
