@@ -33,6 +33,8 @@ typedef int (*iommu_lu_leaf_fn)(void *arg, u64 iova, u64 phys, u64 len,
  * @freeze_device: record that @dev translates through the preserved
  *	@domain, so that its context stays live across the kexec
  * @unfreeze_device: undo @freeze_device
+ * @device_frozen: has @freeze_device succeeded for @dev (and not been
+ *	undone)
  * @commit: write what is preserved and frozen into the handover
  * @restore_domain: incoming: build a domain around the tables preserved
  *	under @token, vetted against the handover; on failure *@reason says
@@ -50,6 +52,7 @@ struct iommu_lu_ops {
 	void (*unpreserve_domain)(struct iommu_domain *domain);
 	int (*freeze_device)(struct device *dev, struct iommu_domain *domain);
 	void (*unfreeze_device)(struct device *dev);
+	bool (*device_frozen)(struct device *dev);
 	int (*commit)(void);
 	struct iommu_domain *(*restore_domain)(u64 token, void *owner,
 					       const char **reason);
@@ -62,11 +65,23 @@ struct iommu_lu_ops {
 void iommu_lu_register(const struct iommu_lu_ops *ops,
 		       struct liveupdate_flb *flb);
 const struct iommu_lu_ops *iommu_lu_get_ops(struct liveupdate_flb **flb);
+bool iommu_lu_device_frozen(struct device *dev);
+bool iommu_lu_device_held(struct device *dev, void *owner);
 #else
 static inline const struct iommu_lu_ops *
 iommu_lu_get_ops(struct liveupdate_flb **flb)
 {
 	return NULL;
+}
+
+static inline bool iommu_lu_device_frozen(struct device *dev)
+{
+	return false;
+}
+
+static inline bool iommu_lu_device_held(struct device *dev, void *owner)
+{
+	return false;
 }
 #endif
 

@@ -533,6 +533,7 @@ mod tests {
             timed_out: timed_out.map(str::to_owned),
             done: result.is_some(),
             log: "vm.log".into(),
+            streams: Vec::new(),
         }
     }
 

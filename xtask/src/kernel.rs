@@ -577,6 +577,21 @@ const NEW_FILE_COMMITS: &[(&str, &str, &str)] = &[
          (lu_rs.rs). Built by a later patch.",
     ),
     (
+        "include/linux/kho/abi/vfio",
+        "kho: add the vfio-pci live update ABI header",
+        "The handover of vfio-pci functions kept running through a kexec: the\n\
+         file's serialized data and the page that lists the functions for\n\
+         the next kernel, documented field by field. Used by a later patch.",
+    ),
+    (
+        "drivers/vfio/",
+        "vfio/pci: add the live update handler",
+        "The LUO handler for vfio-pci cdev files that keeps the function\n\
+         running: preserve, freeze (refused with interrupts on or the\n\
+         translation not frozen), the next kernel's claim, retrieve and\n\
+         finish. Built and hooked into vfio-pci by a later patch.",
+    ),
+    (
         "tools/testing/",
         "selftests/iommu: add iommufd_guestmemfs",
         "kselftest-harness tests of IOMMU_IOAS_MAP_FILE on guestmemfs files, on\n\

@@ -39,7 +39,7 @@ pub enum Line {
 /// `line` without a kernel message glued to its end: the console thread
 /// prints asynchronously, so `[    0.89] guestmemfs: ...` can land on
 /// the line a test is writing.
-fn without_printk(line: &str) -> &str {
+pub fn without_printk(line: &str) -> &str {
     let mut from = 1;
     while let Some(i) = line.get(from..).and_then(|r| r.find('[')).map(|i| i + from) {
         let stamp = line[i + 1..].trim_start_matches(' ');

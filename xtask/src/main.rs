@@ -9,6 +9,7 @@ mod image;
 mod kernel;
 mod ktap;
 mod setup;
+mod stream;
 mod suites;
 mod util;
 mod vm;

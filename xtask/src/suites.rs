@@ -3,9 +3,11 @@
 //! parameters, and whether they must pass or must fail (negative checks
 //! that prove a test can fail when its condition is broken).
 
+use crate::stream;
 use crate::util::{Paths, Result};
 use crate::vm::{self, Echo, VmRun, BASE_CMDLINE};
 use gmfs_guest::tests::CATALOG;
+use std::path::Path;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Expect {
@@ -83,6 +85,20 @@ pub const SUITES: &[Suite] = &[
             "iommufd_lu_refuse_guestmemfs",
             "iommufd_lu_unretrieved",
             "iommufd_lu_fail_nth_restore",
+        ],
+        add: &["guestmemfs=2G", "kmemleak=on"],
+        remove: &[],
+        memory: None,
+        expect: Expect::Pass,
+    },
+    Suite {
+        name: "vfio_lu",
+        about: "guestmemfs=2G, kmemleak: a NIC keeps receiving a UDP stream into guestmemfs through a live update (VFIO cdev + iommufd preserved, no reset); refusals",
+        tests: &[
+            "vfio_lu_stream",
+            "vfio_lu_unretrieved",
+            "vfio_lu_refuse_version",
+            "vfio_lu_refuse_device",
         ],
         add: &["guestmemfs=2G", "kmemleak=on"],
         remove: &[],
@@ -431,6 +447,7 @@ pub fn run_suite_vm(p: &Paths, suite: &Suite, echo: Echo) -> Result<vm::VmOutcom
         cmdline,
         echo,
         memory: suite.memory,
+        trace_rx: suite.tests.iter().any(|t| stream::STREAM_TESTS.contains(t)),
     };
     if echo != Echo::Human {
         println!("xtask: VM {}: {}", suite.name, suite.about);
@@ -503,6 +520,7 @@ pub fn report(suite: &Suite, outcome: &vm::VmOutcome, echo: Echo, tally: &mut Ta
             }
         }
     }
+    failed_here |= report_streams(suite, outcome, echo, tally);
     if failed_here || outcome.timed_out.is_some() {
         if let Some(why) = &outcome.timed_out {
             eprintln!("xtask: VM {} killed: {why}", suite.name);
@@ -516,6 +534,76 @@ pub fn report(suite: &Suite, outcome: &vm::VmOutcome, echo: Echo, tally: &mut Ta
             eprintln!("  | {l}");
         }
     }
+}
+
+/// Adds one `<test>.host_stream` result per UDP stream of the VM (the
+/// checks of [`stream::check`]) and writes its timeline, as text and SVG,
+/// next to the serial log. True if one failed.
+fn report_streams(suite: &Suite, outcome: &vm::VmOutcome, echo: Echo, tally: &mut Tally) -> bool {
+    let dir = outcome.log.parent().unwrap_or(Path::new("."));
+    let mut failed = false;
+    for (i, r) in outcome.streams.iter().enumerate() {
+        // Tests that cut their stream on purpose (a device left quiet) have
+        // nothing for the host to check.
+        if !stream::STREAM_TESTS.contains(&r.test.as_str()) {
+            continue;
+        }
+        let test = if r.test.is_empty() {
+            "unknown"
+        } else {
+            &r.test
+        };
+        // Several streams of one test get numbered names.
+        let of_test = |s: &[stream::StreamReport]| s.iter().filter(|o| o.test == r.test).count();
+        let nth = match of_test(&outcome.streams) {
+            1 => String::new(),
+            _ => format!("-{}", of_test(&outcome.streams[..i]) + 1),
+        };
+        let name = format!("{test}.host_stream{nth}");
+        let checks = stream::check(r);
+        let timeline = stream::timeline(r);
+        let check_lines: Vec<String> = checks
+            .iter()
+            .map(|(what, res)| match res {
+                Ok(detail) => format!("PASS {what}: {detail}"),
+                Err(why) => format!("FAIL {what}: {why}"),
+            })
+            .collect();
+        let txt = dir.join(format!("{test}{nth}-timeline.txt"));
+        let svg = dir.join(format!("{test}{nth}-timeline.svg"));
+        let text = format!("{}\n\n{}\n", timeline.join("\n"), check_lines.join("\n"));
+        let written = std::fs::write(&txt, text)
+            .map_err(|e| format!("write {}: {e}", txt.display()))
+            .and_then(|()| stream::write_svg(r, &svg));
+        if let Err(e) = written {
+            eprintln!("xtask: {e}");
+        }
+        let ok = checks.iter().all(|c| c.1.is_ok());
+        let status = if ok { "PASS" } else { "FAIL" };
+        match echo {
+            Echo::Human => println!("  => {status} {name}"),
+            _ => println!("  {}: {status} {name}", suite.name),
+        }
+        for l in &check_lines {
+            println!("    {l}");
+        }
+        println!("    timeline: {} {}", txt.display(), svg.display());
+        if ok {
+            tally.pass();
+        } else {
+            let why: Vec<String> = checks
+                .iter()
+                .filter_map(|(what, res)| res.as_ref().err().map(|e| format!("{what}: {e}")))
+                .collect();
+            tally.fail(format!("{}/{name}: {}", suite.name, why.join("; ")));
+            eprintln!("xtask: timeline of {}/{name}:", suite.name);
+            for l in &timeline {
+                eprintln!("  {l}");
+            }
+            failed = true;
+        }
+    }
+    failed
 }
 
 #[cfg(test)]

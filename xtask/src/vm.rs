@@ -3,11 +3,12 @@
 //! captured to a log, KTAP read live, per-test timeouts.
 
 use crate::ktap::{classify, Line, TestLine};
+use crate::stream::{self, StreamReport};
 use crate::util::{Paths, Result};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::net::UdpSocket;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -54,6 +55,9 @@ pub struct VmRun {
     pub echo: Echo,
     /// Guest memory in QEMU's size syntax; `None`: [`DEFAULT_MEMORY`].
     pub memory: Option<&'static str>,
+    /// Trace the igb's writes of received frames (one line per frame) to
+    /// `vm-<name>.trace`, for the device write times of UDP streams.
+    pub trace_rx: bool,
 }
 
 pub struct VmOutcome {
@@ -65,6 +69,8 @@ pub struct VmOutcome {
     /// `# gtest: done` seen: the guest finished its list.
     pub done: bool,
     pub log: PathBuf,
+    /// The UDP streams the guest asked for (`# stream: start`), in order.
+    pub streams: Vec<StreamReport>,
 }
 
 /// The igb NIC's backend: QEMU sends the NIC's frames as UDP datagrams to
@@ -93,8 +99,18 @@ impl NetBackend {
         ))
     }
 
+    /// The same sockets, for another thread.
+    pub fn try_clone(&self) -> Result<Self> {
+        Ok(NetBackend {
+            host: self
+                .host
+                .try_clone()
+                .map_err(|e| format!("clone the UDP socket: {e}"))?,
+            qemu_port: self.qemu_port,
+        })
+    }
+
     /// Delivers one Ethernet frame to the guest's igb NIC.
-    #[allow(dead_code)] // The packet-streaming tests of the VFIO issues feed it.
     pub fn send_frame(&self, frame: &[u8]) -> Result<()> {
         self.host
             .send_to(frame, ("127.0.0.1", self.qemu_port))
@@ -135,6 +151,26 @@ fn memory_args(memory: Option<&str>) -> Vec<String> {
     }
 }
 
+/// Where QEMU writes the igb receive trace of `run`.
+fn trace_path(p: &Paths, run: &VmRun) -> PathBuf {
+    p.log(&format!("vm-{}.trace", run.name))
+}
+
+/// QEMU options that log each frame igb writes to (or drops from) the
+/// guest's RX ring to `file`, with wall-clock times: the `log` trace
+/// backend prefixes `<tid>@<sec>.<usec>:` only with `-msg timestamp=on`.
+/// Every `-trace` names the file: one without `file=` resets it.
+fn trace_args(file: &Path) -> Vec<String> {
+    // QEMU option values double their commas.
+    let file = file.display().to_string().replace(',', ",,");
+    let mut args = vec!["-msg".to_owned(), "timestamp=on".to_owned()];
+    for event in [stream::TRACE_WRITTEN, stream::TRACE_NOT_WRITTEN] {
+        args.push("-trace".into());
+        args.push(format!("enable={event},file={file}"));
+    }
+    args
+}
+
 fn qemu_command(p: &Paths, run: &VmRun, net: &NetBackend) -> Result<Command> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args([
@@ -172,10 +208,15 @@ fn qemu_command(p: &Paths, run: &VmRun, net: &NetBackend) -> Result<Command> {
     .arg(p.initramfs())
     .arg("-append")
     .arg(run.cmdline.join(" "));
+    if run.trace_rx {
+        cmd.args(trace_args(&trace_path(p, run)));
+    }
     Ok(cmd)
 }
 
-fn spawn_reader(child: &mut Child, log: File) -> mpsc::Receiver<String> {
+/// Console lines with their host arrival time (CLOCK_REALTIME ns), taken
+/// as soon as read: the stream analysis compares them with frame sends.
+fn spawn_reader(child: &mut Child, log: File) -> mpsc::Receiver<(u64, String)> {
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -187,9 +228,10 @@ fn spawn_reader(child: &mut Child, log: File) -> mpsc::Receiver<String> {
             match reader.read_until(b'\n', &mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {
+                    let t_ns = stream::realtime_ns();
                     let _ = log.write_all(&buf);
                     let line = String::from_utf8_lossy(&buf).trim_end().to_owned();
-                    if tx.send(line).is_err() {
+                    if tx.send((t_ns, line)).is_err() {
                         break;
                     }
                 }
@@ -229,6 +271,10 @@ pub fn run(p: &Paths, run: &VmRun) -> Result<VmOutcome> {
     let stderr_path = p.log(&format!("vm-{}.qemu-stderr.log", run.name));
     let stderr = File::create(&stderr_path).map_err(|e| e.to_string())?;
     let net = NetBackend::new()?;
+    let mut streams = stream::Monitor::new(&net)?;
+    let trace = trace_path(p, run);
+    // A stale trace would lend an earlier run's write times.
+    let _ = std::fs::remove_file(&trace);
     let mut child = qemu_command(p, run, &net)?
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -249,6 +295,7 @@ pub fn run(p: &Paths, run: &VmRun) -> Result<VmOutcome> {
         timed_out: None,
         done: false,
         log: log_path,
+        streams: Vec::new(),
     };
     let mut current: Option<String> = None;
     let mut deadline = Instant::now() + BOOT_BUDGET;
@@ -270,7 +317,8 @@ pub fn run(p: &Paths, run: &VmRun) -> Result<VmOutcome> {
             break;
         }
         match rx.recv_timeout((deadline - now).min(Duration::from_secs(1))) {
-            Ok(raw) => {
+            Ok((t_ns, raw)) => {
+                streams.line(t_ns, &raw);
                 let line = classify(&raw);
                 echo_line(run.echo, &run.name, &raw, &line);
                 match &line {
@@ -297,7 +345,17 @@ pub fn run(p: &Paths, run: &VmRun) -> Result<VmOutcome> {
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
+    // Stop sending before QEMU's port goes away.
+    outcome.streams = streams.finish();
     let status = child.wait().map_err(|e| e.to_string())?;
+    if run.trace_rx && !outcome.streams.is_empty() {
+        // Read once QEMU exited: its log is flushed then.
+        let events = stream::read_trace(&trace).unwrap_or_else(|e| {
+            eprintln!("xtask: no device write times: {e}");
+            Vec::new()
+        });
+        stream::attach_device_writes(&mut outcome.streams, &events);
+    }
     if outcome.ktap.is_empty() && !status.success() && outcome.timed_out.is_none() {
         let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
         return Err(format!(
@@ -337,6 +395,21 @@ mod tests {
                 "memory-backend=m0",
                 "-m",
                 "520G"
+            ]
+        );
+    }
+
+    #[test]
+    fn trace_options() {
+        assert_eq!(
+            trace_args(Path::new("/l,ogs/vm-x.trace")),
+            [
+                "-msg",
+                "timestamp=on",
+                "-trace",
+                "enable=e1000e_rx_written_to_guest,file=/l,,ogs/vm-x.trace",
+                "-trace",
+                "enable=e1000e_rx_not_written_to_guest,file=/l,,ogs/vm-x.trace"
             ]
         );
     }

@@ -533,6 +533,21 @@ static int intel_lu_freeze_device(struct device *dev,
 	return 0;
 }
 
+static bool intel_lu_device_frozen(struct device *dev)
+{
+	struct device_domain_info *info = dev_iommu_priv_get(dev);
+	struct intel_lu_device *ldev;
+
+	if (!info)
+		return false;
+	guard(mutex)(&intel_lu_lock);
+	list_for_each_entry(ldev, &intel_lu_devices, link)
+		if (ldev->iommu == info->iommu && ldev->bus == info->bus &&
+		    ldev->devfn == info->devfn)
+			return true;
+	return false;
+}
+
 static void intel_lu_unfreeze_device(struct device *dev)
 {
 	struct device_domain_info *info = dev_iommu_priv_get(dev);
@@ -1833,6 +1848,7 @@ static const struct iommu_lu_ops intel_lu_ops = {
 	.unpreserve_domain = intel_lu_unpreserve_domain,
 	.freeze_device = intel_lu_freeze_device,
 	.unfreeze_device = intel_lu_unfreeze_device,
+	.device_frozen = intel_lu_device_frozen,
 	.commit = intel_lu_commit,
 	.restore_domain = intel_lu_restore_domain,
 	.domain_leaves = intel_lu_domain_leaves,

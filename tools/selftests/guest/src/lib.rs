@@ -10,11 +10,13 @@
 
 pub mod cmdline;
 pub mod igb;
+pub mod igb_rx;
 pub mod iommu_debugfs;
 pub mod kmemleak;
 pub mod ktap;
 pub mod liveupdate;
 pub mod pattern;
+pub mod stream;
 pub mod sys;
 pub mod tests;
 pub mod vfio;

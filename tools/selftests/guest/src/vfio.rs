@@ -240,6 +240,37 @@ impl Passthrough {
         ))
     }
 
+    /// After a live update that kept the device running: the iommufd and
+    /// the device's cdev retrieved from LUO. Binding the cdev adopts the
+    /// running device (no reset); it is attached to the HWPT restored from
+    /// `token`. Returns the restored IOAS's id too.
+    pub fn retrieved(cdev: File, iommufd: File, token: u64) -> Result<(Passthrough, u32), String> {
+        let iommufd = Arc::new(IommuFd::new_from_fd(iommufd));
+        let found = find_restored(&iommufd, token)
+            .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_FIND_RESTORED {token:#x}: {e}"))?;
+        let vfio = Arc::new(
+            VfioIommufd::new(Arc::clone(&iommufd), None, None)
+                .map_err(|x| format!("VfioIommufd: {x}"))?,
+        );
+        let ioas = Arc::clone(vfio.ioas());
+        let t = std::time::Instant::now();
+        let dev = VfioDevice::new_from_fd(cdev, vfio, false)
+            .map_err(|x| format!("bind the retrieved VFIO cdev: {x}"))?;
+        let open_bind = t.elapsed();
+        dev.attach_hwpt(found.out_hwpt_id)
+            .map_err(|x| format!("VFIO_DEVICE_ATTACH_IOMMUFD_PT restored HWPT: {x}"))?;
+        Ok((
+            Passthrough {
+                dev: Some(dev),
+                hwpt_id: found.out_hwpt_id,
+                ioas,
+                iommufd,
+                open_bind,
+            },
+            found.out_ioas_id,
+        ))
+    }
+
     /// Opens `bdf`'s cdev, binds it to a new iommufd and attaches it to a
     /// new HWPT on a new IOAS.
     pub fn open(bdf: &str) -> Result<Passthrough, String> {
@@ -295,6 +326,36 @@ impl Passthrough {
         self.ioas
             .map_file(fd.as_raw_fd(), start, len, iova, true)
             .map_err(|e| format!("IOMMU_IOAS_MAP_FILE {len:#x} at {iova:#x}: {e}"))
+    }
+
+    /// The 16-bit config register at `off`.
+    pub fn config_read16(&self, off: u64) -> u16 {
+        let mut b = [0u8; 2];
+        self.dev()
+            .region_read(VFIO_PCI_CONFIG_REGION_INDEX, &mut b, off);
+        u16::from_le_bytes(b)
+    }
+
+    /// Writes the 16-bit config register at `off` and returns the error of
+    /// the write itself (vfio-ioctls' `region_write` only logs it).
+    pub fn config_write16(&self, off: u64, v: u16) -> io::Result<()> {
+        let at = self.dev().get_region_offset(VFIO_PCI_CONFIG_REGION_INDEX) + off;
+        // SAFETY: a 2-byte buffer written to the device fd at `at`.
+        let n = unsafe {
+            libc::pwrite(
+                self.dev().as_raw_fd(),
+                v.to_le_bytes().as_ptr().cast(),
+                2,
+                at as libc::off_t,
+            )
+        };
+        if n == 2 {
+            Ok(())
+        } else if n < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Err(io::Error::other("short config write"))
+        }
     }
 
     /// Sets bits of the 16-bit config register at `off`, and checks.

@@ -21,6 +21,7 @@ pub mod lu_bench;
 mod luo;
 pub mod region;
 mod smoke;
+mod vfio_lu;
 
 /// State a test gets from the runner.
 pub struct Ctx {
@@ -340,6 +341,30 @@ pub const CATALOG: &[Test] = &[
         summary: "igb via VFIO cdev + iommufd (rust-vmm crates) DMAs into guestmemfs files: data seen by the CPU, VT-d leaves 1G/2M/4K, no faults but the planted one",
         timeout_s: 400,
         run: igb::igb_dma,
+    },
+    Test {
+        name: "vfio_lu_stream",
+        summary: "a UDP stream into igb's RX ring in guestmemfs while iommufd + VFIO cdev are preserved and the host kexecs: device never stopped or reset, every frame exactly once and in order, frames written while no VMM ran, no DMAR fault",
+        timeout_s: 900,
+        run: vfio_lu::stream,
+    },
+    Test {
+        name: "vfio_lu_unretrieved",
+        summary: "the VMM never retrieves its preserved, running device: held (EBUSY) and still receiving until FINISH, then bus mastering off before its translation goes, no DMAR fault",
+        timeout_s: 900,
+        run: vfio_lu::unretrieved,
+    },
+    Test {
+        name: "vfio_lu_refuse_version",
+        summary: "a vfio-pci handover of another version: refused at boot, the running device quiesced (bus master off), its cdev not retrievable, no DMAR fault",
+        timeout_s: 900,
+        run: vfio_lu::refuse_version,
+    },
+    Test {
+        name: "vfio_lu_refuse_device",
+        summary: "a vfio-pci handover record naming another device ID (checksum valid): that function quiesced at boot, not retrievable",
+        timeout_s: 900,
+        run: vfio_lu::refuse_device,
     },
     Test {
         name: "iommufd_igb_kexec",

@@ -1,0 +1,776 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Live update of vfio-pci functions that keep running through the kexec:
+ * the LUO file handler VFIO_PCI_LU_FH_COMPATIBLE for VFIO cdev files, and
+ * one LUO object (FLB) that lists the functions for the next kernel. The
+ * ABI is documented in include/linux/kho/abi/vfio_pci_lu.h.
+ *
+ * Old kernel:
+ *  - preserve: the file is bound to an iommufd; the function is a physical
+ *    function on a root bus, in D0. It is listed in the FLB page.
+ *  - freeze (inside reboot()): refused while interrupts are enabled, or
+ *    while the IOMMU has not frozen the function's translation (the
+ *    iommufd must be preserved before the device, and the device attached
+ *    to a marked HWPT). From then on no interrupt setup, reset or config
+ *    write goes through the file, and the PCI core keeps bus mastering on
+ *    at shutdown. Nothing resets the function.
+ *
+ * Next kernel:
+ *  - before vfio-pci registers: a listed function that is found, matches
+ *    and is still held by the IOMMU gets driver_override "vfio-pci" and
+ *    waits for its VMM: other opens get -EBUSY and it is not runtime
+ *    suspended. Any other listed function gets bus mastering cleared.
+ *  - retrieve: a file that behaves as an open of the device's cdev; its
+ *    first VFIO_DEVICE_BIND_IOMMUFD adopts the function with neither a
+ *    reset nor a bus master clear (vfio_pci_core_enable()).
+ *  - finish: a function its VMM did not adopt gets bus mastering cleared.
+ *    LUO finishes files in reverse preservation order, so this happens
+ *    before the iommufd's finish blocks the translation and frees memory.
+ */
+
+#include <linux/crc32c.h>
+#include <linux/file.h>
+#include <linux/iommu-lu.h>
+#include <linux/kexec_handover.h>
+#include <linux/kho/abi/vfio_pci_lu.h>
+#include <linux/liveupdate.h>
+#include <linux/pci.h>
+#include <linux/pm_runtime.h>
+#include <linux/vfio_pci_core.h>
+
+#include "vfio_pci_priv.h"
+
+static struct pci_driver *vfio_pci_lu_driver;
+static const struct vfio_device_ops *vfio_pci_lu_ops;
+
+/* Outgoing: the FLB's live object and one entry per preserved file */
+struct vfio_pci_lu_out {
+	struct mutex lock; /* files and the page */
+	struct list_head files;
+	struct vfio_pci_lu_header *page;
+};
+
+struct vfio_pci_lu_file {
+	struct list_head link;
+	struct vfio_pci_lu_out *out;
+	struct vfio_pci_core_device *vdev;
+	u32 rid;
+	u16 command;
+	u16 flags;
+};
+
+/* Incoming: what the previous kernel listed, and how far each got */
+enum vfio_pci_lu_state {
+	VFIO_PCI_LU_QUIET,	/* not adopted: bus mastering cleared */
+	VFIO_PCI_LU_WAITING,	/* held for vfio-pci and its VMM */
+	VFIO_PCI_LU_RETRIEVED,	/* its file was retrieved */
+	VFIO_PCI_LU_ADOPTED,	/* bound by its VMM without reset */
+};
+
+struct vfio_pci_lu_in_func {
+	u32 rid;
+	u16 vendor;
+	u16 device;
+	u16 command;
+	u16 flags;
+	enum vfio_pci_lu_state state;
+	struct pci_dev *pdev;
+};
+
+struct vfio_pci_lu_in {
+	bool refused;
+	u32 nr;
+	struct vfio_pci_lu_in_func funcs[] __counted_by(nr);
+};
+
+/* A handover that cannot be read (or no memory to read it) */
+static struct vfio_pci_lu_in vfio_pci_lu_refused = { .refused = true };
+
+/*
+ * The incoming list, NULL when there is none or it is finished. The lock
+ * is innermost: taken under device_lock() and dev_set->lock, and nothing
+ * sleeps under it.
+ */
+static DEFINE_SPINLOCK(vfio_pci_lu_in_lock);
+static struct vfio_pci_lu_in *vfio_pci_lu_in;
+
+static u32 vfio_pci_lu_rid(struct pci_dev *pdev)
+{
+	return (u32)pci_domain_nr(pdev->bus) << 16 | pci_dev_id(pdev);
+}
+
+#define VFIO_PCI_LU_RID_FMT "%04x:%02x:%02x.%d"
+#define VFIO_PCI_LU_RID_ARGS(rid) \
+	(rid) >> 16, ((rid) >> 8) & 0xff, PCI_SLOT((rid) & 0xff), \
+	PCI_FUNC((rid) & 0xff)
+
+#if IS_ENABLED(CONFIG_IOMMUFD_TEST)
+/*
+ * Test only: damage the handover at the next freeze, so that the next
+ * kernel's refusal paths can be tested (docs/testing.md): "version",
+ * "crc", or "device" (the first record names another device ID, with a
+ * valid checksum).
+ */
+static char lu_test_damage[16];
+module_param_string(lu_test_damage, lu_test_damage, sizeof(lu_test_damage),
+		    0600);
+
+static void vfio_pci_lu_test_damage(struct vfio_pci_lu_header *h)
+{
+	struct vfio_pci_lu_func *rec = (void *)(h + 1);
+
+	if (sysfs_streq(lu_test_damage, "version"))
+		h->version = cpu_to_le32(99);
+	else if (sysfs_streq(lu_test_damage, "crc"))
+		h->crc = cpu_to_le32(le32_to_cpu(h->crc) ^ 1);
+	else if (sysfs_streq(lu_test_damage, "device") && h->nr_funcs)
+		rec[0].device = cpu_to_le16(le16_to_cpu(rec[0].device) ^ 1);
+	else
+		return;
+	if (!sysfs_streq(lu_test_damage, "crc")) {
+		h->crc = 0;
+		h->crc = cpu_to_le32(crc32c(0, h, sizeof(*h) +
+					    le32_to_cpu(h->nr_funcs) *
+					    sizeof(*rec)));
+	}
+}
+#else
+static void vfio_pci_lu_test_damage(struct vfio_pci_lu_header *h)
+{
+}
+#endif
+
+/* Rewrites the whole page from the list (out->lock held) */
+static void vfio_pci_lu_encode(struct vfio_pci_lu_out *out)
+{
+	struct vfio_pci_lu_header *h = out->page;
+	struct vfio_pci_lu_func *rec = (void *)(h + 1);
+	struct vfio_pci_lu_file *lf;
+	bool frozen = false;
+	u32 nr = 0;
+
+	lockdep_assert_held(&out->lock);
+	memset(h, 0, PAGE_SIZE);
+	list_for_each_entry(lf, &out->files, link) {
+		struct pci_dev *pdev = lf->vdev->pdev;
+
+		rec[nr].rid = cpu_to_le32(lf->rid);
+		rec[nr].vendor = cpu_to_le16(pdev->vendor);
+		rec[nr].device = cpu_to_le16(pdev->device);
+		rec[nr].command = cpu_to_le16(lf->command);
+		rec[nr].flags = cpu_to_le16(lf->flags);
+		frozen |= lf->flags & VFIO_PCI_LU_FUNC_FROZEN;
+		nr++;
+	}
+	h->magic = cpu_to_le64(VFIO_PCI_LU_MAGIC);
+	h->version = cpu_to_le32(VFIO_PCI_LU_VERSION);
+	h->nr_funcs = cpu_to_le32(nr);
+	h->crc = cpu_to_le32(crc32c(0, h, sizeof(*h) + nr * sizeof(*rec)));
+	if (frozen)
+		vfio_pci_lu_test_damage(h);
+}
+
+static int vfio_pci_lu_flb_preserve(struct liveupdate_flb_op_args *args)
+{
+	struct vfio_pci_lu_out *out;
+	void *page;
+
+	out = kzalloc_obj(*out, GFP_KERNEL);
+	if (!out)
+		return -ENOMEM;
+	page = kho_alloc_preserve(PAGE_SIZE);
+	if (IS_ERR(page)) {
+		kfree(out);
+		return PTR_ERR(page);
+	}
+	mutex_init(&out->lock);
+	INIT_LIST_HEAD(&out->files);
+	out->page = page;
+	mutex_lock(&out->lock);
+	vfio_pci_lu_encode(out);
+	mutex_unlock(&out->lock);
+	args->data = virt_to_phys(page);
+	args->obj = out;
+	return 0;
+}
+
+static void vfio_pci_lu_flb_unpreserve(struct liveupdate_flb_op_args *args)
+{
+	struct vfio_pci_lu_out *out = args->obj;
+
+	kho_unpreserve_free(out->page);
+	mutex_destroy(&out->lock);
+	kfree(out);
+}
+
+/* Checks the handed-over page; NULL if it is sound, else why not */
+static const char *vfio_pci_lu_check(struct vfio_pci_lu_header *h)
+{
+	struct vfio_pci_lu_func *rec = (void *)(h + 1);
+	u32 nr = le32_to_cpu(h->nr_funcs);
+	u32 crc = le32_to_cpu(h->crc);
+
+	if (le64_to_cpu(h->magic) != VFIO_PCI_LU_MAGIC)
+		return "bad magic";
+	if (le32_to_cpu(h->version) != VFIO_PCI_LU_VERSION)
+		return "unknown version";
+	if (nr > VFIO_PCI_LU_MAX_FUNCS)
+		return "too many functions";
+	h->crc = 0;
+	if (crc32c(0, h, sizeof(*h) + nr * sizeof(*rec)) != crc)
+		return "bad checksum";
+	if (h->reserved)
+		return "reserved header field set";
+	for (u32 i = 0; i < nr; i++) {
+		if (rec[i].reserved ||
+		    le16_to_cpu(rec[i].flags) & ~VFIO_PCI_LU_FUNC_FROZEN)
+			return "reserved record field or unknown flag set";
+		for (u32 j = 0; j < i; j++)
+			if (rec[j].rid == rec[i].rid)
+				return "function listed twice";
+	}
+	return NULL;
+}
+
+static struct vfio_pci_lu_in *vfio_pci_lu_read(phys_addr_t phys)
+{
+	struct vfio_pci_lu_header *h;
+	struct vfio_pci_lu_func *rec;
+	struct vfio_pci_lu_in *in;
+	const char *reason;
+	struct folio *folio;
+	u32 nr;
+
+	/* Touch nothing KHO did not hand over as this one page */
+	if (!PAGE_ALIGNED(phys) || !kho_page_preserved(phys, 0)) {
+		pr_err("vfio-pci: live update handover refused: page %pa not handed over\n",
+		       &phys);
+		return &vfio_pci_lu_refused;
+	}
+	folio = kho_restore_folio(phys);
+	if (!folio) {
+		pr_err("vfio-pci: live update handover refused: page %pa not restored\n",
+		       &phys);
+		return &vfio_pci_lu_refused;
+	}
+	h = folio_address(folio);
+	rec = (void *)(h + 1);
+	reason = vfio_pci_lu_check(h);
+	if (reason) {
+		pr_err("vfio-pci: live update handover refused: %s\n", reason);
+		folio_put(folio);
+		return &vfio_pci_lu_refused;
+	}
+	nr = le32_to_cpu(h->nr_funcs);
+	in = kzalloc_flex(*in, funcs, nr, GFP_KERNEL);
+	if (!in) {
+		pr_err("vfio-pci: live update handover refused: out of memory\n");
+		folio_put(folio);
+		return &vfio_pci_lu_refused;
+	}
+	in->nr = nr;
+	for (u32 i = 0; i < nr; i++) {
+		in->funcs[i].rid = le32_to_cpu(rec[i].rid);
+		in->funcs[i].vendor = le16_to_cpu(rec[i].vendor);
+		in->funcs[i].device = le16_to_cpu(rec[i].device);
+		in->funcs[i].command = le16_to_cpu(rec[i].command);
+		in->funcs[i].flags = le16_to_cpu(rec[i].flags);
+		in->funcs[i].state = VFIO_PCI_LU_QUIET;
+	}
+	folio_put(folio);
+	return in;
+}
+
+/* Never fails: LUO would warn at finish. A bad page is a refused object. */
+static int vfio_pci_lu_flb_retrieve(struct liveupdate_flb_op_args *args)
+{
+	args->obj = vfio_pci_lu_read(args->data);
+	return 0;
+}
+
+static void vfio_pci_lu_quiesce(struct pci_dev *pdev, const char *why)
+{
+	pci_clear_master(pdev);
+	pci_warn(pdev, "live update: %s; bus mastering cleared\n", why);
+}
+
+static void vfio_pci_lu_flb_finish(struct liveupdate_flb_op_args *args)
+{
+	struct vfio_pci_lu_in *in = args->obj;
+
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock)
+		if (vfio_pci_lu_in == in)
+			vfio_pci_lu_in = NULL;
+	if (in == &vfio_pci_lu_refused)
+		return;
+	for (u32 i = 0; i < in->nr; i++) {
+		struct vfio_pci_lu_in_func *f = &in->funcs[i];
+
+		/* Every file finished first: nothing should be waiting */
+		if (f->state == VFIO_PCI_LU_WAITING ||
+		    f->state == VFIO_PCI_LU_RETRIEVED)
+			vfio_pci_lu_quiesce(f->pdev, "never finished");
+		pci_dev_put(f->pdev);
+	}
+	kfree(in);
+}
+
+static const struct liveupdate_flb_ops vfio_pci_lu_flb_ops = {
+	.preserve = vfio_pci_lu_flb_preserve,
+	.unpreserve = vfio_pci_lu_flb_unpreserve,
+	.retrieve = vfio_pci_lu_flb_retrieve,
+	.finish = vfio_pci_lu_flb_finish,
+	.owner = THIS_MODULE,
+};
+
+static struct liveupdate_flb vfio_pci_lu_flb = {
+	.ops = &vfio_pci_lu_flb_ops,
+	.compatible = VFIO_PCI_LU_FLB_COMPATIBLE,
+};
+
+/* The incoming record of @rid (vfio_pci_lu_in_lock held) */
+static struct vfio_pci_lu_in_func *vfio_pci_lu_find(u32 rid)
+{
+	lockdep_assert_held(&vfio_pci_lu_in_lock);
+	if (!vfio_pci_lu_in)
+		return NULL;
+	for (u32 i = 0; i < vfio_pci_lu_in->nr; i++)
+		if (vfio_pci_lu_in->funcs[i].rid == rid)
+			return &vfio_pci_lu_in->funcs[i];
+	return NULL;
+}
+
+static struct vfio_pci_core_device *vfio_pci_lu_vdev(struct vfio_device *device)
+{
+	if (!device || device->ops != vfio_pci_lu_ops)
+		return NULL;
+	return container_of(device, struct vfio_pci_core_device, vdev);
+}
+
+static bool vfio_pci_lu_can_preserve(struct liveupdate_file_handler *handler,
+				     struct file *file)
+{
+	return vfio_pci_lu_vdev(vfio_device_lu_from_file(file));
+}
+
+static int vfio_pci_lu_preserve(struct liveupdate_file_op_args *args)
+{
+	struct vfio_pci_core_device *vdev =
+		vfio_pci_lu_vdev(vfio_device_lu_from_file(args->file));
+	struct vfio_pci_lu_file *lf, *other;
+	struct vfio_pci_lu_out *out;
+	const char *reason = NULL;
+	struct pci_dev *pdev;
+	unsigned int nr = 0;
+	int ret;
+
+	if (!vdev)
+		return -EOPNOTSUPP;
+	pdev = vdev->pdev;
+	if (pdev->is_virtfn)
+		reason = "virtual functions are not supported yet";
+	else if (!pci_is_root_bus(pdev->bus))
+		reason = "functions behind a bridge are not supported";
+	else if (pci_domain_nr(pdev->bus) > 0xffff)
+		reason = "PCI domain above 0xffff";
+	else if (pdev->current_state != PCI_D0 || vdev->pm_runtime_engaged)
+		reason = "not in D0";
+	if (reason) {
+		pci_err(pdev, "live update: cannot preserve: %s\n", reason);
+		return -EOPNOTSUPP;
+	}
+
+	lf = kzalloc_obj(*lf, GFP_KERNEL);
+	if (!lf)
+		return -ENOMEM;
+	ret = liveupdate_flb_get_outgoing(&vfio_pci_lu_flb, (void **)&out);
+	if (ret) {
+		kfree(lf);
+		return ret;
+	}
+	/* LUO keeps the object until the last file is unpreserved */
+	liveupdate_flb_put_outgoing(&vfio_pci_lu_flb);
+
+	lf->out = out;
+	lf->vdev = vdev;
+	lf->rid = vfio_pci_lu_rid(pdev);
+	guard(mutex)(&out->lock);
+	list_for_each_entry(other, &out->files, link) {
+		if (other->rid == lf->rid) {
+			kfree(lf);
+			return -EBUSY;
+		}
+		nr++;
+	}
+	if (nr >= VFIO_PCI_LU_MAX_FUNCS) {
+		kfree(lf);
+		return -ENOSPC;
+	}
+	list_add_tail(&lf->link, &out->files);
+	vfio_pci_lu_encode(out);
+	args->serialized_data = (u64)VFIO_PCI_LU_FILE_TAG << 32 | lf->rid;
+	args->private_data = lf;
+	return 0;
+}
+
+static void vfio_pci_lu_unpreserve(struct liveupdate_file_op_args *args)
+{
+	struct vfio_pci_lu_file *lf = args->private_data;
+
+	scoped_guard(mutex, &lf->out->lock) {
+		list_del(&lf->link);
+		vfio_pci_lu_encode(lf->out);
+	}
+	kfree(lf);
+}
+
+static const char *const vfio_pci_lu_irq_names[] = {
+	[VFIO_PCI_INTX_IRQ_INDEX] = "INTx",
+	[VFIO_PCI_MSI_IRQ_INDEX] = "MSI",
+	[VFIO_PCI_MSIX_IRQ_INDEX] = "MSI-X",
+	[VFIO_PCI_ERR_IRQ_INDEX] = "error IRQ",
+	[VFIO_PCI_REQ_IRQ_INDEX] = "request IRQ",
+};
+
+static int vfio_pci_lu_freeze(struct liveupdate_file_op_args *args)
+{
+	struct vfio_pci_lu_file *lf = args->private_data;
+	struct vfio_pci_core_device *vdev = lf->vdev;
+	struct pci_dev *pdev = vdev->pdev;
+	const char *irq = NULL;
+	u16 cmd;
+
+	scoped_guard(mutex, &vdev->igate) {
+		if (vdev->irq_type < ARRAY_SIZE(vfio_pci_lu_irq_names))
+			irq = vfio_pci_lu_irq_names[vdev->irq_type];
+		else if (pdev->msix_enabled)
+			irq = "MSI-X";
+		else if (pdev->msi_enabled)
+			irq = "MSI";
+		if (irq) {
+			pci_err(pdev, "live update refused: %s enabled (disable interrupts before kexec)\n",
+				irq);
+			return -EBUSY;
+		}
+		if (!iommu_lu_device_frozen(&pdev->dev)) {
+			pci_err(pdev, "live update refused: translation not preserved (preserve the iommufd before the device, the device attached to a marked HWPT)\n");
+			return -EINVAL;
+		}
+		/* Config writes and resets hold memory_lock for writing */
+		down_write(&vdev->memory_lock);
+		vdev->lu_frozen = true;
+		pci_read_config_word(pdev, PCI_COMMAND, &cmd);
+		pdev->liveupdate_outgoing = 1;
+		up_write(&vdev->memory_lock);
+	}
+	scoped_guard(mutex, &lf->out->lock) {
+		lf->command = cmd;
+		lf->flags = VFIO_PCI_LU_FUNC_FROZEN;
+		vfio_pci_lu_encode(lf->out);
+	}
+	pci_info(pdev, "live update: frozen, keeps running through the kexec (bus master %s)\n",
+		 cmd & PCI_COMMAND_MASTER ? "on" : "off");
+	return 0;
+}
+
+static void vfio_pci_lu_unfreeze(struct liveupdate_file_op_args *args)
+{
+	struct vfio_pci_lu_file *lf = args->private_data;
+	struct vfio_pci_core_device *vdev = lf->vdev;
+
+	scoped_guard(mutex, &vdev->igate) {
+		down_write(&vdev->memory_lock);
+		vdev->lu_frozen = false;
+		vdev->pdev->liveupdate_outgoing = 0;
+		up_write(&vdev->memory_lock);
+	}
+	scoped_guard(mutex, &lf->out->lock) {
+		lf->command = 0;
+		lf->flags = 0;
+		vfio_pci_lu_encode(lf->out);
+	}
+}
+
+/* The vfio-pci device bound to @pdev, if any (device_lock held) */
+static struct vfio_pci_core_device *vfio_pci_lu_bound(struct pci_dev *pdev)
+{
+	device_lock_assert(&pdev->dev);
+	if (pdev->driver != vfio_pci_lu_driver)
+		return NULL;
+	return dev_get_drvdata(&pdev->dev);
+}
+
+/* Ends the wait of an adoptable function (dev_set->lock held) */
+static void vfio_pci_lu_release(struct vfio_pci_core_device *vdev)
+{
+	vdev->lu_adopt = false;
+	WRITE_ONCE(vdev->vdev.lu_incoming, false);
+	if (vdev->lu_pm_held) {
+		vdev->lu_pm_held = false;
+		pm_runtime_put(&vdev->pdev->dev);
+	}
+}
+
+static int vfio_pci_lu_retrieve(struct liveupdate_file_op_args *args)
+{
+	u32 rid = lower_32_bits(args->serialized_data);
+	struct vfio_pci_core_device *vdev;
+	struct vfio_pci_lu_in_func *f;
+	struct pci_dev *pdev = NULL;
+	struct file *file;
+	int ret = -ENODEV;
+
+	if (upper_32_bits(args->serialized_data) != VFIO_PCI_LU_FILE_TAG) {
+		pr_err("vfio-pci: live update: unknown file data %#llx\n",
+		       args->serialized_data);
+		return -EINVAL;
+	}
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
+		f = vfio_pci_lu_find(rid);
+		if (f && f->state == VFIO_PCI_LU_WAITING)
+			pdev = pci_dev_get(f->pdev);
+	}
+	if (!pdev) {
+		pr_err("vfio-pci: live update: " VFIO_PCI_LU_RID_FMT " was not handed over running (see the boot log)\n",
+		       VFIO_PCI_LU_RID_ARGS(rid));
+		return -ENODEV;
+	}
+
+	device_lock(&pdev->dev);
+	vdev = vfio_pci_lu_bound(pdev);
+	if (!vdev || !READ_ONCE(vdev->lu_adopt)) {
+		pci_err(pdev, "live update: not bound to vfio-pci, cannot retrieve\n");
+		goto out_unlock;
+	}
+	file = vfio_device_lu_open_file(&vdev->vdev);
+	if (IS_ERR(file)) {
+		ret = PTR_ERR(file);
+		goto out_unlock;
+	}
+	ret = 0;
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
+		f = vfio_pci_lu_find(rid);
+		if (f && f->state == VFIO_PCI_LU_WAITING)
+			f->state = VFIO_PCI_LU_RETRIEVED;
+		else
+			ret = -EBUSY;
+	}
+	if (ret)
+		fput(file);
+	else
+		args->file = file;
+out_unlock:
+	device_unlock(&pdev->dev);
+	pci_dev_put(pdev);
+	return ret;
+}
+
+static bool vfio_pci_lu_can_finish(struct liveupdate_file_op_args *args)
+{
+	/*
+	 * Always: a function not adopted by now is quiesced, since closing
+	 * the incoming session finishes it too and a refusal would keep it
+	 * (and its memory) held forever.
+	 */
+	return true;
+}
+
+static void vfio_pci_lu_finish(struct liveupdate_file_op_args *args)
+{
+	u32 rid = lower_32_bits(args->serialized_data);
+	struct vfio_pci_core_device *vdev;
+	struct vfio_pci_lu_in_func *f;
+	struct pci_dev *pdev = NULL;
+	bool quiet = false;
+
+	if (upper_32_bits(args->serialized_data) != VFIO_PCI_LU_FILE_TAG)
+		return;
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
+		f = vfio_pci_lu_find(rid);
+		if (f && (f->state == VFIO_PCI_LU_WAITING ||
+			  f->state == VFIO_PCI_LU_RETRIEVED))
+			pdev = pci_dev_get(f->pdev);
+	}
+	if (!pdev)
+		return;
+
+	/* Against a concurrent VFIO_DEVICE_BIND_IOMMUFD of the file */
+	device_lock(&pdev->dev);
+	vdev = vfio_pci_lu_bound(pdev);
+	if (vdev)
+		mutex_lock(&vdev->vdev.dev_set->lock);
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
+		f = vfio_pci_lu_find(rid);
+		if (f && (f->state == VFIO_PCI_LU_WAITING ||
+			  f->state == VFIO_PCI_LU_RETRIEVED)) {
+			f->state = VFIO_PCI_LU_QUIET;
+			quiet = true;
+		}
+	}
+	if (quiet) {
+		vfio_pci_lu_quiesce(pdev, "not adopted by its VMM before FINISH");
+		if (vdev && vdev->lu_adopt)
+			vfio_pci_lu_release(vdev);
+		/* Host drivers may bind it again ("" clears) */
+		device_set_driver_override(&pdev->dev, "");
+	}
+	if (vdev)
+		mutex_unlock(&vdev->vdev.dev_set->lock);
+	device_unlock(&pdev->dev);
+	pci_dev_put(pdev);
+}
+
+static const struct liveupdate_file_ops vfio_pci_lu_file_ops = {
+	.can_preserve = vfio_pci_lu_can_preserve,
+	.preserve = vfio_pci_lu_preserve,
+	.unpreserve = vfio_pci_lu_unpreserve,
+	.freeze = vfio_pci_lu_freeze,
+	.unfreeze = vfio_pci_lu_unfreeze,
+	.retrieve = vfio_pci_lu_retrieve,
+	.can_finish = vfio_pci_lu_can_finish,
+	.finish = vfio_pci_lu_finish,
+	.owner = THIS_MODULE,
+};
+
+static struct liveupdate_file_handler vfio_pci_lu_handler = {
+	.ops = &vfio_pci_lu_file_ops,
+	.compatible = VFIO_PCI_LU_FH_COMPATIBLE,
+};
+
+/* vfio-pci's probe (device_lock held), before the device is registered */
+void vfio_pci_lu_probe(struct vfio_pci_core_device *vdev)
+{
+	u32 rid = vfio_pci_lu_rid(vdev->pdev);
+	struct vfio_pci_lu_in_func *f;
+
+	if (vdev->vdev.ops != vfio_pci_lu_ops)
+		return;
+	guard(spinlock)(&vfio_pci_lu_in_lock);
+	f = vfio_pci_lu_find(rid);
+	if (!f || f->state != VFIO_PCI_LU_WAITING)
+		return;
+	vdev->lu_adopt = true;
+	vdev->vdev.lu_incoming = true;
+	vdev->lu_pm_held = !vdev->disable_idle_d3;
+}
+
+/* vfio-pci's remove, or a failed probe: undoes vfio_pci_lu_probe() */
+void vfio_pci_lu_remove(struct vfio_pci_core_device *vdev)
+{
+	/* The caller takes the usage count back: no idle check here */
+	if (vdev->lu_pm_held)
+		pm_runtime_put_noidle(&vdev->pdev->dev);
+	vdev->lu_pm_held = false;
+	vdev->lu_adopt = false;
+	WRITE_ONCE(vdev->vdev.lu_incoming, false);
+}
+
+/* vfio_pci_core_enable() of an adoptable function (dev_set->lock held) */
+void vfio_pci_lu_adopted(struct vfio_pci_core_device *vdev, int err)
+{
+	struct pci_dev *pdev = vdev->pdev;
+	u32 rid = vfio_pci_lu_rid(pdev);
+	struct vfio_pci_lu_in_func *f;
+
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
+		f = vfio_pci_lu_find(rid);
+		if (f)
+			f->state = err ? VFIO_PCI_LU_QUIET : VFIO_PCI_LU_ADOPTED;
+	}
+	if (err)
+		vfio_pci_lu_quiesce(pdev, "adoption failed");
+	else
+		pci_info(pdev, "live update: adopted by its VMM without reset\n");
+	vfio_pci_lu_release(vdev);
+}
+
+/* A refused handover: stop every function still translating through it */
+static void vfio_pci_lu_quiesce_held(void)
+{
+	struct pci_dev *pdev = NULL;
+
+	for_each_pci_dev(pdev)
+		if (iommu_lu_device_held(&pdev->dev, NULL))
+			vfio_pci_lu_quiesce(pdev, "handover refused");
+}
+
+static void __init vfio_pci_lu_claim(void)
+{
+	struct vfio_pci_lu_in *in;
+	void *obj;
+
+	if (liveupdate_flb_get_incoming(&vfio_pci_lu_flb, &obj))
+		return;
+	in = obj;
+	if (in->refused)
+		vfio_pci_lu_quiesce_held();
+	for (u32 i = 0; i < (in->refused ? 0 : in->nr); i++) {
+		struct vfio_pci_lu_in_func *f = &in->funcs[i];
+		const char *reason = NULL;
+		struct pci_dev *pdev;
+
+		pdev = pci_get_domain_bus_and_slot(f->rid >> 16,
+						   (f->rid >> 8) & 0xff,
+						   f->rid & 0xff);
+		if (!pdev) {
+			pr_err("vfio-pci: live update: " VFIO_PCI_LU_RID_FMT " not found\n",
+			       VFIO_PCI_LU_RID_ARGS(f->rid));
+			continue;
+		}
+		if (pdev->vendor != f->vendor || pdev->device != f->device)
+			reason = "another device at this address";
+		else if (!(f->flags & VFIO_PCI_LU_FUNC_FROZEN))
+			reason = "never frozen";
+		else if (!iommu_lu_device_held(&pdev->dev, NULL))
+			reason = "its translation was not handed over";
+		else if (device_set_driver_override(&pdev->dev, "vfio-pci"))
+			reason = "cannot set driver_override";
+		if (reason) {
+			vfio_pci_lu_quiesce(pdev, reason);
+			pci_dev_put(pdev);
+			continue;
+		}
+		f->pdev = pdev;
+		f->state = VFIO_PCI_LU_WAITING;
+		pci_info(pdev, "live update: handed over running (command %#06x), held for its VMM\n",
+			 f->command);
+	}
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock)
+		vfio_pci_lu_in = in;
+	liveupdate_flb_put_incoming(&vfio_pci_lu_flb);
+}
+
+/**
+ * vfio_pci_lu_init - register the live update handler of vfio-pci
+ * @driver: vfio-pci's driver, which adopted functions are bound to
+ * @ops: its device ops (only plain vfio-pci devices are preserved)
+ *
+ * Called before @driver registers, so that the functions a live update
+ * handed over running are claimed for it first.
+ *
+ * Return: 0; live update stays off when registration fails.
+ */
+int __init vfio_pci_lu_init(struct pci_driver *driver,
+			    const struct vfio_device_ops *ops)
+{
+	int ret;
+
+	vfio_pci_lu_driver = driver;
+	vfio_pci_lu_ops = ops;
+	ret = liveupdate_register_file_handler(&vfio_pci_lu_handler);
+	if (ret) {
+		if (ret != -EOPNOTSUPP)
+			pr_warn("vfio-pci: live update handler not registered: %d\n",
+				ret);
+		return 0;
+	}
+	ret = liveupdate_register_flb(&vfio_pci_lu_handler, &vfio_pci_lu_flb);
+	if (ret) {
+		pr_warn("vfio-pci: live update object not registered: %d\n",
+			ret);
+		liveupdate_unregister_file_handler(&vfio_pci_lu_handler);
+		return 0;
+	}
+	vfio_pci_lu_claim();
+	return 0;
+}

@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+#ifndef _LINUX_KHO_ABI_VFIO_PCI_LU_H
+#define _LINUX_KHO_ABI_VFIO_PCI_LU_H
+
+#include <linux/types.h>
+
+/**
+ * DOC: vfio-pci live update ABI
+ *
+ * A VFIO cdev file of a vfio-pci function, preserved in a LUO session
+ * (LIVEUPDATE_SESSION_PRESERVE_FD), keeps the function running through the
+ * kexec: no reset, bus mastering kept on, its translation kept by the
+ * IOMMU handover (include/linux/kho/abi/iommu_vtd.h). Interrupts must be
+ * off at the kexec.
+ *
+ * Two objects are handed over:
+ *
+ *  - the file's serialized data: VFIO_PCI_LU_FILE_TAG in bits 63:32 and
+ *    the function's requester ID (segment << 16 | bus << 8 | devfn) in bits
+ *    31:0;
+ *  - one LUO File-Lifecycle-Bound object, compatible
+ *    VFIO_PCI_LU_FLB_COMPATIBLE, whose data is the physical address of one
+ *    preserved page (kho_alloc_preserve()): a struct vfio_pci_lu_header
+ *    followed by nr_funcs struct vfio_pci_lu_func records. The next
+ *    kernel reads it before vfio-pci probes, to know which functions were
+ *    left mastering.
+ *
+ * All integers are little endian. The CRC is crc32c over the header (its
+ * crc field zero) and the records. Reserved fields and unknown flags must
+ * be zero. A page of another version, with a bad CRC or a bad record is
+ * refused as a whole: every function the IOMMU still holds gets bus
+ * mastering cleared, and nothing is retrieved.
+ */
+
+#define VFIO_PCI_LU_FH_COMPATIBLE	"vfio-pci-lu-v1"
+#define VFIO_PCI_LU_FLB_COMPATIBLE	"vfio-pci-lu-funcs-v1"
+/* "VFPCILU1" as a little-endian u64 */
+#define VFIO_PCI_LU_MAGIC		0x31554c4943504656ULL
+#define VFIO_PCI_LU_VERSION		1
+/* "VF" in bits 63:48, version in bits 47:32 of a file's serialized data */
+#define VFIO_PCI_LU_FILE_TAG		0x56460001U
+
+/**
+ * struct vfio_pci_lu_header - start of the page
+ * @magic: VFIO_PCI_LU_MAGIC
+ * @version: VFIO_PCI_LU_VERSION
+ * @nr_funcs: records that follow, at most VFIO_PCI_LU_MAX_FUNCS
+ * @crc: crc32c, see above
+ * @reserved: 0
+ */
+struct vfio_pci_lu_header {
+	__le64 magic;
+	__le32 version;
+	__le32 nr_funcs;
+	__le32 crc;
+	__le32 reserved;
+};
+
+/* The function was frozen: interrupts off, translation frozen, BME kept */
+#define VFIO_PCI_LU_FUNC_FROZEN		0x1
+
+/**
+ * struct vfio_pci_lu_func - one preserved function
+ * @rid: segment << 16 | bus << 8 | devfn
+ * @vendor: PCI vendor ID, checked against the function found at @rid
+ * @device: PCI device ID, checked likewise
+ * @command: PCI_COMMAND at the freeze
+ * @flags: VFIO_PCI_LU_FUNC_*
+ * @reserved: 0
+ */
+struct vfio_pci_lu_func {
+	__le32 rid;
+	__le16 vendor;
+	__le16 device;
+	__le16 command;
+	__le16 flags;
+	__le32 reserved;
+};
+
+#define VFIO_PCI_LU_MAX_FUNCS						\
+	((4096 - sizeof(struct vfio_pci_lu_header)) /			\
+	 sizeof(struct vfio_pci_lu_func))
+
+#endif /* _LINUX_KHO_ABI_VFIO_PCI_LU_H */

@@ -1,0 +1,611 @@
+// SPDX-License-Identifier: GPL-2.0-only
+//! A passthrough NIC that keeps receiving through a live update (issue 8).
+//!
+//! The harness streams numbered, checksummed UDP frames into the igb
+//! (`xtask/src/stream.rs`) for the whole test. The VMM here receives them
+//! by polling an RX ring whose descriptors and buffers are a guestmemfs
+//! file mapped through an iommufd IOAS. Stage 1 preserves the iommufd and
+//! the VFIO cdev and kexecs while frames keep arriving; the device is not
+//! stopped. Stage 2 retrieves both, binds the cdev (which adopts the
+//! running device: no reset, bus mastering never cleared), finds the
+//! frames the device wrote while no VMM ran, and continues from the ring's
+//! head. Every frame must arrive exactly once, intact and in order.
+
+use super::gmfs::{create_sized, mount, p, Mapping, MIB};
+use super::igb::dmar_faults;
+use super::igb_kexec::igb_bdf;
+use super::{Ctx, Outcome, TestResult};
+use crate::igb_rx::{IgbRx, QueueRegs, RxRing, BUF};
+use crate::ktap::diag;
+use crate::liveupdate::LiveUpdate;
+use crate::stream::{parse, Tally};
+use crate::sys;
+use crate::vfio::{bind_vfio_pci, Passthrough};
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+const SESSION: &str = "gtest-vfio-lu";
+const IOMMUFD_TOKEN: u64 = 0x10fd;
+const CDEV_TOKEN: u64 = 0xcdef;
+const HWPT_TOKEN: u64 = 0x7e57_4858;
+const RING_FILE: &str = "lu-ring";
+/// The file: control page, then the ring at 4 KiB, buffers from 1 MiB.
+const RING_AT: u64 = 4096;
+const BUFS_AT: u64 = MIB;
+/// 32768 descriptors absorb 65 s of the stream at [`RATE`].
+const DESCS: usize = 32768;
+const FILE_LEN: u64 = BUFS_AT + (DESCS * BUF) as u64 + MIB;
+const IOVA: u64 = 0x1000_0000;
+/// Frames per second the harness sends.
+const RATE: u32 = 500;
+/// How long each stage receives before it ends.
+const RECEIVE: Duration = Duration::from_secs(4);
+const CTL_MAGIC: u64 = 0x4c55_4c54_4e49_5243;
+
+/// What stage 1 leaves in the file's first page for stage 2.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Ctl {
+    magic: u64,
+    head: u64,
+    tally: Tally,
+    regs: [u32; 6],
+}
+
+fn ring_of(map: &Mapping) -> RxRing {
+    // SAFETY (both adds): inside the FILE_LEN bytes of `map`.
+    RxRing {
+        ring: unsafe { map.ptr.add(RING_AT as usize) },
+        ring_iova: IOVA + RING_AT,
+        bufs: unsafe { map.ptr.add(BUFS_AT as usize) },
+        bufs_iova: IOVA + BUFS_AT,
+        len: DESCS,
+    }
+}
+
+fn regs_array(r: &QueueRegs) -> [u32; 6] {
+    [
+        r.rdbal,
+        r.rdbah,
+        r.rdlen,
+        r.srrctl,
+        u32::from(r.rxdctl_enabled),
+        r.rctl,
+    ]
+}
+
+fn regs_of(a: &[u32; 6]) -> QueueRegs {
+    QueueRegs {
+        rdbal: a[0],
+        rdbah: a[1],
+        rdlen: a[2],
+        srrctl: a[3],
+        rxdctl_enabled: a[4] != 0,
+        rctl: a[5],
+    }
+}
+
+/// Polls `rx` into `tally` until `until` says stop or `limit` passes.
+fn receive(
+    rx: &mut IgbRx,
+    tally: &mut Tally,
+    limit: Duration,
+    until: impl Fn(&Tally) -> bool,
+) -> Result<(), String> {
+    let deadline = Instant::now() + limit;
+    while !until(tally) {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "stream stalled: {} after {limit:?}",
+                tally.result(DESCS)
+            ));
+        }
+        let n = rx.poll(|f| tally.account(f));
+        tally.peak = tally.peak.max(n as u64);
+        if n == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    Ok(())
+}
+
+fn run_id() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.subsec_nanos() ^ d.as_secs() as u32)
+        | 1
+}
+
+/// What stage 1 does besides preserving and kexecing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Before {
+    /// Test the refusals first (the main test).
+    Refusals,
+    /// Damage the handover at the freeze (vfio_pci_core.lu_test_damage).
+    Damage(&'static str),
+    Nothing,
+}
+
+pub fn stream(ctx: &mut Ctx) -> TestResult {
+    match ctx.stage {
+        1 => stream_freeze(ctx, "vfio_lu_stream", Before::Refusals),
+        2 => stream_adopt(),
+        s => Err(format!("no stage {s}")),
+    }
+}
+
+/// A VMM that never retrieves its device: held until FINISH, then bus
+/// mastering cleared before the translation goes.
+pub fn unretrieved(ctx: &mut Ctx) -> TestResult {
+    match ctx.stage {
+        1 => stream_freeze(ctx, "vfio_lu_unretrieved", Before::Nothing),
+        2 => not_adopted(None),
+        s => Err(format!("no stage {s}")),
+    }
+}
+
+/// A handover of another version: refused whole, the device quiesced at
+/// boot, never retrievable.
+pub fn refuse_version(ctx: &mut Ctx) -> TestResult {
+    match ctx.stage {
+        1 => stream_freeze(ctx, "vfio_lu_refuse_version", Before::Damage("version")),
+        2 => not_adopted(Some("handover refused: unknown version")),
+        s => Err(format!("no stage {s}")),
+    }
+}
+
+/// A record that names another device (valid checksum): that function
+/// is quiesced at boot.
+pub fn refuse_device(ctx: &mut Ctx) -> TestResult {
+    match ctx.stage {
+        1 => stream_freeze(ctx, "vfio_lu_refuse_device", Before::Damage("device")),
+        2 => not_adopted(Some("live update: another device at this address")),
+        s => Err(format!("no stage {s}")),
+    }
+}
+
+/// The command register through sysfs (no VFIO open needed).
+fn sysfs_command(bdf: &str) -> Result<u16, String> {
+    let cfg = fs::read(format!("/sys/bus/pci/devices/{bdf}/config"))
+        .map_err(|e| format!("{bdf} config: {e}"))?;
+    Ok(u16::from_le_bytes([cfg[4], cfg[5]]))
+}
+
+/// Completed descriptors from the software head, read in the file.
+fn ring_done(map: &Mapping, head: usize) -> usize {
+    let mut n = 0;
+    while n < DESCS {
+        let i = (head + n) % DESCS;
+        // SAFETY: descriptor `i` of the ring inside `map`.
+        let status = unsafe {
+            map.ptr
+                .add(RING_AT as usize + i * 16 + 8)
+                .cast::<u32>()
+                .read_volatile()
+        };
+        if status & 1 == 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Stage 2 without adoption: refused at boot (`refused` is the log line
+/// expected) or never retrieved. Either way the device must end quiet:
+/// bus mastering off, the ring no longer filling, no DMAR fault, and the
+/// device free for a normal open after FINISH.
+fn not_adopted(refused: Option<&str>) -> TestResult {
+    let bdf = igb_bdf()?;
+    let log = sys::kernel_log().map_err(|e| e.to_string())?;
+    match refused {
+        Some(why) => {
+            if !log.iter().any(|l| l.contains(why)) {
+                return Err(format!("no {why:?} in the kernel log"));
+            }
+            let cmd = sysfs_command(&bdf)?;
+            if cmd & 0x4 != 0 {
+                return Err(format!(
+                    "refused handover: bus mastering still on (command {cmd:#06x})"
+                ));
+            }
+        }
+        None => held_for_vmm(&bdf)?,
+    }
+    mount()?;
+    let file = open_rw(RING_FILE)?;
+    let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    // SAFETY: the control page stage 1 wrote; plain integers.
+    let ctl = unsafe { map.ptr.cast::<Ctl>().read_volatile() };
+    if ctl.magic != CTL_MAGIC {
+        return Err("the control page is not stage 1's".into());
+    }
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+    let iommufd = session
+        .retrieve_fd(IOMMUFD_TOKEN)
+        .map_err(|e| format!("retrieve the iommufd: {e}"))?;
+    if refused.is_some() {
+        if let Ok(fd) = session.retrieve_fd(CDEV_TOKEN) {
+            drop(fd);
+            return Err("the cdev of a refused handover was retrieved".into());
+        }
+    } else {
+        // Still receiving while held for its VMM.
+        let n0 = ring_done(&map, ctl.head as usize);
+        std::thread::sleep(Duration::from_millis(500));
+        if ring_done(&map, ctl.head as usize) <= n0 {
+            return Err("the held device stopped receiving before FINISH".into());
+        }
+    }
+    session
+        .finish()
+        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH: {e}"))?;
+    drop(iommufd);
+    let cmd = sysfs_command(&bdf)?;
+    if cmd & 0x4 != 0 {
+        return Err(format!(
+            "after FINISH: bus mastering still on (command {cmd:#06x})"
+        ));
+    }
+    if refused.is_none() {
+        let log = sys::kernel_log().map_err(|e| e.to_string())?;
+        if !log
+            .iter()
+            .any(|l| l.contains("not adopted by its VMM before FINISH; bus mastering cleared"))
+        {
+            return Err("FINISH did not log the quiesce".into());
+        }
+    }
+    let n0 = ring_done(&map, ctl.head as usize);
+    std::thread::sleep(Duration::from_millis(500));
+    let n1 = ring_done(&map, ctl.head as usize);
+    if n1 != n0 {
+        return Err(format!("the ring kept filling after FINISH: {n0} -> {n1}"));
+    }
+    let faults = dmar_faults(&bdf)?;
+    if !faults.is_empty() {
+        return Err(format!("DMAR faults: {faults:?}"));
+    }
+    // Free for an ordinary VMM now: it opens and resets the device.
+    bind_vfio_pci(&bdf)?;
+    let pt = Passthrough::open(&bdf)?;
+    drop(pt);
+    diag(&format!(
+        "stage 2: {}; bus mastering off after FINISH, the ring stopped at {n1} frames, no DMAR fault; the device opens normally afterwards",
+        refused.unwrap_or("not retrieved")
+    ));
+    let trouble = sys::kernel_trouble().map_err(|e| e.to_string())?;
+    if let Some(t) = trouble.first() {
+        return Err(format!("kernel trouble: {t}"));
+    }
+    drop((map, file));
+    fs::remove_file(p(RING_FILE)).map_err(|e| e.to_string())?;
+    diag("stream: stop");
+    Ok(Outcome::Pass)
+}
+
+/// Stage 1: receive, preserve the iommufd and then the cdev, kexec with
+/// the device receiving.
+fn stream_freeze(ctx: &mut Ctx, name: &str, before: Before) -> TestResult {
+    let bdf = igb_bdf()?;
+    mount()?;
+    let _ = fs::remove_file(p(RING_FILE));
+    let file = create_sized(&p(RING_FILE), FILE_LEN)?;
+    bind_vfio_pci(&bdf)?;
+    let pt = Passthrough::open(&bdf)?;
+    pt.map_file(&file, 0, FILE_LEN, IOVA)?;
+    let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    pt.config_set16(0x4, 0x2 | 0x4)?;
+    // SAFETY: the ring and buffers are in `map`, mapped at IOVA for the
+    // device, and kept (forgotten below) until the kexec replaces us.
+    let mut rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
+    let mut tally = Tally::new(run_id());
+    diag(&format!(
+        "stream: start run={:08x} rate={RATE}",
+        tally.run_id
+    ));
+    let t = Instant::now();
+    receive(
+        &mut rx,
+        &mut tally,
+        RECEIVE + Duration::from_secs(30),
+        |_| t.elapsed() >= RECEIVE,
+    )?;
+    if tally.next == 0 {
+        return Err("stage 1: no frame of the stream arrived".into());
+    }
+    if tally.dups + tally.bad + tally.reordered != 0 {
+        return Err(format!("stage 1: {}", tally.result(DESCS)));
+    }
+
+    pt.mark_preserve(HWPT_TOKEN)
+        .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    if before == Before::Refusals {
+        refusals(&luo, &pt, &mut rx, &mut tally, name)?;
+    }
+    let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
+    session
+        .preserve_fd(pt.iommufd.as_raw_fd(), IOMMUFD_TOKEN)
+        .map_err(|e| format!("preserve the iommufd: {e}"))?;
+    session
+        .preserve_fd(pt.dev().as_raw_fd(), CDEV_TOKEN)
+        .map_err(|e| format!("preserve the VFIO cdev: {e}"))?;
+    // The last frames before the freeze, and every descriptor to the
+    // device: the ring absorbs what arrives until stage 2 polls again.
+    let n = rx.poll(|f| tally.account(f));
+    tally.peak = tally.peak.max(n as u64);
+    rx.post();
+    if let Before::Damage(what) = before {
+        let param = "/sys/module/vfio_pci_core/parameters/lu_test_damage";
+        fs::write(param, what).map_err(|e| format!("{param}: {e}"))?;
+        diag(&format!("stage 1: handover will be damaged: {what}"));
+    }
+    let ctl = Ctl {
+        magic: CTL_MAGIC,
+        head: rx.head() as u64,
+        tally,
+        regs: regs_array(&rx.queue_regs()),
+    };
+    // SAFETY: the first page of `map` is the control page, ours only.
+    unsafe { map.ptr.cast::<Ctl>().write_volatile(ctl) };
+    diag(&format!(
+        "lu: freeze last={} head={}",
+        tally.next - 1,
+        rx.head()
+    ));
+    ctx.keep.push(session.into_owned_fd());
+    // The device stays bound, mapped and receiving across the kexec.
+    std::mem::forget((rx, pt, map, file));
+    Ok(Outcome::Kexec)
+}
+
+/// `reboot(KEXEC)` with a kernel loaded: must fail with `errno` and log
+/// `message`. If it kexecs instead, stage 2 finds no control page.
+fn reboot_refused(name: &str, errno: i32, message: &str) -> Result<(), String> {
+    let cmdline = fs::read_to_string("/proc/cmdline").map_err(|e| e.to_string())?;
+    let boot = crate::cmdline::TestBoot::parse(&cmdline)?;
+    let index = boot
+        .run
+        .iter()
+        .position(|t| t == name)
+        .ok_or("not in gtest.run")?;
+    sys::kexec_load_same_kernel(&boot.next_cmdline(index, 2, None, &[]))
+        .map_err(|e| format!("kexec_file_load: {e}"))?;
+    // SAFETY: a plain system call; on success it does not return.
+    let r = unsafe { libc::reboot(libc::LINUX_REBOOT_CMD_KEXEC) };
+    let err = std::io::Error::last_os_error();
+    if r != -1 || err.raw_os_error() != Some(errno) {
+        return Err(format!(
+            "reboot(KEXEC) returned {r} ({err}), expected errno {errno}: {message}"
+        ));
+    }
+    let log = sys::kernel_log().map_err(|e| e.to_string())?;
+    if !log.iter().any(|l| l.contains(message)) {
+        return Err(format!("reboot(KEXEC) refused without logging {message:?}"));
+    }
+    Ok(())
+}
+
+/// The kexec is refused while the device has interrupts on, or when its
+/// cdev was preserved before the iommufd (its translation is then not
+/// frozen when it freezes). The stream goes on through every refusal:
+/// the device was neither stopped nor reset.
+fn refusals(
+    luo: &LiveUpdate,
+    pt: &Passthrough,
+    rx: &mut IgbRx,
+    tally: &mut Tally,
+    name: &str,
+) -> Result<(), String> {
+    let before = tally.next;
+    {
+        let session = luo
+            .create_session("gtest-vfio-lu-order")
+            .map_err(|e| e.to_string())?;
+        session
+            .preserve_fd(pt.dev().as_raw_fd(), CDEV_TOKEN)
+            .map_err(|e| format!("preserve the VFIO cdev: {e}"))?;
+        session
+            .preserve_fd(pt.iommufd.as_raw_fd(), IOMMUFD_TOKEN)
+            .map_err(|e| format!("preserve the iommufd: {e}"))?;
+        reboot_refused(
+            name,
+            libc::EINVAL,
+            "live update refused: translation not preserved",
+        )?;
+    }
+    {
+        let session = luo
+            .create_session("gtest-vfio-lu-irq")
+            .map_err(|e| e.to_string())?;
+        session
+            .preserve_fd(pt.iommufd.as_raw_fd(), IOMMUFD_TOKEN)
+            .map_err(|e| format!("preserve the iommufd: {e}"))?;
+        session
+            .preserve_fd(pt.dev().as_raw_fd(), CDEV_TOKEN)
+            .map_err(|e| format!("preserve the VFIO cdev: {e}"))?;
+        let efd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
+            .map_err(|e| format!("eventfd: {e}"))?;
+        pt.dev()
+            .enable_msix(vec![&efd])
+            .map_err(|e| format!("VFIO_DEVICE_SET_IRQS MSI-X: {e}"))?;
+        reboot_refused(name, libc::EBUSY, "live update refused: MSI-X enabled")?;
+        pt.dev()
+            .disable_msix()
+            .map_err(|e| format!("disable MSI-X: {e}"))?;
+    }
+    // Unfrozen: config writes go through again (bus master and memory
+    // stay on), and the stream keeps arriving in order.
+    pt.config_set16(0x4, 0x2 | 0x4)?;
+    let t = Instant::now();
+    receive(rx, tally, Duration::from_secs(30), |_| {
+        t.elapsed() >= Duration::from_secs(1)
+    })?;
+    if tally.next <= before || tally.dups + tally.bad + tally.reordered != 0 {
+        return Err(format!(
+            "the stream after the refused kexecs: {}",
+            tally.result(DESCS)
+        ));
+    }
+    diag("stage 1: kexec refused with MSI-X on (EBUSY) and with the cdev preserved before the iommufd (EINVAL); the stream went on in order");
+    Ok(())
+}
+
+fn open_rw(name: &str) -> Result<File, String> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p(name))
+        .map_err(|e| format!("{name}: {e}"))
+}
+
+/// The device's cdev under /dev/vfio/devices.
+fn cdev_path(bdf: &str) -> Result<String, String> {
+    let dir = format!("/sys/bus/pci/devices/{bdf}/vfio-dev");
+    let name = fs::read_dir(&dir)
+        .map_err(|e| format!("{dir}: {e}"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("vfio"))
+        .ok_or(format!("{dir}: no vfio cdev"))?;
+    Ok(format!("/dev/vfio/devices/{name}"))
+}
+
+/// Before the VMM takes the device: vfio-pci holds it (bound by the
+/// kernel, not by us) and nobody else can open it.
+fn held_for_vmm(bdf: &str) -> Result<(), String> {
+    let dev = format!("/sys/bus/pci/devices/{bdf}");
+    let driver = fs::read_link(format!("{dev}/driver")).map_err(|e| format!("driver: {e}"))?;
+    if !driver.ends_with("vfio-pci") {
+        return Err(format!("{bdf} bound to {driver:?}, expected vfio-pci"));
+    }
+    let cdev = cdev_path(bdf)?;
+    match OpenOptions::new().read(true).write(true).open(&cdev) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Ok(()),
+        Err(e) => Err(format!("open {cdev}: {e}, expected EBUSY")),
+        Ok(_) => Err(format!("{cdev} opened before its VMM retrieved it")),
+    }
+}
+
+/// Stage 2: adopt the running device and continue from the ring's head.
+fn stream_adopt() -> TestResult {
+    let bdf = igb_bdf()?;
+    held_for_vmm(&bdf)?;
+    let log = sys::kernel_log().map_err(|e| e.to_string())?;
+    if !log
+        .iter()
+        .any(|l| l.contains("live update: handed over running"))
+    {
+        return Err("vfio-pci did not claim the function handed over running".into());
+    }
+    let faults0 = dmar_faults(&bdf)?;
+    if !faults0.is_empty() {
+        return Err(format!("DMAR faults during the kexec: {faults0:?}"));
+    }
+
+    mount()?;
+    let file = open_rw(RING_FILE)?;
+    let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    // SAFETY: the control page stage 1 wrote; plain integers.
+    let ctl = unsafe { map.ptr.cast::<Ctl>().read_volatile() };
+    if ctl.magic != CTL_MAGIC {
+        return Err("the control page is not stage 1's".into());
+    }
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+    let iommufd = session
+        .retrieve_fd(IOMMUFD_TOKEN)
+        .map_err(|e| format!("retrieve the iommufd: {e}"))?;
+    let cdev = session
+        .retrieve_fd(CDEV_TOKEN)
+        .map_err(|e| format!("retrieve the VFIO cdev: {e}"))?;
+    let (pt, _) = Passthrough::retrieved(File::from(cdev), File::from(iommufd), HWPT_TOKEN)?;
+    let cmd = pt.config_read16(0x4);
+    if cmd & 0x6 != 0x6 {
+        return Err(format!(
+            "command register {cmd:#06x} after adoption: memory or bus master off"
+        ));
+    }
+    // SAFETY: the same ring and buffers, still mapped at IOVA (restored).
+    let mut rx = unsafe {
+        IgbRx::adopt(
+            pt.bar0()?,
+            ring_of(&map),
+            ctl.head as usize,
+            &regs_of(&ctl.regs),
+        )?
+    };
+    let buffered = rx.pending();
+    let seq_at = |k: usize| {
+        rx.peek(k)
+            .and_then(|f| parse(f).ok())
+            .map_or(u64::MAX, |f| f.seq)
+    };
+    let (first, last) = match buffered {
+        0 => (u64::MAX, u64::MAX),
+        n => (seq_at(0), seq_at(n - 1)),
+    };
+    diag(&format!(
+        "lu: adopted buffered={buffered} first={first} last={last}"
+    ));
+    if buffered == 0 {
+        return Err("no frame arrived while no VMM ran: the device stopped".into());
+    }
+    if first != ctl.tally.next {
+        return Err(format!(
+            "first frame in the ring is seq {first}, stage 1 handled up to {}",
+            ctl.tally.next - 1
+        ));
+    }
+    let mut tally = ctl.tally;
+    tally.peak = tally.peak.max(buffered as u64);
+    let caught_up = tally.next + buffered as u64;
+    receive(&mut rx, &mut tally, Duration::from_secs(120), |t| {
+        t.next >= caught_up
+    })?;
+    let t = Instant::now();
+    receive(
+        &mut rx,
+        &mut tally,
+        RECEIVE + Duration::from_secs(30),
+        |_| t.elapsed() >= RECEIVE,
+    )?;
+    diag("stream: stop");
+    receive(&mut rx, &mut tally, Duration::from_secs(30), Tally::ended)?;
+    let (mpc, rnbc) = rx.drop_counters();
+    diag(&format!(
+        "stream: result {} rnbc={rnbc} mpc={mpc}",
+        tally.result(DESCS)
+    ));
+    if let Some(why) = tally.fault() {
+        return Err(why);
+    }
+    if mpc != 0 || rnbc != 0 {
+        return Err(format!(
+            "the device dropped frames: missed {mpc}, no buffer {rnbc}"
+        ));
+    }
+    let faults = dmar_faults(&bdf)?;
+    if !faults.is_empty() {
+        return Err(format!("DMAR faults: {faults:?}"));
+    }
+    session
+        .finish()
+        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH: {e}"))?;
+    let trouble = sys::kernel_trouble().map_err(|e| e.to_string())?;
+    if let Some(t) = trouble.first() {
+        return Err(format!("kernel trouble: {t}"));
+    }
+    diag(&format!(
+        "stage 2: {} frames received exactly once and in order across the live update; {buffered} written by the device while no VMM ran; no reset, no DMAR fault",
+        tally.next
+    ));
+    drop(rx);
+    drop(pt);
+    drop((map, file));
+    fs::remove_file(p(RING_FILE)).map_err(|e| e.to_string())?;
+    Ok(Outcome::Pass)
+}
