@@ -11,15 +11,24 @@
  *  - freeze (inside reboot()): refused while interrupts are enabled, or
  *    while the IOMMU has not frozen the function's translation (the
  *    iommufd must be preserved before the device, and the device attached
- *    to a marked HWPT). From then on no interrupt setup, reset or config
- *    write goes through the file, and the PCI core keeps bus mastering on
- *    at shutdown. Nothing resets the function.
+ *    to a marked HWPT), or when the function left D0. From then on
+ *    SET_IRQS, resets, config writes and low power entry through the file
+ *    get -EBUSY, and the PCI core keeps bus mastering on at shutdown.
+ *    Nothing resets the function.
+ *    The iommufd must be preserved in the same session, before the cdev:
+ *    LUO finishes a session's files in reverse order, so the cdev's finish
+ *    (which stops an unadopted function) runs before the iommufd's (which
+ *    blocks its translation and releases its memory).
  *
  * Next kernel:
  *  - before vfio-pci registers: a listed function that is found, matches
  *    and is still held by the IOMMU gets driver_override "vfio-pci" and
  *    waits for its VMM: other opens get -EBUSY and it is not runtime
- *    suspended. Any other listed function gets bus mastering cleared.
+ *    suspended. A listed function that does not qualify, but that the
+ *    IOMMU holds, gets bus mastering cleared; one the IOMMU does not hold
+ *    is not ours to touch (its DMA is blocked or the host's).
+ *    A session that is never retrieved keeps its functions waiting and
+ *    mastering: closing it, or LIVEUPDATE_SESSION_FINISH, ends that.
  *  - retrieve: a file that behaves as an open of the device's cdev; its
  *    first VFIO_DEVICE_BIND_IOMMUFD adopts the function with neither a
  *    reset nor a bus master clear (vfio_pci_core_enable()).
@@ -34,11 +43,19 @@
 #include <linux/kexec_handover.h>
 #include <linux/kho/abi/vfio_pci_lu.h>
 #include <linux/liveupdate.h>
+#include <linux/moduleparam.h>
 #include <linux/pci.h>
 #include <linux/pm_runtime.h>
 #include <linux/vfio_pci_core.h>
 
 #include "vfio_pci_priv.h"
+
+static_assert(sizeof(struct vfio_pci_lu_header) == 24);
+static_assert(sizeof(struct vfio_pci_lu_func) == 16);
+/* The list is one page */
+static_assert(sizeof(struct vfio_pci_lu_header) +
+	      VFIO_PCI_LU_MAX_FUNCS * sizeof(struct vfio_pci_lu_func) <=
+	      PAGE_SIZE);
 
 static struct pci_driver *vfio_pci_lu_driver;
 static const struct vfio_device_ops *vfio_pci_lu_ops;
@@ -99,10 +116,13 @@ static u32 vfio_pci_lu_rid(struct pci_dev *pdev)
 	return (u32)pci_domain_nr(pdev->bus) << 16 | pci_dev_id(pdev);
 }
 
-#define VFIO_PCI_LU_RID_FMT "%04x:%02x:%02x.%d"
-#define VFIO_PCI_LU_RID_ARGS(rid) \
-	(rid) >> 16, ((rid) >> 8) & 0xff, PCI_SLOT((rid) & 0xff), \
-	PCI_FUNC((rid) & 0xff)
+/* Logs about function @rid when there is no pci_dev for it */
+static void vfio_pci_lu_rid_err(u32 rid, const char *what)
+{
+	pr_err("vfio-pci: live update: %04x:%02x:%02x.%d %s\n", rid >> 16,
+	       (rid >> 8) & 0xff, PCI_SLOT(rid & 0xff), PCI_FUNC(rid & 0xff),
+	       what);
+}
 
 #if IS_ENABLED(CONFIG_IOMMUFD_TEST)
 /*
@@ -294,24 +314,28 @@ static void vfio_pci_lu_quiesce(struct pci_dev *pdev, const char *why)
 	pci_warn(pdev, "live update: %s; bus mastering cleared\n", why);
 }
 
+static void vfio_pci_lu_stop_unpinned(u32 rid, const char *why);
+
 static void vfio_pci_lu_flb_finish(struct liveupdate_flb_op_args *args)
 {
 	struct vfio_pci_lu_in *in = args->obj;
 
-	scoped_guard(spinlock, &vfio_pci_lu_in_lock)
-		if (vfio_pci_lu_in == in)
+	if (in == &vfio_pci_lu_refused) {
+		scoped_guard(spinlock, &vfio_pci_lu_in_lock)
 			vfio_pci_lu_in = NULL;
-	if (in == &vfio_pci_lu_refused)
 		return;
-	for (u32 i = 0; i < in->nr; i++) {
-		struct vfio_pci_lu_in_func *f = &in->funcs[i];
-
-		/* Every file finished first: nothing should be waiting */
-		if (f->state == VFIO_PCI_LU_WAITING ||
-		    f->state == VFIO_PCI_LU_RETRIEVED)
-			vfio_pci_lu_quiesce(f->pdev, "never finished");
-		pci_dev_put(f->pdev);
 	}
+	/*
+	 * Every file finished first, so only a function listed without a
+	 * file can still wait: stop it before the list goes.
+	 */
+	for (u32 i = 0; i < in->nr; i++)
+		vfio_pci_lu_stop_unpinned(in->funcs[i].rid,
+					  "listed without a preserved file");
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock)
+		vfio_pci_lu_in = NULL;
+	for (u32 i = 0; i < in->nr; i++)
+		pci_dev_put(in->funcs[i].pdev);
 	kfree(in);
 }
 
@@ -350,13 +374,13 @@ static struct vfio_pci_core_device *vfio_pci_lu_vdev(struct vfio_device *device)
 static bool vfio_pci_lu_can_preserve(struct liveupdate_file_handler *handler,
 				     struct file *file)
 {
-	return vfio_pci_lu_vdev(vfio_device_lu_from_file(file));
+	return vfio_pci_lu_vdev(vfio_device_lu_from_file(file, true));
 }
 
 static int vfio_pci_lu_preserve(struct liveupdate_file_op_args *args)
 {
 	struct vfio_pci_core_device *vdev =
-		vfio_pci_lu_vdev(vfio_device_lu_from_file(args->file));
+		vfio_pci_lu_vdev(vfio_device_lu_from_file(args->file, true));
 	struct vfio_pci_lu_file *lf, *other;
 	struct vfio_pci_lu_out *out;
 	const char *reason = NULL;
@@ -408,7 +432,7 @@ static int vfio_pci_lu_preserve(struct liveupdate_file_op_args *args)
 	}
 	list_add_tail(&lf->link, &out->files);
 	vfio_pci_lu_encode(out);
-	args->serialized_data = (u64)VFIO_PCI_LU_FILE_TAG << 32 | lf->rid;
+	args->serialized_data = ((u64)VFIO_PCI_LU_FILE_TAG << 32) | lf->rid;
 	args->private_data = lf;
 	return 0;
 }
@@ -440,6 +464,8 @@ static int vfio_pci_lu_freeze(struct liveupdate_file_op_args *args)
 	const char *irq = NULL;
 	u16 cmd;
 
+	/* Resets, config writes and low power entry hold lu_lock to read */
+	guard(rwsem_write)(&vdev->lu_lock);
 	scoped_guard(mutex, &vdev->igate) {
 		if (vdev->irq_type < ARRAY_SIZE(vfio_pci_lu_irq_names))
 			irq = vfio_pci_lu_irq_names[vdev->irq_type];
@@ -456,12 +482,14 @@ static int vfio_pci_lu_freeze(struct liveupdate_file_op_args *args)
 			pci_err(pdev, "live update refused: translation not preserved (preserve the iommufd before the device, the device attached to a marked HWPT)\n");
 			return -EINVAL;
 		}
-		/* Config writes and resets hold memory_lock for writing */
-		down_write(&vdev->memory_lock);
+		if (READ_ONCE(vdev->pm_runtime_engaged) ||
+		    pdev->current_state != PCI_D0) {
+			pci_err(pdev, "live update refused: not in D0\n");
+			return -EBUSY;
+		}
 		vdev->lu_frozen = true;
 		pci_read_config_word(pdev, PCI_COMMAND, &cmd);
-		pdev->liveupdate_outgoing = 1;
-		up_write(&vdev->memory_lock);
+		WRITE_ONCE(pdev->liveupdate_outgoing, true);
 	}
 	scoped_guard(mutex, &lf->out->lock) {
 		lf->command = cmd;
@@ -478,11 +506,10 @@ static void vfio_pci_lu_unfreeze(struct liveupdate_file_op_args *args)
 	struct vfio_pci_lu_file *lf = args->private_data;
 	struct vfio_pci_core_device *vdev = lf->vdev;
 
-	scoped_guard(mutex, &vdev->igate) {
-		down_write(&vdev->memory_lock);
+	scoped_guard(rwsem_write, &vdev->lu_lock) {
+		guard(mutex)(&vdev->igate);
 		vdev->lu_frozen = false;
-		vdev->pdev->liveupdate_outgoing = 0;
-		up_write(&vdev->memory_lock);
+		WRITE_ONCE(vdev->pdev->liveupdate_outgoing, false);
 	}
 	scoped_guard(mutex, &lf->out->lock) {
 		lf->command = 0;
@@ -511,12 +538,75 @@ static void vfio_pci_lu_release(struct vfio_pci_core_device *vdev)
 	}
 }
 
+/*
+ * Stops function @rid if it still waits for its VMM, and ends the wait
+ * of @vdev, its vfio-pci device if bound (dev_set->lock held, the caller
+ * keeps it registered).
+ */
+static void vfio_pci_lu_stop(struct pci_dev *pdev,
+			     struct vfio_pci_core_device *vdev, u32 rid,
+			     const char *why)
+{
+	struct vfio_pci_lu_in_func *f;
+	bool quiet = false;
+
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
+		f = vfio_pci_lu_find(rid);
+		if (f && (f->state == VFIO_PCI_LU_WAITING ||
+			  f->state == VFIO_PCI_LU_RETRIEVED)) {
+			f->state = VFIO_PCI_LU_QUIET;
+			quiet = true;
+		}
+	}
+	if (quiet) {
+		vfio_pci_lu_quiesce(pdev, why);
+		/* Host drivers may bind it again, unless the admin chose */
+		if (device_match_driver_override(&pdev->dev,
+						 &vfio_pci_lu_driver->driver) > 0)
+			device_set_driver_override(&pdev->dev, "");
+	}
+	if (vdev && vdev->lu_adopt)
+		vfio_pci_lu_release(vdev);
+}
+
+/*
+ * Stops function @rid when no retrieved file pins its vfio-pci device:
+ * device_lock() keeps the driver bound meanwhile.
+ */
+static void vfio_pci_lu_stop_unpinned(u32 rid, const char *why)
+{
+	struct vfio_pci_core_device *vdev;
+	struct vfio_pci_lu_in_func *f;
+	struct pci_dev *pdev = NULL;
+
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
+		f = vfio_pci_lu_find(rid);
+		if (f && (f->state == VFIO_PCI_LU_WAITING ||
+			  f->state == VFIO_PCI_LU_RETRIEVED))
+			pdev = pci_dev_get(f->pdev);
+	}
+	if (!pdev)
+		return;
+	device_lock(&pdev->dev);
+	vdev = vfio_pci_lu_bound(pdev);
+	if (vdev) {
+		/* Against a concurrent VFIO_DEVICE_BIND_IOMMUFD */
+		guard(mutex)(&vdev->vdev.dev_set->lock);
+		vfio_pci_lu_stop(pdev, vdev, rid, why);
+	} else {
+		vfio_pci_lu_stop(pdev, NULL, rid, why);
+	}
+	device_unlock(&pdev->dev);
+	pci_dev_put(pdev);
+}
+
 static int vfio_pci_lu_retrieve(struct liveupdate_file_op_args *args)
 {
 	u32 rid = lower_32_bits(args->serialized_data);
 	struct vfio_pci_core_device *vdev;
 	struct vfio_pci_lu_in_func *f;
 	struct pci_dev *pdev = NULL;
+	const char *why = NULL;
 	struct file *file;
 	int ret = -ENODEV;
 
@@ -531,21 +621,33 @@ static int vfio_pci_lu_retrieve(struct liveupdate_file_op_args *args)
 			pdev = pci_dev_get(f->pdev);
 	}
 	if (!pdev) {
-		pr_err("vfio-pci: live update: " VFIO_PCI_LU_RID_FMT " was not handed over running (see the boot log)\n",
-		       VFIO_PCI_LU_RID_ARGS(rid));
+		vfio_pci_lu_rid_err(rid, "was not handed over running (see the boot log)");
 		return -ENODEV;
 	}
 
 	device_lock(&pdev->dev);
 	vdev = vfio_pci_lu_bound(pdev);
-	if (!vdev || !READ_ONCE(vdev->lu_adopt)) {
-		pci_err(pdev, "live update: not bound to vfio-pci, cannot retrieve\n");
-		goto out_unlock;
+	if (!iommu_lu_device_held(&pdev->dev, NULL)) {
+		why = "its translation is no longer handed over";
+	} else if (!vdev) {
+		why = "not bound to vfio-pci";
+	} else if (!READ_ONCE(vdev->lu_adopt)) {
+		why = "vfio-pci did not claim it";
+	} else {
+		file = vfio_device_lu_open_file(&vdev->vdev);
+		if (IS_ERR(file)) {
+			ret = PTR_ERR(file);
+			why = "cannot open it";
+		}
 	}
-	file = vfio_device_lu_open_file(&vdev->vdev);
-	if (IS_ERR(file)) {
-		ret = PTR_ERR(file);
-		goto out_unlock;
+	if (why) {
+		device_unlock(&pdev->dev);
+		pci_err(pdev, "live update: cannot retrieve: %s (%d)\n", why,
+			ret);
+		/* A failed retrieve is final: stop the function now */
+		vfio_pci_lu_stop_unpinned(rid, "retrieve failed");
+		pci_dev_put(pdev);
+		return ret;
 	}
 	ret = 0;
 	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
@@ -559,7 +661,6 @@ static int vfio_pci_lu_retrieve(struct liveupdate_file_op_args *args)
 		fput(file);
 	else
 		args->file = file;
-out_unlock:
 	device_unlock(&pdev->dev);
 	pci_dev_put(pdev);
 	return ret;
@@ -579,45 +680,23 @@ static void vfio_pci_lu_finish(struct liveupdate_file_op_args *args)
 {
 	u32 rid = lower_32_bits(args->serialized_data);
 	struct vfio_pci_core_device *vdev;
-	struct vfio_pci_lu_in_func *f;
-	struct pci_dev *pdev = NULL;
-	bool quiet = false;
 
 	if (upper_32_bits(args->serialized_data) != VFIO_PCI_LU_FILE_TAG)
 		return;
-	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
-		f = vfio_pci_lu_find(rid);
-		if (f && (f->state == VFIO_PCI_LU_WAITING ||
-			  f->state == VFIO_PCI_LU_RETRIEVED))
-			pdev = pci_dev_get(f->pdev);
-	}
-	if (!pdev)
+	if (args->retrieve_status <= 0 || !args->file) {
+		vfio_pci_lu_stop_unpinned(rid, "not adopted by its VMM before FINISH");
 		return;
-
-	/* Against a concurrent VFIO_DEVICE_BIND_IOMMUFD of the file */
-	device_lock(&pdev->dev);
-	vdev = vfio_pci_lu_bound(pdev);
-	if (vdev)
-		mutex_lock(&vdev->vdev.dev_set->lock);
-	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
-		f = vfio_pci_lu_find(rid);
-		if (f && (f->state == VFIO_PCI_LU_WAITING ||
-			  f->state == VFIO_PCI_LU_RETRIEVED)) {
-			f->state = VFIO_PCI_LU_QUIET;
-			quiet = true;
-		}
 	}
-	if (quiet) {
-		vfio_pci_lu_quiesce(pdev, "not adopted by its VMM before FINISH");
-		if (vdev && vdev->lu_adopt)
-			vfio_pci_lu_release(vdev);
-		/* Host drivers may bind it again ("" clears) */
-		device_set_driver_override(&pdev->dev, "");
-	}
-	if (vdev)
-		mutex_unlock(&vdev->vdev.dev_set->lock);
-	device_unlock(&pdev->dev);
-	pci_dev_put(pdev);
+	/*
+	 * The retrieved file keeps vfio-pci's device registered, so no
+	 * device_lock(): an unbind waiting for that file would hold it.
+	 */
+	vdev = vfio_pci_lu_vdev(vfio_device_lu_from_file(args->file, false));
+	if (!vdev)
+		return;
+	guard(mutex)(&vdev->vdev.dev_set->lock);
+	vfio_pci_lu_stop(vdev->pdev, vdev, rid,
+			 "not adopted by its VMM before FINISH");
 }
 
 static const struct liveupdate_file_ops vfio_pci_lu_file_ops = {
@@ -665,27 +744,47 @@ void vfio_pci_lu_remove(struct vfio_pci_core_device *vdev)
 	WRITE_ONCE(vdev->vdev.lu_incoming, false);
 }
 
-/* vfio_pci_core_enable() of an adoptable function (dev_set->lock held) */
+/*
+ * vfio_pci_core_enable(), dev_set->lock held: adopt the function as it
+ * runs? Only while the IOMMU still holds it; else it is stopped here and
+ * the enable takes the normal path (bus master clear and reset).
+ */
+bool vfio_pci_lu_adoptable(struct vfio_pci_core_device *vdev)
+{
+	struct pci_dev *pdev = vdev->pdev;
+
+	lockdep_assert_held(&vdev->vdev.dev_set->lock);
+	if (!vdev->lu_adopt)
+		return false;
+	if (iommu_lu_device_held(&pdev->dev, NULL))
+		return true;
+	vfio_pci_lu_stop(pdev, vdev, vfio_pci_lu_rid(pdev),
+			 "its translation is no longer handed over; reset instead of adopted");
+	return false;
+}
+
+/* The end of an adopting vfio_pci_core_enable() (dev_set->lock held) */
 void vfio_pci_lu_adopted(struct vfio_pci_core_device *vdev, int err)
 {
 	struct pci_dev *pdev = vdev->pdev;
 	u32 rid = vfio_pci_lu_rid(pdev);
 	struct vfio_pci_lu_in_func *f;
 
+	if (err) {
+		vfio_pci_lu_stop(pdev, vdev, rid, "adoption failed");
+		return;
+	}
 	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
 		f = vfio_pci_lu_find(rid);
 		if (f)
-			f->state = err ? VFIO_PCI_LU_QUIET : VFIO_PCI_LU_ADOPTED;
+			f->state = VFIO_PCI_LU_ADOPTED;
 	}
-	if (err)
-		vfio_pci_lu_quiesce(pdev, "adoption failed");
-	else
-		pci_info(pdev, "live update: adopted by its VMM without reset\n");
+	pci_info(pdev, "live update: adopted by its VMM without reset\n");
 	vfio_pci_lu_release(vdev);
 }
 
 /* A refused handover: stop every function still translating through it */
-static void vfio_pci_lu_quiesce_held(void)
+static void __init vfio_pci_lu_quiesce_held(void)
 {
 	struct pci_dev *pdev = NULL;
 
@@ -702,9 +801,11 @@ static void __init vfio_pci_lu_claim(void)
 	if (liveupdate_flb_get_incoming(&vfio_pci_lu_flb, &obj))
 		return;
 	in = obj;
-	if (in->refused)
+	if (in->refused) {
 		vfio_pci_lu_quiesce_held();
-	for (u32 i = 0; i < (in->refused ? 0 : in->nr); i++) {
+		goto out;
+	}
+	for (u32 i = 0; i < in->nr; i++) {
 		struct vfio_pci_lu_in_func *f = &in->funcs[i];
 		const char *reason = NULL;
 		struct pci_dev *pdev;
@@ -713,8 +814,7 @@ static void __init vfio_pci_lu_claim(void)
 						   (f->rid >> 8) & 0xff,
 						   f->rid & 0xff);
 		if (!pdev) {
-			pr_err("vfio-pci: live update: " VFIO_PCI_LU_RID_FMT " not found\n",
-			       VFIO_PCI_LU_RID_ARGS(f->rid));
+			vfio_pci_lu_rid_err(f->rid, "not found");
 			continue;
 		}
 		if (pdev->vendor != f->vendor || pdev->device != f->device)
@@ -726,7 +826,12 @@ static void __init vfio_pci_lu_claim(void)
 		else if (device_set_driver_override(&pdev->dev, "vfio-pci"))
 			reason = "cannot set driver_override";
 		if (reason) {
-			vfio_pci_lu_quiesce(pdev, reason);
+			/* Not held: its DMA is blocked or the host's, not ours */
+			if (iommu_lu_device_held(&pdev->dev, NULL))
+				vfio_pci_lu_quiesce(pdev, reason);
+			else
+				pci_err(pdev, "live update: not adopted: %s\n",
+					reason);
 			pci_dev_put(pdev);
 			continue;
 		}
@@ -735,6 +840,7 @@ static void __init vfio_pci_lu_claim(void)
 		pci_info(pdev, "live update: handed over running (command %#06x), held for its VMM\n",
 			 f->command);
 	}
+out:
 	scoped_guard(spinlock, &vfio_pci_lu_in_lock)
 		vfio_pci_lu_in = in;
 	liveupdate_flb_put_incoming(&vfio_pci_lu_flb);

@@ -16,7 +16,7 @@
  * Two objects are handed over:
  *
  *  - the file's serialized data: VFIO_PCI_LU_FILE_TAG in bits 63:32 and
- *    the function's requester ID (segment << 16 | bus << 8 | devfn) in bits
+ *    the function's PCI address (segment << 16 | bus << 8 | devfn) in bits
  *    31:0;
  *  - one LUO File-Lifecycle-Bound object, compatible
  *    VFIO_PCI_LU_FLB_COMPATIBLE, whose data is the physical address of one
@@ -30,6 +30,11 @@
  * be zero. A page of another version, with a bad CRC or a bad record is
  * refused as a whole: every function the IOMMU still holds gets bus
  * mastering cleared, and nothing is retrieved.
+ *
+ * A function stays mastering, held for its VMM, until its file is
+ * retrieved and bound (adopted without reset) or its session is finished
+ * or closed (bus mastering cleared). A session nobody retrieves keeps it
+ * so for as long as the kernel runs.
  */
 
 #define VFIO_PCI_LU_FH_COMPATIBLE	"vfio-pci-lu-v1"
@@ -61,7 +66,7 @@ struct vfio_pci_lu_header {
 
 /**
  * struct vfio_pci_lu_func - one preserved function
- * @rid: segment << 16 | bus << 8 | devfn
+ * @rid: PCI address: segment << 16 | bus << 8 | devfn
  * @vendor: PCI vendor ID, checked against the function found at @rid
  * @device: PCI device ID, checked likewise
  * @command: PCI_COMMAND at the freeze
