@@ -530,6 +530,11 @@ impl Monitor {
         };
         match event {
             Event::TestStart { test, stage } => {
+                // Another test: its predecessor's stream (and END frames)
+                // is over, whether or not it reported a result.
+                if self.active.as_ref().is_some_and(|a| a.report.test != test) {
+                    self.end_stream();
+                }
                 self.test = test;
                 if stage > 1 {
                     self.mark(t_ns, Mark::Userspace { stage });

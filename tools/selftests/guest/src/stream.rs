@@ -141,6 +141,9 @@ pub struct Tally {
     pub last_t_send_ns: u64,
     /// Most completed descriptors found waiting in one poll.
     pub peak: u64,
+    /// Intact frames of an earlier stream (still queued in QEMU or the
+    /// host's socket when this one started): not ours, not errors.
+    pub stale: u64,
 }
 
 impl Tally {
@@ -159,7 +162,7 @@ impl Tally {
         };
         match parse(bytes) {
             Err(_) => self.bad += 1,
-            Ok(f) if f.run_id != self.run_id => self.bad += 1,
+            Ok(f) if f.run_id != self.run_id => self.stale += 1,
             Ok(f) if f.kind == KIND_END => self.end_count = f.count.max(1),
             Ok(f) if f.kind != KIND_DATA => self.bad += 1,
             Ok(f) if f.seq == self.next => {
@@ -183,14 +186,15 @@ impl Tally {
     pub fn result(&self, ring: usize) -> String {
         let sent = u64::from(self.end_count);
         format!(
-            "run={:08x} received={} sent={sent} missing={} dups={} bad={} reordered={} peak={} ring={ring}",
+            "run={:08x} received={} sent={sent} missing={} dups={} bad={} reordered={} peak={} ring={ring} stale={}",
             self.run_id,
             self.next,
             sent.saturating_sub(self.next),
             self.dups,
             self.bad,
             self.reordered,
-            self.peak
+            self.peak,
+            self.stale
         )
     }
 

@@ -301,6 +301,13 @@ fn stream_freeze(ctx: &mut Ctx, name: &str, before: Before) -> TestResult {
     // SAFETY: the ring and buffers are in `map`, mapped at IOVA for the
     // device, and kept (forgotten below) until the kexec replaces us.
     let mut rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
+    // Frames of an earlier test's stream may still be queued: drop them.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_millis(300) {
+        if rx.poll(|_| ()) == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
     let mut tally = Tally::new(run_id());
     diag(&format!(
         "stream: start run={:08x} rate={RATE}",
