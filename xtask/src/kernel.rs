@@ -38,6 +38,7 @@ pub const KSELFTESTS: &[(&str, &[&str])] = &[
         &["iommufd", "iommufd_fail_nth", "iommufd_guestmemfs"],
     ),
     ("liveupdate", &["liveupdate"]),
+    ("vfio", &["vfio_pci_driver_test", "vfio_dma_mapping_test"]),
 ];
 
 /// The unpacked upstream source.

@@ -55,7 +55,7 @@ pub const KIND_END: u32 = 1;
 pub const END_SEQ: u64 = u64::MAX;
 
 /// Guest tests that stream: their VMs get the device write trace.
-pub const STREAM_TESTS: &[&str] = &["vfio_lu_stream"];
+pub const STREAM_TESTS: &[&str] = &["vfio_lu_stream", "vfio_lu_soak"];
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const SRC_IP: [u8; 4] = [10, 0, 2, 2];

@@ -67,6 +67,22 @@ pub fn iommufd_fail_nth(_ctx: &mut Ctx) -> TestResult {
     run("iommufd_fail_nth")
 }
 
+/// The 7.3 tree's VFIO selftests against the igb, bound to vfio-pci (the
+/// live update changes must not change an ordinary open: reset, DMA, MSI).
+fn vfio(binary: &str) -> TestResult {
+    let bdf = super::igb_kexec::igb_bdf()?;
+    crate::vfio::bind_vfio_pci(&bdf)?;
+    run_env(binary, &[&bdf], &[])
+}
+
+pub fn vfio_pci_driver(_ctx: &mut Ctx) -> TestResult {
+    vfio("vfio_pci_driver_test")
+}
+
+pub fn vfio_dma_mapping(_ctx: &mut Ctx) -> TestResult {
+    vfio("vfio_dma_mapping_test")
+}
+
 /// The fail_nth case over guestmemfs maps and the mark, with guestmemfs
 /// mounted (without it the case passes trivially).
 pub fn iommufd_fail_nth_guestmemfs(_ctx: &mut Ctx) -> TestResult {

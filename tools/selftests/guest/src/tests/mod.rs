@@ -343,10 +343,28 @@ pub const CATALOG: &[Test] = &[
         run: igb::igb_dma,
     },
     Test {
+        name: "kselftest_vfio_pci_driver",
+        summary: "tools/testing/selftests/vfio/vfio_pci_driver_test from the 7.3 tree on the igb (memcpy DMA, MSI, iommufd and type1 modes)",
+        timeout_s: 600,
+        run: kselftest::vfio_pci_driver,
+    },
+    Test {
+        name: "kselftest_vfio_dma_mapping",
+        summary: "tools/testing/selftests/vfio/vfio_dma_mapping_test from the 7.3 tree on the igb",
+        timeout_s: 600,
+        run: kselftest::vfio_dma_mapping,
+    },
+    Test {
         name: "vfio_lu_stream",
         summary: "a UDP stream into igb's RX ring in guestmemfs while iommufd + VFIO cdev are preserved and the host kexecs: device never stopped or reset, every frame exactly once and in order, frames written while no VMM ran, no DMAR fault",
         timeout_s: 900,
         run: vfio_lu::stream,
+    },
+    Test {
+        name: "vfio_lu_soak",
+        summary: "20 live updates in a row with the UDP stream running: the device adopted and re-preserved each time, every frame exactly once, a guestmemfs data file intact, MemTotal after the 20th as after the 1st, kmemleak clean",
+        timeout_s: 1800,
+        run: vfio_lu::soak,
     },
     Test {
         name: "vfio_lu_unretrieved",
