@@ -4,6 +4,7 @@
 //! `cargo xtask help` lists the commands; docs/testing.md explains them.
 
 mod bench;
+mod bench_dma;
 mod bench_lu;
 mod image;
 mod kernel;
@@ -30,14 +31,18 @@ commands:
   build            build the kernel, the kselftests and the test initramfs
   test [NAME...]   run everything: host checks, kernel build, all VM suites;
                    with NAMEs, only those suites, guest tests, or `host`
-  demo             boot the VM and show the IOMMU, guestmemfs and a memfd
-                   surviving a kexec through LUO
+  demo             the live update demo: a passthrough NIC keeps receiving
+                   a UDP stream into guestmemfs while the host kexecs;
+                   prints the timeline, writes the plot (SVG)
   bench            guestmemfs benchmark: one VM per file count and region
                    size; prints a markdown table (also target/xtask/bench.md)
                    for docs/benchmarks.md
   bench-lu         iommufd live update benchmark: restore after kexec against
                    the upstream re-map path, one VM per size, mapping count
                    and IOPTE size (also target/xtask/bench-lu.md)
+  bench-dma        DMA blackout through a live update: a NIC kept running
+                   against the upstream-style reset + re-map path, one VM
+                   (also target/xtask/bench-dma.md)
   export           write the whole change as a git format-patch series
                    against the pristine 7.3 source (target/xtask/export)
   list             list the VM suites and guest tests
@@ -67,6 +72,9 @@ fn main() -> ExitCode {
         "bench-lu" if rest.is_empty() => setup::setup()
             .and_then(|_| build_all())
             .and_then(|p| bench_lu::run(&p, echo_mode())),
+        "bench-dma" if rest.is_empty() => setup::setup()
+            .and_then(|_| build_all())
+            .and_then(|p| bench_dma::run(&p, echo_mode())),
         "export" if rest.is_empty() => Paths::new().and_then(|p| kernel::export(&p)).map(|out| {
             say(&format!("patch series written to {}", out.display()));
             true

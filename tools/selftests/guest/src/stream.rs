@@ -144,6 +144,8 @@ pub struct Tally {
     /// Intact frames of an earlier stream (still queued in QEMU or the
     /// host's socket when this one started): not ours, not errors.
     pub stale: u64,
+    /// Data frames accepted (in order, or first after a gap).
+    pub got: u64,
 }
 
 impl Tally {
@@ -167,11 +169,13 @@ impl Tally {
             Ok(f) if f.kind != KIND_DATA => self.bad += 1,
             Ok(f) if f.seq == self.next => {
                 self.next += 1;
+                self.got += 1;
                 self.last_t_send_ns = f.t_send_ns;
             }
             Ok(f) if f.seq < self.next => self.dups += 1,
             Ok(f) => {
                 self.reordered += 1;
+                self.got += 1;
                 self.next = f.seq + 1;
             }
         }
@@ -188,8 +192,8 @@ impl Tally {
         format!(
             "run={:08x} received={} sent={sent} missing={} dups={} bad={} reordered={} peak={} ring={ring} stale={}",
             self.run_id,
-            self.next,
-            sent.saturating_sub(self.next),
+            self.got,
+            sent.saturating_sub(self.got),
             self.dups,
             self.bad,
             self.reordered,
@@ -202,6 +206,7 @@ impl Tally {
     pub fn fault(&self) -> Option<String> {
         let sent = u64::from(self.end_count);
         (!self.ended()
+            || self.got != sent
             || self.next != sent
             || self.dups != 0
             || self.bad != 0

@@ -803,7 +803,7 @@ fn fail_nth_restore_setup(ctx: &mut Ctx) -> TestResult {
 }
 
 /// As `iommufd_fail_nth.c` sets it up: any allocation may fail, quietly.
-fn setup_fault_injection() -> Result<(), String> {
+pub(super) fn setup_fault_injection() -> Result<(), String> {
     let d = "/sys/kernel/debug";
     fs::write(format!("{d}/failslab/ignore-gfp-wait"), "N")
         .map_err(|e| format!("failslab (CONFIG_FAILSLAB): {e}"))?;
@@ -827,7 +827,7 @@ fn fail_nth_file() -> String {
 
 /// Runs `f` with the `n`-th allocation of this thread failing; says
 /// whether an allocation was made to fail.
-fn with_fail_nth<T>(n: u32, f: impl FnOnce() -> T) -> Result<(T, bool), String> {
+pub(super) fn with_fail_nth<T>(n: u32, f: impl FnOnce() -> T) -> Result<(T, bool), String> {
     let nth = fail_nth_file();
     fs::write(&nth, n.to_string()).map_err(|e| format!("{nth}: {e}"))?;
     let r = f();

@@ -367,6 +367,18 @@ pub const CATALOG: &[Test] = &[
         run: vfio_lu::soak,
     },
     Test {
+        name: "vfio_lu_stream_reset",
+        summary: "benchmark baseline, the upstream-style path: ring in a LUO-preserved memfd, device not preserved (stopped by the kexec, reset at open, ring re-initialised); checks only that the stream resumes",
+        timeout_s: 900,
+        run: vfio_lu::stream_reset,
+    },
+    Test {
+        name: "vfio_lu_fail_nth",
+        summary: "fault injection over PRESERVE_FD of the VFIO cdev (device untouched, nothing leaked) and over its RETRIEVE_FD after the kexec (one kexec per allocation; each failure leaves the device quiet), kmemleak checked; the last round adopts",
+        timeout_s: 1500,
+        run: vfio_lu::fail_nth,
+    },
+    Test {
         name: "vfio_lu_unretrieved",
         summary: "the VMM never retrieves its preserved, running device: held (EBUSY) and still receiving until FINISH, then bus mastering off before its translation goes, no DMAR fault",
         timeout_s: 900,

@@ -373,7 +373,7 @@ fn preserve_and_kexec(
     unsafe { map.ptr.cast::<Ctl>().write_volatile(ctl) };
     diag(&format!(
         "lu: freeze last={} head={}",
-        tally.next - 1,
+        tally.next.wrapping_sub(1),
         rx.head()
     ));
     ctx.keep.push(session.into_owned_fd());
@@ -790,4 +790,285 @@ pub fn soak(ctx: &mut Ctx) -> TestResult {
         tally.next, first.0, first.2, first.1
     ));
     Ok(Outcome::Pass)
+}
+
+/// The upstream-style path, for the benchmark (`cargo xtask bench-dma`):
+/// the ring is in a memfd preserved by LUO, the device is not preserved,
+/// so the kexec stops it (bus mastering cleared at shutdown) and the next
+/// VMM opens it afresh (reset), maps the memfd again and re-initialises
+/// the ring. Frames sent meanwhile wait in QEMU and the host socket, or
+/// are lost; the test only checks that the stream resumes.
+pub fn stream_reset(ctx: &mut Ctx) -> TestResult {
+    const MEMFD_TOKEN: u64 = 0x3e3f;
+    let bdf = igb_bdf()?;
+    if ctx.stage == 1 {
+        let memfd = sys::memfd_create("lu-ring").map_err(|e| format!("memfd_create: {e}"))?;
+        memfd.set_len(FILE_LEN).map_err(|e| e.to_string())?;
+        bind_vfio_pci(&bdf)?;
+        let pt = Passthrough::open(&bdf)?;
+        pt.map_file(&memfd, 0, FILE_LEN, IOVA)?;
+        let map = Mapping::new(&memfd, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+        pt.config_set16(0x4, 0x2 | 0x4)?;
+        // SAFETY: the ring and buffers are in `map`, mapped at IOVA, kept
+        // (forgotten below) until the kexec.
+        let mut rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_millis(300) {
+            if rx.poll(|_| ()) == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let mut tally = Tally::new(run_id());
+        diag(&format!(
+            "stream: start run={:08x} rate={RATE}",
+            tally.run_id
+        ));
+        let t = Instant::now();
+        receive(
+            &mut rx,
+            &mut tally,
+            RECEIVE + Duration::from_secs(30),
+            |_| t.elapsed() >= RECEIVE,
+        )?;
+        let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+        let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
+        session
+            .preserve_fd(memfd.as_raw_fd(), MEMFD_TOKEN)
+            .map_err(|e| format!("preserve the memfd: {e}"))?;
+        let n = rx.poll(|f| tally.account(f));
+        tally.peak = tally.peak.max(n as u64);
+        let ctl = Ctl {
+            magic: CTL_MAGIC,
+            head: rx.head() as u64,
+            tally,
+            regs: regs_array(&rx.queue_regs()),
+        };
+        // SAFETY: the control page, ours only.
+        unsafe { map.ptr.cast::<Ctl>().write_volatile(ctl) };
+        diag(&format!(
+            "lu: freeze last={} head={}",
+            tally.next - 1,
+            rx.head()
+        ));
+        ctx.keep.push(session.into_owned_fd());
+        std::mem::forget((rx, pt, map, memfd));
+        return Ok(Outcome::Kexec);
+    }
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+    let memfd = File::from(
+        session
+            .retrieve_fd(MEMFD_TOKEN)
+            .map_err(|e| format!("retrieve the memfd: {e}"))?,
+    );
+    let map = Mapping::new(&memfd, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    // SAFETY: the control page stage 1 wrote; plain integers.
+    let ctl = unsafe { map.ptr.cast::<Ctl>().read_volatile() };
+    if ctl.magic != CTL_MAGIC {
+        return Err("the control page is not stage 1's".into());
+    }
+    bind_vfio_pci(&bdf)?;
+    let pt = Passthrough::open(&bdf)?;
+    pt.map_file(&memfd, 0, FILE_LEN, IOVA)?;
+    pt.config_set16(0x4, 0x2 | 0x4)?;
+    // SAFETY: as in stage 1.
+    let mut rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
+    diag(&format!(
+        "lu: adopted buffered=0 first={} last={}",
+        u64::MAX,
+        u64::MAX
+    ));
+    let mut tally = ctl.tally;
+    let t = Instant::now();
+    receive(
+        &mut rx,
+        &mut tally,
+        RECEIVE + Duration::from_secs(30),
+        |_| t.elapsed() >= RECEIVE,
+    )?;
+    diag("stream: stop");
+    receive(&mut rx, &mut tally, Duration::from_secs(30), Tally::ended)?;
+    let (mpc, rnbc) = rx.drop_counters();
+    diag(&format!(
+        "stream: result {} rnbc={rnbc} mpc={mpc}",
+        tally.result(DESCS)
+    ));
+    if tally.next <= ctl.tally.next {
+        return Err("the stream did not resume after the reset".into());
+    }
+    session
+        .finish()
+        .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH: {e}"))?;
+    diag(&format!(
+        "stage 2: upstream-style path: the device was stopped by the kexec and reset at open; {} of {} frames lost",
+        u64::from(tally.end_count).saturating_sub(tally.got),
+        tally.end_count
+    ));
+    drop(rx);
+    drop(pt);
+    drop((map, memfd));
+    Ok(Outcome::Pass)
+}
+
+/// A receiver on the igb through a new iommufd, its ring in a new
+/// guestmemfs file, no stream (the fault-injection test).
+fn quiet_receiver(bdf: &str) -> Result<(IgbRx, Passthrough, Mapping, File), String> {
+    mount()?;
+    let _ = fs::remove_file(p(RING_FILE));
+    let file = create_sized(&p(RING_FILE), FILE_LEN)?;
+    bind_vfio_pci(bdf)?;
+    let pt = Passthrough::open(bdf)?;
+    pt.map_file(&file, 0, FILE_LEN, IOVA)?;
+    let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    pt.config_set16(0x4, 0x2 | 0x4)?;
+    // SAFETY: the ring and buffers are in `map`, mapped at IOVA; the
+    // caller keeps all four until the device stops or the kexec.
+    let rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
+    pt.mark_preserve(HWPT_TOKEN)
+        .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
+    Ok((rx, pt, map, file))
+}
+
+/// Fault injection over the device's PRESERVE_FD (each allocation fails
+/// in turn; the device keeps running, nothing leaks) and over its
+/// RETRIEVE_FD after the kexec (one kexec per allocation: a failed
+/// retrieve is final, so it must leave the device quiet, bus mastering
+/// off, and the session finishable); the last round adopts the device.
+pub fn fail_nth(ctx: &mut Ctx) -> TestResult {
+    use super::igb_kexec::{setup_fault_injection, with_fail_nth};
+    const MAX: u32 = 100;
+    let bdf = igb_bdf()?;
+    setup_fault_injection()?;
+    let n: u32 = match ctx.stage {
+        1 => 0,
+        _ => ctx
+            .note_in
+            .as_deref()
+            .and_then(|n| n.parse().ok())
+            .ok_or("no note from the previous stage")?,
+    };
+    if ctx.stage == 1 {
+        let (rx, pt, map, file) = quiet_receiver(&bdf)?;
+        let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+        let mut n = 1;
+        loop {
+            if n > MAX {
+                return Err(format!("PRESERVE_FD still fails at allocation {MAX}"));
+            }
+            let session = luo
+                .create_session("gtest-vfio-lu-fail")
+                .map_err(|e| e.to_string())?;
+            session
+                .preserve_fd(pt.iommufd.as_raw_fd(), IOMMUFD_TOKEN)
+                .map_err(|e| format!("preserve the iommufd: {e}"))?;
+            let (r, consumed) =
+                with_fail_nth(n, || session.preserve_fd(pt.dev().as_raw_fd(), CDEV_TOKEN))?;
+            if r.is_err() && !consumed {
+                return Err(format!(
+                    "PRESERVE_FD of the cdev failed at fail-nth {n} with no injected failure"
+                ));
+            }
+            drop(session);
+            // Unpreserved (closing the session): the device was not
+            // touched, config writes go through.
+            if rx.queue_regs().rctl != crate::igb_rx::RCTL_STREAM {
+                return Err(format!("preserve fail-nth {n}: the device was reset"));
+            }
+            pt.config_set16(0x4, 0x2 | 0x4)?;
+            if !consumed {
+                break;
+            }
+            n += 1;
+        }
+        crate::kmemleak::check("after the PRESERVE_FD fault injection")?;
+        diag(&format!(
+            "stage 1: PRESERVE_FD of the cdev: {} allocations failed in turn, each cleanly; the device untouched",
+            n - 1
+        ));
+        ctx.note_out = Some("1".into());
+        return preserve_and_kexec(
+            ctx,
+            &luo,
+            (rx, pt, map, file),
+            Tally::new(1),
+            Before::Nothing,
+        );
+    }
+
+    // Stage n + 1: RETRIEVE_FD of the cdev with allocation n failing.
+    let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
+    let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
+    let iommufd = session
+        .retrieve_fd(IOMMUFD_TOKEN)
+        .map_err(|e| format!("retrieve the iommufd: {e}"))?;
+    let (r, consumed) = with_fail_nth(n, || session.retrieve_fd(CDEV_TOKEN))?;
+    match r {
+        Ok(cdev) => {
+            mount()?;
+            let file = open_rw(RING_FILE)?;
+            let map =
+                Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+            // SAFETY: the control page stage 1 wrote; plain integers.
+            let ctl = unsafe { map.ptr.cast::<Ctl>().read_volatile() };
+            let (pt, _) =
+                Passthrough::retrieved(File::from(cdev), File::from(iommufd), HWPT_TOKEN)?;
+            // SAFETY: the same ring, still mapped at IOVA (restored).
+            let rx = unsafe {
+                IgbRx::adopt(
+                    pt.bar0()?,
+                    ring_of(&map),
+                    ctl.head as usize,
+                    &regs_of(&ctl.regs),
+                )?
+            };
+            session
+                .finish()
+                .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH: {e}"))?;
+            drop((rx, pt, map, file));
+            crate::kmemleak::check("after the last retrieve")?;
+            if n < 2 {
+                return Err("no allocation of RETRIEVE_FD was made to fail".into());
+            }
+            let trouble = sys::kernel_trouble().map_err(|e| e.to_string())?;
+            if let Some(t) = trouble.first() {
+                return Err(format!("kernel trouble: {t}"));
+            }
+            diag(&format!(
+                "stage {}: RETRIEVE_FD of the cdev: {} allocations failed in turn (one kexec each), each leaving the device quiet and the session finishable; then adopted",
+                ctx.stage,
+                n - 1 - u32::from(consumed)
+            ));
+            fs::remove_file(p(RING_FILE)).map_err(|e| e.to_string())?;
+            Ok(Outcome::Pass)
+        }
+        Err(e) if !consumed => Err(format!(
+            "RETRIEVE_FD failed at fail-nth {n} with no injected failure: {e}"
+        )),
+        Err(_) => {
+            if n > MAX {
+                return Err(format!("RETRIEVE_FD still fails at allocation {MAX}"));
+            }
+            let cmd = sysfs_command(&bdf)?;
+            if cmd & 0x4 != 0 {
+                return Err(format!(
+                    "retrieve fail-nth {n}: bus mastering still on (command {cmd:#06x})"
+                ));
+            }
+            session
+                .finish()
+                .map_err(|e| format!("fail-nth {n}: LIVEUPDATE_SESSION_FINISH: {e}"))?;
+            drop(iommufd);
+            drop(session);
+            crate::kmemleak::check(&format!("retrieve fail-nth {n}"))?;
+            let (rx, pt, map, file) = quiet_receiver(&bdf)?;
+            ctx.note_out = Some((n + 1).to_string());
+            preserve_and_kexec(
+                ctx,
+                &luo,
+                (rx, pt, map, file),
+                Tally::new(1),
+                Before::Nothing,
+            )
+        }
+    }
 }
