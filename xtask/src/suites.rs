@@ -99,6 +99,7 @@ pub const SUITES: &[Suite] = &[
             "vfio_lu_unretrieved",
             "vfio_lu_refuse_version",
             "vfio_lu_refuse_device",
+            "vfio_lu_refuse_bar",
         ],
         add: &["guestmemfs=2G", "kmemleak=on"],
         remove: &[],

@@ -51,7 +51,8 @@
 #include "vfio_pci_priv.h"
 
 static_assert(sizeof(struct vfio_pci_lu_header) == 24);
-static_assert(sizeof(struct vfio_pci_lu_func) == 16);
+static_assert(sizeof(struct vfio_pci_lu_func) == 72);
+static_assert(ARRAY_SIZE(((struct vfio_pci_lu_func *)0)->bar) == PCI_LU_NR_BARS);
 /* The list is one page */
 static_assert(sizeof(struct vfio_pci_lu_header) +
 	      VFIO_PCI_LU_MAX_FUNCS * sizeof(struct vfio_pci_lu_func) <=
@@ -74,6 +75,8 @@ struct vfio_pci_lu_file {
 	u32 rid;
 	u16 command;
 	u16 flags;
+	u32 bars[PCI_LU_NR_BARS];
+	u32 masks[PCI_LU_NR_BARS];
 };
 
 /* Incoming: what the previous kernel listed, and how far each got */
@@ -90,6 +93,8 @@ struct vfio_pci_lu_in_func {
 	u16 device;
 	u16 command;
 	u16 flags;
+	u32 bars[PCI_LU_NR_BARS];
+	u32 masks[PCI_LU_NR_BARS];
 	enum vfio_pci_lu_state state;
 	struct pci_dev *pdev;
 };
@@ -128,8 +133,8 @@ static void vfio_pci_lu_rid_err(u32 rid, const char *what)
 /*
  * Test only: damage the handover at the next freeze, so that the next
  * kernel's refusal paths can be tested (docs/testing.md): "version",
- * "crc", or "device" (the first record names another device ID, with a
- * valid checksum).
+ * "crc", "device" (the first record names another device ID) or "bar"
+ * (its BAR 0 is recorded elsewhere), both with a valid checksum.
  */
 static char lu_test_damage[16];
 module_param_string(lu_test_damage, lu_test_damage, sizeof(lu_test_damage),
@@ -145,6 +150,8 @@ static void vfio_pci_lu_test_damage(struct vfio_pci_lu_header *h)
 		h->crc = cpu_to_le32(le32_to_cpu(h->crc) ^ 1);
 	else if (sysfs_streq(lu_test_damage, "device") && h->nr_funcs)
 		rec[0].device = cpu_to_le16(le16_to_cpu(rec[0].device) ^ 1);
+	else if (sysfs_streq(lu_test_damage, "bar") && h->nr_funcs)
+		rec[0].bar[0] = cpu_to_le32(le32_to_cpu(rec[0].bar[0]) ^ 0x10000);
 	else
 		return;
 	if (!sysfs_streq(lu_test_damage, "crc")) {
@@ -179,6 +186,10 @@ static void vfio_pci_lu_encode(struct vfio_pci_lu_out *out)
 		rec[nr].device = cpu_to_le16(pdev->device);
 		rec[nr].command = cpu_to_le16(lf->command);
 		rec[nr].flags = cpu_to_le16(lf->flags);
+		for (unsigned int i = 0; i < PCI_LU_NR_BARS; i++) {
+			rec[nr].bar[i] = cpu_to_le32(lf->bars[i]);
+			rec[nr].mask[i] = cpu_to_le32(lf->masks[i]);
+		}
 		frozen |= lf->flags & VFIO_PCI_LU_FUNC_FROZEN;
 		nr++;
 	}
@@ -295,6 +306,10 @@ static struct vfio_pci_lu_in *vfio_pci_lu_read(phys_addr_t phys)
 		in->funcs[i].device = le16_to_cpu(rec[i].device);
 		in->funcs[i].command = le16_to_cpu(rec[i].command);
 		in->funcs[i].flags = le16_to_cpu(rec[i].flags);
+		for (unsigned int b = 0; b < PCI_LU_NR_BARS; b++) {
+			in->funcs[i].bars[b] = le32_to_cpu(rec[i].bar[b]);
+			in->funcs[i].masks[b] = le32_to_cpu(rec[i].mask[b]);
+		}
 		in->funcs[i].state = VFIO_PCI_LU_QUIET;
 	}
 	folio_put(folio);
@@ -448,6 +463,40 @@ static void vfio_pci_lu_unpreserve(struct liveupdate_file_op_args *args)
 	kfree(lf);
 }
 
+/*
+ * The BAR and ROM registers of @pdev, and what sizing them would read
+ * back, from its resources: sizing a running function is what the next
+ * kernel must not do (pci_lu_set_bars_fn()).
+ */
+static void vfio_pci_lu_bar_masks(struct pci_dev *pdev, u32 *bars, u32 *masks)
+{
+	struct resource *res;
+	unsigned int i;
+	u64 m;
+
+	memset(masks, 0, PCI_LU_NR_BARS * sizeof(u32));
+	for (i = 0; i < PCI_STD_NUM_BARS; i++)
+		pci_read_config_dword(pdev, PCI_BASE_ADDRESS_0 + 4 * i, &bars[i]);
+	pci_read_config_dword(pdev, PCI_ROM_ADDRESS, &bars[PCI_STD_NUM_BARS]);
+	for (i = 0; i < PCI_STD_NUM_BARS; i++) {
+		res = &pdev->resource[i];
+		if (!res->flags || !resource_size(res))
+			continue;
+		m = ~(resource_size(res) - 1);
+		if (res->flags & IORESOURCE_IO) {
+			masks[i] = (u32)m | (bars[i] & ~PCI_BASE_ADDRESS_IO_MASK);
+			continue;
+		}
+		masks[i] = (u32)m | (bars[i] & ~PCI_BASE_ADDRESS_MEM_MASK);
+		if ((res->flags & IORESOURCE_MEM_64) && i + 1 < PCI_STD_NUM_BARS)
+			masks[++i] = m >> 32;
+	}
+	res = &pdev->resource[PCI_ROM_RESOURCE];
+	if (res->flags && resource_size(res))
+		masks[PCI_STD_NUM_BARS] = (u32)~(resource_size(res) - 1) &
+					  PCI_ROM_ADDRESS_MASK;
+}
+
 static const char *const vfio_pci_lu_irq_names[] = {
 	[VFIO_PCI_INTX_IRQ_INDEX] = "INTx",
 	[VFIO_PCI_MSI_IRQ_INDEX] = "MSI",
@@ -494,6 +543,7 @@ static int vfio_pci_lu_freeze(struct liveupdate_file_op_args *args)
 	scoped_guard(mutex, &lf->out->lock) {
 		lf->command = cmd;
 		lf->flags = VFIO_PCI_LU_FUNC_FROZEN;
+		vfio_pci_lu_bar_masks(pdev, lf->bars, lf->masks);
 		vfio_pci_lu_encode(lf->out);
 	}
 	pci_info(pdev, "live update: frozen, keeps running through the kexec (bus master %s)\n",
@@ -793,17 +843,50 @@ static void __init vfio_pci_lu_quiesce_held(void)
 			vfio_pci_lu_quiesce(pdev, "handover refused");
 }
 
+/* The BAR registers of @pdev are as they were at the freeze */
+static bool vfio_pci_lu_bars_kept(struct pci_dev *pdev,
+				  const struct vfio_pci_lu_in_func *f)
+{
+	u32 l;
+
+	for (unsigned int i = 0; i < PCI_STD_NUM_BARS; i++) {
+		pci_read_config_dword(pdev, PCI_BASE_ADDRESS_0 + 4 * i, &l);
+		if (l != f->bars[i])
+			return false;
+	}
+	return true;
+}
+
+/*
+ * Enumeration of a function: the BAR sizing masks the handover has for
+ * it (pci_lu_set_bars_fn()); the PCI core checks the registers.
+ */
+static bool vfio_pci_lu_bars(struct pci_dev *dev, u32 *bars, u32 *masks)
+{
+	struct vfio_pci_lu_in_func *f;
+
+	guard(spinlock)(&vfio_pci_lu_in_lock);
+	f = vfio_pci_lu_find(vfio_pci_lu_rid(dev));
+	if (!f || f->state == VFIO_PCI_LU_ADOPTED || f->vendor != dev->vendor ||
+	    f->device != dev->device || !(f->flags & VFIO_PCI_LU_FUNC_FROZEN))
+		return false;
+	memcpy(bars, f->bars, sizeof(f->bars));
+	memcpy(masks, f->masks, sizeof(f->masks));
+	return true;
+}
+
+/* The handover read at arch_initcall, before PCI enumeration */
+static struct vfio_pci_lu_in *vfio_pci_lu_early_in;
+
 static void __init vfio_pci_lu_claim(void)
 {
-	struct vfio_pci_lu_in *in;
-	void *obj;
+	struct vfio_pci_lu_in *in = vfio_pci_lu_early_in;
 
-	if (liveupdate_flb_get_incoming(&vfio_pci_lu_flb, &obj))
+	if (!in)
 		return;
-	in = obj;
 	if (in->refused) {
 		vfio_pci_lu_quiesce_held();
-		goto out;
+		return;
 	}
 	for (u32 i = 0; i < in->nr; i++) {
 		struct vfio_pci_lu_in_func *f = &in->funcs[i];
@@ -821,6 +904,8 @@ static void __init vfio_pci_lu_claim(void)
 			reason = "another device at this address";
 		else if (!(f->flags & VFIO_PCI_LU_FUNC_FROZEN))
 			reason = "never frozen";
+		else if (!vfio_pci_lu_bars_kept(pdev, f))
+			reason = "its BARs changed";
 		else if (!iommu_lu_device_held(&pdev->dev, NULL))
 			reason = "its translation was not handed over";
 		else if (device_set_driver_override(&pdev->dev, "vfio-pci"))
@@ -840,29 +925,18 @@ static void __init vfio_pci_lu_claim(void)
 		pci_info(pdev, "live update: handed over running (command %#06x), held for its VMM\n",
 			 f->command);
 	}
-out:
-	scoped_guard(spinlock, &vfio_pci_lu_in_lock)
-		vfio_pci_lu_in = in;
-	liveupdate_flb_put_incoming(&vfio_pci_lu_flb);
 }
 
-/**
- * vfio_pci_lu_init - register the live update handler of vfio-pci
- * @driver: vfio-pci's driver, which adopted functions are bound to
- * @ops: its device ops (only plain vfio-pci devices are preserved)
- *
- * Called before @driver registers, so that the functions a live update
- * handed over running are claimed for it first.
- *
- * Return: 0; live update stays off when registration fails.
+/*
+ * Before PCI enumeration (subsys_initcall): register the handler and read
+ * what the previous kernel handed over, so that enumeration takes the
+ * BAR sizes of running functions from it.
  */
-int __init vfio_pci_lu_init(struct pci_driver *driver,
-			    const struct vfio_device_ops *ops)
+static int __init vfio_pci_lu_early_init(void)
 {
+	void *obj;
 	int ret;
 
-	vfio_pci_lu_driver = driver;
-	vfio_pci_lu_ops = ops;
 	ret = liveupdate_register_file_handler(&vfio_pci_lu_handler);
 	if (ret) {
 		if (ret != -EOPNOTSUPP)
@@ -877,6 +951,33 @@ int __init vfio_pci_lu_init(struct pci_driver *driver,
 		liveupdate_unregister_file_handler(&vfio_pci_lu_handler);
 		return 0;
 	}
+	if (liveupdate_flb_get_incoming(&vfio_pci_lu_flb, &obj))
+		return 0;
+	vfio_pci_lu_early_in = obj;
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock)
+		vfio_pci_lu_in = obj;
+	/* LUO keeps the object until its last file finishes */
+	liveupdate_flb_put_incoming(&vfio_pci_lu_flb);
+	pci_lu_set_bars_fn(vfio_pci_lu_bars);
+	return 0;
+}
+arch_initcall(vfio_pci_lu_early_init);
+
+/**
+ * vfio_pci_lu_init - claim what a live update handed over, for vfio-pci
+ * @driver: vfio-pci's driver, which adopted functions are bound to
+ * @ops: its device ops (only plain vfio-pci devices are preserved)
+ *
+ * Called before @driver registers, so that the functions a live update
+ * handed over running are claimed for it first.
+ *
+ * Return: 0.
+ */
+int __init vfio_pci_lu_init(struct pci_driver *driver,
+			    const struct vfio_device_ops *ops)
+{
+	vfio_pci_lu_driver = driver;
+	vfio_pci_lu_ops = ops;
 	vfio_pci_lu_claim();
 	return 0;
 }

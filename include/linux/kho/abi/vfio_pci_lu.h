@@ -72,6 +72,11 @@ struct vfio_pci_lu_header {
  * @command: PCI_COMMAND at the freeze
  * @flags: VFIO_PCI_LU_FUNC_*
  * @reserved: 0
+ * @bar: BAR registers 0-5 and the expansion ROM register at the freeze
+ * @mask: what sizing each of them reads back (all-ones written), derived
+ *	from the function's resources: the next kernel's enumeration takes
+ *	the sizes from here instead of turning decode off and sizing a
+ *	running function, if the registers still hold @bar
  */
 struct vfio_pci_lu_func {
 	__le32 rid;
@@ -80,6 +85,8 @@ struct vfio_pci_lu_func {
 	__le16 command;
 	__le16 flags;
 	__le32 reserved;
+	__le32 bar[7];
+	__le32 mask[7];
 };
 
 #define VFIO_PCI_LU_MAX_FUNCS						\

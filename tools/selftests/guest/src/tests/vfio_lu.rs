@@ -42,6 +42,8 @@ const RATE: u32 = 500;
 /// How long each stage receives before it ends.
 const RECEIVE: Duration = Duration::from_secs(4);
 const CTL_MAGIC: u64 = 0x4c55_4c54_4e49_5243;
+/// The function's resources before the kexec (sysfs `resource`).
+const RESOURCE_FILE: &str = "lu-resource";
 
 /// What stage 1 leaves in the file's first page for stage 2.
 #[repr(C)]
@@ -161,6 +163,16 @@ pub fn refuse_device(ctx: &mut Ctx) -> TestResult {
     match ctx.stage {
         1 => stream_freeze(ctx, "vfio_lu_refuse_device", Before::Damage("device")),
         2 => not_adopted(Some("live update: another device at this address")),
+        s => Err(format!("no stage {s}")),
+    }
+}
+
+/// A handover whose BAR 0 register differs from the function's: the PCI
+/// core sizes it as usual, and the function is quiesced, not adopted.
+pub fn refuse_bar(ctx: &mut Ctx) -> TestResult {
+    match ctx.stage {
+        1 => stream_freeze(ctx, "vfio_lu_refuse_bar", Before::Damage("bar")),
+        2 => not_adopted(Some("live update: its BARs changed")),
         s => Err(format!("no stage {s}")),
     }
 }
@@ -301,6 +313,10 @@ fn stream_freeze(ctx: &mut Ctx, name: &str, before: Before) -> TestResult {
     // SAFETY: the ring and buffers are in `map`, mapped at IOVA for the
     // device, and kept (forgotten below) until the kexec replaces us.
     let mut rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
+    // The BARs as this kernel has them, for stage 2 to compare.
+    let resources = fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/resource"))
+        .map_err(|e| format!("{bdf} resource: {e}"))?;
+    fs::write(p(RESOURCE_FILE), resources).map_err(|e| e.to_string())?;
     // Frames of an earlier test's stream may still be queued: drop them.
     let t = Instant::now();
     while t.elapsed() < Duration::from_millis(300) {
@@ -540,8 +556,24 @@ fn adopt() -> Result<Adopted, String> {
     if !faults0.is_empty() {
         return Err(format!("DMAR faults during the kexec: {faults0:?}"));
     }
+    // Enumeration took the BAR sizes from the handover, and got them
+    // right: the same resources as before the kexec.
+    if !log
+        .iter()
+        .any(|l| l.contains(&bdf) && l.contains("BAR sizes from the handover"))
+    {
+        return Err("the PCI core sized the running function's BARs".into());
+    }
 
     mount()?;
+    let before = fs::read_to_string(p(RESOURCE_FILE)).map_err(|e| e.to_string())?;
+    let after = fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/resource"))
+        .map_err(|e| format!("{bdf} resource: {e}"))?;
+    if before != after {
+        return Err(format!(
+            "the function's resources changed: {after:?}, before the kexec {before:?}"
+        ));
+    }
     let file = open_rw(RING_FILE)?;
     let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
     // SAFETY: the control page stage 1 wrote; plain integers.
