@@ -42,8 +42,6 @@ const RATE: u32 = 500;
 /// How long each stage receives before it ends.
 const RECEIVE: Duration = Duration::from_secs(4);
 const CTL_MAGIC: u64 = 0x4c55_4c54_4e49_5243;
-/// The function's resources before the kexec (sysfs `resource`).
-const RESOURCE_FILE: &str = "lu-resource";
 
 /// What stage 1 leaves in the file's first page for stage 2.
 #[repr(C)]
@@ -53,6 +51,19 @@ struct Ctl {
     head: u64,
     tally: Tally,
     regs: [u32; 6],
+    /// The function's sysfs `resource` before the kexec.
+    resources_len: u64,
+    resources: [u8; 2048],
+}
+
+/// `bdf`'s sysfs `resource` as the control page keeps it.
+fn resources_of(bdf: &str) -> Result<(u64, [u8; 2048]), String> {
+    let text = fs::read(format!("/sys/bus/pci/devices/{bdf}/resource"))
+        .map_err(|e| format!("{bdf} resource: {e}"))?;
+    let mut buf = [0u8; 2048];
+    let n = text.len().min(buf.len());
+    buf[..n].copy_from_slice(&text[..n]);
+    Ok((n as u64, buf))
 }
 
 fn ring_of(map: &Mapping) -> RxRing {
@@ -313,10 +324,6 @@ fn stream_freeze(ctx: &mut Ctx, name: &str, before: Before) -> TestResult {
     // SAFETY: the ring and buffers are in `map`, mapped at IOVA for the
     // device, and kept (forgotten below) until the kexec replaces us.
     let mut rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
-    // The BARs as this kernel has them, for stage 2 to compare.
-    let resources = fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/resource"))
-        .map_err(|e| format!("{bdf} resource: {e}"))?;
-    fs::write(p(RESOURCE_FILE), resources).map_err(|e| e.to_string())?;
     // Frames of an earlier test's stream may still be queued: drop them.
     let t = Instant::now();
     while t.elapsed() < Duration::from_millis(300) {
@@ -379,11 +386,14 @@ fn preserve_and_kexec(
         fs::write(param, what).map_err(|e| format!("{param}: {e}"))?;
         diag(&format!("stage 1: handover will be damaged: {what}"));
     }
+    let (resources_len, resources) = resources_of(&igb_bdf()?)?;
     let ctl = Ctl {
         magic: CTL_MAGIC,
         head: rx.head() as u64,
         tally,
         regs: regs_array(&rx.queue_regs()),
+        resources_len,
+        resources,
     };
     // SAFETY: the first page of `map` is the control page, ours only.
     unsafe { map.ptr.cast::<Ctl>().write_volatile(ctl) };
@@ -566,20 +576,21 @@ fn adopt() -> Result<Adopted, String> {
     }
 
     mount()?;
-    let before = fs::read_to_string(p(RESOURCE_FILE)).map_err(|e| e.to_string())?;
-    let after = fs::read_to_string(format!("/sys/bus/pci/devices/{bdf}/resource"))
-        .map_err(|e| format!("{bdf} resource: {e}"))?;
-    if before != after {
-        return Err(format!(
-            "the function's resources changed: {after:?}, before the kexec {before:?}"
-        ));
-    }
     let file = open_rw(RING_FILE)?;
     let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
     // SAFETY: the control page stage 1 wrote; plain integers.
     let ctl = unsafe { map.ptr.cast::<Ctl>().read_volatile() };
     if ctl.magic != CTL_MAGIC {
         return Err("the control page is not stage 1's".into());
+    }
+    let after = resources_of(&bdf)?;
+    if (ctl.resources_len, ctl.resources) != after {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        return Err(format!(
+            "the function's resources changed: {:?}, before the kexec {:?}",
+            text(&after.1[..after.0 as usize]),
+            text(&ctl.resources[..ctl.resources_len as usize])
+        ));
     }
     let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
     let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
@@ -874,6 +885,8 @@ pub fn stream_reset(ctx: &mut Ctx) -> TestResult {
             head: rx.head() as u64,
             tally,
             regs: regs_array(&rx.queue_regs()),
+            resources_len: 0,
+            resources: [0; 2048],
         };
         // SAFETY: the control page, ours only.
         unsafe { map.ptr.cast::<Ctl>().write_volatile(ctl) };
