@@ -408,6 +408,12 @@ static int vfio_pci_lu_preserve(struct liveupdate_file_op_args *args)
 	pdev = vdev->pdev;
 	if (pdev->is_virtfn)
 		reason = "virtual functions are not supported yet";
+	else if (pci_num_vf(pdev))
+		reason = "SR-IOV is enabled (the next kernel would disable it)";
+	else if (pdev->hdr_type != PCI_HEADER_TYPE_NORMAL ||
+		 pdev->non_compliant_bars ||
+		 pci_find_capability(pdev, PCI_CAP_ID_EA))
+		reason = "BARs the handover cannot describe";
 	else if (!pci_is_root_bus(pdev->bus))
 		reason = "functions behind a bridge are not supported";
 	else if (pci_domain_nr(pdev->bus) > 0xffff)
@@ -464,37 +470,16 @@ static void vfio_pci_lu_unpreserve(struct liveupdate_file_op_args *args)
 }
 
 /*
- * The BAR and ROM registers of @pdev, and what sizing them would read
- * back, from its resources: sizing a running function is what the next
- * kernel must not do (pci_lu_set_bars_fn()).
+ * The BAR and ROM registers of @pdev, and what sizing them read back at
+ * enumeration (kept by the PCI core): the next kernel takes the sizes
+ * from here instead of sizing a running function (pci_lu_set_bars_fn()).
  */
 static void vfio_pci_lu_bar_masks(struct pci_dev *pdev, u32 *bars, u32 *masks)
 {
-	struct resource *res;
-	unsigned int i;
-	u64 m;
-
-	memset(masks, 0, PCI_LU_NR_BARS * sizeof(u32));
-	for (i = 0; i < PCI_STD_NUM_BARS; i++)
+	for (unsigned int i = 0; i < PCI_STD_NUM_BARS; i++)
 		pci_read_config_dword(pdev, PCI_BASE_ADDRESS_0 + 4 * i, &bars[i]);
 	pci_read_config_dword(pdev, PCI_ROM_ADDRESS, &bars[PCI_STD_NUM_BARS]);
-	for (i = 0; i < PCI_STD_NUM_BARS; i++) {
-		res = &pdev->resource[i];
-		if (!res->flags || !resource_size(res))
-			continue;
-		m = ~(resource_size(res) - 1);
-		if (res->flags & IORESOURCE_IO) {
-			masks[i] = (u32)m | (bars[i] & ~PCI_BASE_ADDRESS_IO_MASK);
-			continue;
-		}
-		masks[i] = (u32)m | (bars[i] & ~PCI_BASE_ADDRESS_MEM_MASK);
-		if ((res->flags & IORESOURCE_MEM_64) && i + 1 < PCI_STD_NUM_BARS)
-			masks[++i] = m >> 32;
-	}
-	res = &pdev->resource[PCI_ROM_RESOURCE];
-	if (res->flags && resource_size(res))
-		masks[PCI_STD_NUM_BARS] = (u32)~(resource_size(res) - 1) &
-					  PCI_ROM_ADDRESS_MASK;
+	memcpy(masks, pdev->lu_bar_masks, sizeof(pdev->lu_bar_masks));
 }
 
 static const char *const vfio_pci_lu_irq_names[] = {
@@ -511,7 +496,7 @@ static int vfio_pci_lu_freeze(struct liveupdate_file_op_args *args)
 	struct vfio_pci_core_device *vdev = lf->vdev;
 	struct pci_dev *pdev = vdev->pdev;
 	const char *irq = NULL;
-	u16 cmd;
+	u16 cmd = 0;
 
 	/* Resets, config writes and low power entry hold lu_lock to read */
 	guard(rwsem_write)(&vdev->lu_lock);
@@ -843,20 +828,6 @@ static void __init vfio_pci_lu_quiesce_held(void)
 			vfio_pci_lu_quiesce(pdev, "handover refused");
 }
 
-/* The BAR registers of @pdev are as they were at the freeze */
-static bool vfio_pci_lu_bars_kept(struct pci_dev *pdev,
-				  const struct vfio_pci_lu_in_func *f)
-{
-	u32 l;
-
-	for (unsigned int i = 0; i < PCI_STD_NUM_BARS; i++) {
-		pci_read_config_dword(pdev, PCI_BASE_ADDRESS_0 + 4 * i, &l);
-		if (l != f->bars[i])
-			return false;
-	}
-	return true;
-}
-
 /*
  * Enumeration of a function: the BAR sizing masks the handover has for
  * it (pci_lu_set_bars_fn()); the PCI core checks the registers.
@@ -876,7 +847,7 @@ static bool vfio_pci_lu_bars(struct pci_dev *dev, u32 *bars, u32 *masks)
 }
 
 /* The handover read at arch_initcall, before PCI enumeration */
-static struct vfio_pci_lu_in *vfio_pci_lu_early_in;
+static struct vfio_pci_lu_in *vfio_pci_lu_early_in __initdata;
 
 static void __init vfio_pci_lu_claim(void)
 {
@@ -904,8 +875,8 @@ static void __init vfio_pci_lu_claim(void)
 			reason = "another device at this address";
 		else if (!(f->flags & VFIO_PCI_LU_FUNC_FROZEN))
 			reason = "never frozen";
-		else if (!vfio_pci_lu_bars_kept(pdev, f))
-			reason = "its BARs changed";
+		else if (!pdev->liveupdate_incoming)
+			reason = "its BARs changed (sized at enumeration)";
 		else if (!iommu_lu_device_held(&pdev->dev, NULL))
 			reason = "its translation was not handed over";
 		else if (device_set_driver_override(&pdev->dev, "vfio-pci"))
@@ -920,8 +891,10 @@ static void __init vfio_pci_lu_claim(void)
 			pci_dev_put(pdev);
 			continue;
 		}
-		f->pdev = pdev;
-		f->state = VFIO_PCI_LU_WAITING;
+		scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
+			f->pdev = pdev;
+			f->state = VFIO_PCI_LU_WAITING;
+		}
 		pci_info(pdev, "live update: handed over running (command %#06x), held for its VMM\n",
 			 f->command);
 	}
