@@ -110,7 +110,7 @@ pub fn table(ours: &Cost, base: &Cost) -> Vec<String> {
             ratio(base.blackout_ms, ours.blackout_ms)
         ),
         format!(
-            "| device writes between the kexec and the new kernel's userspace | {} | {} | - |",
+            "| device writes between the runner's kexec line (the kernel is then loaded, ~1 s, and entered) and the new kernel's userspace | {} | {} | - |",
             ours.writes_in_kexec, base.writes_in_kexec
         ),
         format!(
