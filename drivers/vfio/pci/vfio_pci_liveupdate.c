@@ -235,6 +235,59 @@ static void vfio_pci_lu_flb_unpreserve(struct liveupdate_flb_op_args *args)
 }
 
 /* Checks the handed-over page; NULL if it is sound, else why not */
+/* @m has all bits set from some bit up (an address sizing mask) */
+static bool vfio_pci_lu_contiguous(u64 m)
+{
+	return m && !(~m & (~m + 1));
+}
+
+/*
+ * The sizing masks of one record describe BARs sizing could have read:
+ * type bits as the register's, contiguous address bits, a base aligned
+ * to the size (enumeration trusts them instead of sizing).
+ */
+static bool vfio_pci_lu_masks_sound(const struct vfio_pci_lu_func *rec)
+{
+	u32 bar, mask;
+	u64 m;
+
+	for (unsigned int i = 0; i < PCI_STD_NUM_BARS; i++) {
+		bar = le32_to_cpu(rec->bar[i]);
+		mask = le32_to_cpu(rec->mask[i]);
+		if (!mask)
+			continue;
+		if (bar & PCI_BASE_ADDRESS_SPACE_IO) {
+			if ((mask ^ bar) & ~PCI_BASE_ADDRESS_IO_MASK ||
+			    bar & ~mask & PCI_BASE_ADDRESS_IO_MASK)
+				return false;
+			continue;
+		}
+		if ((mask ^ bar) & ~PCI_BASE_ADDRESS_MEM_MASK)
+			return false;
+		m = mask & PCI_BASE_ADDRESS_MEM_MASK;
+		if (bar & PCI_BASE_ADDRESS_MEM_TYPE_64) {
+			if (i + 1 == PCI_STD_NUM_BARS)
+				return false;
+			m |= (u64)le32_to_cpu(rec->mask[i + 1]) << 32;
+			if (le32_to_cpu(rec->bar[i + 1]) & ~(u32)(m >> 32))
+				return false;
+			m |= 0xfULL;
+			i++;
+		} else {
+			m |= 0xffffffff0000000fULL;
+		}
+		if (!vfio_pci_lu_contiguous(m) ||
+		    bar & ~mask & PCI_BASE_ADDRESS_MEM_MASK)
+			return false;
+	}
+	mask = le32_to_cpu(rec->mask[PCI_STD_NUM_BARS]);
+	bar = le32_to_cpu(rec->bar[PCI_STD_NUM_BARS]);
+	return !mask || (!(mask & ~PCI_ROM_ADDRESS_MASK) &&
+			 vfio_pci_lu_contiguous(0xffffffff00000000ULL | mask |
+						~PCI_ROM_ADDRESS_MASK) &&
+			 !(bar & ~mask & PCI_ROM_ADDRESS_MASK));
+}
+
 static const char *vfio_pci_lu_check(struct vfio_pci_lu_header *h)
 {
 	struct vfio_pci_lu_func *rec = (void *)(h + 1);
@@ -259,6 +312,8 @@ static const char *vfio_pci_lu_check(struct vfio_pci_lu_header *h)
 		for (u32 j = 0; j < i; j++)
 			if (rec[j].rid == rec[i].rid)
 				return "function listed twice";
+		if (!vfio_pci_lu_masks_sound(&rec[i]))
+			return "BAR sizes that sizing cannot read";
 	}
 	return NULL;
 }

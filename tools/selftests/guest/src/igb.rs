@@ -131,36 +131,11 @@ impl Igb {
     }
 
     fn reset(&self) -> Result<(), String> {
-        let b = &self.bar;
-        b.write(CTRL, b.read(CTRL) | CTRL_RST);
-        sleep_ms(1);
-        let deadline = Instant::now() + Duration::from_millis(20);
-        while b.read(EECD) & 0x200 == 0 && Instant::now() < deadline {
-            sleep_ms(1);
-        }
-        if b.read(CTRL) & CTRL_RST != 0 {
-            return Err("igb reset did not complete".into());
-        }
-        b.write(IMC, !0);
-        b.write(EIMC, !0);
-        Ok(())
+        reset(&self.bar)
     }
 
     fn write_phy(&self, reg: u32, data: u32) -> Result<(), String> {
-        let b = &self.bar;
-        b.write(MDIC, data | (reg << 16) | (1 << 21) | 0x0400_0000);
-        for _ in 0..1000 {
-            let v = b.read(MDIC);
-            if v & MDIC_READY != 0 {
-                return if v & MDIC_ERROR != 0 {
-                    Err(format!("PHY write {reg}: error"))
-                } else {
-                    Ok(())
-                };
-            }
-            std::thread::sleep(Duration::from_micros(50));
-        }
-        Err(format!("PHY write {reg}: timeout"))
+        write_phy(&self.bar, reg, data)
     }
 
     /// Queues one frame per `(src_iova, dst_iova, len)` and starts the
@@ -250,6 +225,39 @@ impl Igb {
         self.bar.write(TCTL, 0);
         let _ = self.reset();
     }
+}
+
+/// Resets the device and masks every interrupt cause.
+pub(crate) fn reset(b: &Bar) -> Result<(), String> {
+    b.write(CTRL, b.read(CTRL) | CTRL_RST);
+    sleep_ms(1);
+    let deadline = Instant::now() + Duration::from_millis(20);
+    while b.read(EECD) & 0x200 == 0 && Instant::now() < deadline {
+        sleep_ms(1);
+    }
+    if b.read(CTRL) & CTRL_RST != 0 {
+        return Err("igb reset did not complete".into());
+    }
+    b.write(IMC, !0);
+    b.write(EIMC, !0);
+    Ok(())
+}
+
+/// Writes PHY register `reg` through MDIC.
+pub(crate) fn write_phy(b: &Bar, reg: u32, data: u32) -> Result<(), String> {
+    b.write(MDIC, data | (reg << 16) | (1 << 21) | 0x0400_0000);
+    for _ in 0..1000 {
+        let v = b.read(MDIC);
+        if v & MDIC_READY != 0 {
+            return if v & MDIC_ERROR != 0 {
+                Err(format!("PHY write {reg}: error"))
+            } else {
+                Ok(())
+            };
+        }
+        std::thread::sleep(Duration::from_micros(50));
+    }
+    Err(format!("PHY write {reg}: timeout"))
 }
 
 impl Drop for Igb {

@@ -7,17 +7,14 @@
 //! touching the device's configuration, and it never resets the device on
 //! drop (a device handed over running must keep running).
 
+use crate::igb::{reset, write_phy};
 use crate::vfio::Bar;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 const CTRL: usize = 0x0000;
 const STATUS: usize = 0x0008;
-const EECD: usize = 0x0010;
-const MDIC: usize = 0x0020;
 const RCTL: usize = 0x0100;
-const IMC: usize = 0x00d8;
-const EIMC: usize = 0x1528;
 const MPC: usize = 0x4010;
 const RNBC: usize = 0x40a0;
 const RDBAL: usize = 0x2800;
@@ -28,7 +25,6 @@ const RDH: usize = 0x2810;
 const RDT: usize = 0x2818;
 const RXDCTL: usize = 0x2828;
 
-const CTRL_RST: u32 = 0x0400_0000;
 const CTRL_SLU: u32 = 0x40;
 const CTRL_FD: u32 = 0x1;
 const QUEUE_ENABLE: u32 = 0x0200_0000;
@@ -285,35 +281,4 @@ fn check_len(len: usize) -> Result<(), String> {
         return Err(format!("{len} descriptors: a multiple of 8 in 8..=65528"));
     }
     Ok(())
-}
-
-fn reset(b: &Bar) -> Result<(), String> {
-    b.write(CTRL, b.read(CTRL) | CTRL_RST);
-    std::thread::sleep(Duration::from_millis(1));
-    let deadline = Instant::now() + Duration::from_millis(20);
-    while b.read(EECD) & 0x200 == 0 && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    if b.read(CTRL) & CTRL_RST != 0 {
-        return Err("igb reset did not complete".into());
-    }
-    b.write(IMC, !0);
-    b.write(EIMC, !0);
-    Ok(())
-}
-
-fn write_phy(b: &Bar, reg: u32, data: u32) -> Result<(), String> {
-    b.write(MDIC, data | (reg << 16) | (1 << 21) | 0x0400_0000);
-    for _ in 0..1000 {
-        let v = b.read(MDIC);
-        if v & 0x1000_0000 != 0 {
-            return if v & 0x4000_0000 != 0 {
-                Err(format!("PHY write {reg}: error"))
-            } else {
-                Ok(())
-            };
-        }
-        std::thread::sleep(Duration::from_micros(50));
-    }
-    Err(format!("PHY write {reg}: timeout"))
 }

@@ -212,6 +212,31 @@ impl Passthrough {
     /// (no map call: the mappings came back with it). Returns the restored
     /// IOAS's id too.
     pub fn restored(bdf: &str, iommufd: File, token: u64) -> Result<(Passthrough, u32), String> {
+        let sysfs = format!("/sys/bus/pci/devices/{bdf}");
+        Self::on_restored(iommufd, token, |vfio| {
+            VfioDevice::new(Path::new(&sysfs), vfio, false)
+                .map_err(|x| format!("open and bind the VFIO cdev: {x}"))
+        })
+    }
+
+    /// After a live update that kept the device running: the iommufd and
+    /// the device's cdev retrieved from LUO. Binding the cdev adopts the
+    /// running device (no reset); it is attached to the HWPT restored from
+    /// `token`. Returns the restored IOAS's id too.
+    pub fn retrieved(cdev: File, iommufd: File, token: u64) -> Result<(Passthrough, u32), String> {
+        Self::on_restored(iommufd, token, |vfio| {
+            VfioDevice::new_from_fd(cdev, vfio, false)
+                .map_err(|x| format!("bind the retrieved VFIO cdev: {x}"))
+        })
+    }
+
+    /// The HWPT restored from `token` in the retrieved `iommufd`, and the
+    /// device `bind` opens and binds to it, attached to that HWPT.
+    fn on_restored(
+        iommufd: File,
+        token: u64,
+        bind: impl FnOnce(Arc<VfioIommufd>) -> Result<VfioDevice, String>,
+    ) -> Result<(Passthrough, u32), String> {
         let iommufd = Arc::new(IommuFd::new_from_fd(iommufd));
         let found = find_restored(&iommufd, token)
             .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_FIND_RESTORED {token:#x}: {e}"))?;
@@ -221,41 +246,8 @@ impl Passthrough {
                 .map_err(|x| format!("VfioIommufd: {x}"))?,
         );
         let ioas = Arc::clone(vfio.ioas());
-        let sysfs = format!("/sys/bus/pci/devices/{bdf}");
         let t = std::time::Instant::now();
-        let dev = VfioDevice::new(Path::new(&sysfs), vfio, false)
-            .map_err(|x| format!("open and bind the VFIO cdev: {x}"))?;
-        let open_bind = t.elapsed();
-        dev.attach_hwpt(found.out_hwpt_id)
-            .map_err(|x| format!("VFIO_DEVICE_ATTACH_IOMMUFD_PT restored HWPT: {x}"))?;
-        Ok((
-            Passthrough {
-                dev: Some(dev),
-                hwpt_id: found.out_hwpt_id,
-                ioas,
-                iommufd,
-                open_bind,
-            },
-            found.out_ioas_id,
-        ))
-    }
-
-    /// After a live update that kept the device running: the iommufd and
-    /// the device's cdev retrieved from LUO. Binding the cdev adopts the
-    /// running device (no reset); it is attached to the HWPT restored from
-    /// `token`. Returns the restored IOAS's id too.
-    pub fn retrieved(cdev: File, iommufd: File, token: u64) -> Result<(Passthrough, u32), String> {
-        let iommufd = Arc::new(IommuFd::new_from_fd(iommufd));
-        let found = find_restored(&iommufd, token)
-            .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_FIND_RESTORED {token:#x}: {e}"))?;
-        let vfio = Arc::new(
-            VfioIommufd::new(Arc::clone(&iommufd), None, None)
-                .map_err(|x| format!("VfioIommufd: {x}"))?,
-        );
-        let ioas = Arc::clone(vfio.ioas());
-        let t = std::time::Instant::now();
-        let dev = VfioDevice::new_from_fd(cdev, vfio, false)
-            .map_err(|x| format!("bind the retrieved VFIO cdev: {x}"))?;
+        let dev = bind(vfio)?;
         let open_bind = t.elapsed();
         dev.attach_hwpt(found.out_hwpt_id)
             .map_err(|x| format!("VFIO_DEVICE_ATTACH_IOMMUFD_PT restored HWPT: {x}"))?;

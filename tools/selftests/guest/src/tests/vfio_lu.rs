@@ -148,44 +148,59 @@ pub fn stream(ctx: &mut Ctx) -> TestResult {
     }
 }
 
+/// Stage 1 preserves and kexecs with the stream running (`before` first);
+/// stage 2 checks the device ends quiet, `refused` at boot or never
+/// retrieved ([`not_adopted`]).
+fn not_adopted_test(
+    ctx: &mut Ctx,
+    name: &str,
+    before: Before,
+    refused: Option<&str>,
+) -> TestResult {
+    match ctx.stage {
+        1 => stream_freeze(ctx, name, before),
+        2 => not_adopted(refused),
+        s => Err(format!("no stage {s}")),
+    }
+}
+
 /// A VMM that never retrieves its device: held until FINISH, then bus
 /// mastering cleared before the translation goes.
 pub fn unretrieved(ctx: &mut Ctx) -> TestResult {
-    match ctx.stage {
-        1 => stream_freeze(ctx, "vfio_lu_unretrieved", Before::Nothing),
-        2 => not_adopted(None),
-        s => Err(format!("no stage {s}")),
-    }
+    not_adopted_test(ctx, "vfio_lu_unretrieved", Before::Nothing, None)
 }
 
 /// A handover of another version: refused whole, the device quiesced at
 /// boot, never retrievable.
 pub fn refuse_version(ctx: &mut Ctx) -> TestResult {
-    match ctx.stage {
-        1 => stream_freeze(ctx, "vfio_lu_refuse_version", Before::Damage("version")),
-        2 => not_adopted(Some("handover refused: unknown version")),
-        s => Err(format!("no stage {s}")),
-    }
+    not_adopted_test(
+        ctx,
+        "vfio_lu_refuse_version",
+        Before::Damage("version"),
+        Some("handover refused: unknown version"),
+    )
 }
 
 /// A record that names another device (valid checksum): that function
 /// is quiesced at boot.
 pub fn refuse_device(ctx: &mut Ctx) -> TestResult {
-    match ctx.stage {
-        1 => stream_freeze(ctx, "vfio_lu_refuse_device", Before::Damage("device")),
-        2 => not_adopted(Some("live update: another device at this address")),
-        s => Err(format!("no stage {s}")),
-    }
+    not_adopted_test(
+        ctx,
+        "vfio_lu_refuse_device",
+        Before::Damage("device"),
+        Some("live update: another device at this address"),
+    )
 }
 
 /// A handover whose BAR 0 register differs from the function's: the PCI
 /// core sizes it as usual, and the function is quiesced, not adopted.
 pub fn refuse_bar(ctx: &mut Ctx) -> TestResult {
-    match ctx.stage {
-        1 => stream_freeze(ctx, "vfio_lu_refuse_bar", Before::Damage("bar")),
-        2 => not_adopted(Some("live update: its BARs changed")),
-        s => Err(format!("no stage {s}")),
-    }
+    not_adopted_test(
+        ctx,
+        "vfio_lu_refuse_bar",
+        Before::Damage("bar"),
+        Some("live update: its BARs changed"),
+    )
 }
 
 /// The command register through sysfs (no VFIO open needed).
@@ -309,22 +324,24 @@ fn not_adopted(refused: Option<&str>) -> TestResult {
     Ok(Outcome::Pass)
 }
 
-/// Stage 1: receive, preserve the iommufd and then the cdev, kexec with
-/// the device receiving.
-fn stream_freeze(ctx: &mut Ctx, name: &str, before: Before) -> TestResult {
-    let bdf = igb_bdf()?;
-    mount()?;
-    let _ = fs::remove_file(p(RING_FILE));
-    let file = create_sized(&p(RING_FILE), FILE_LEN)?;
-    bind_vfio_pci(&bdf)?;
-    let pt = Passthrough::open(&bdf)?;
-    pt.map_file(&file, 0, FILE_LEN, IOVA)?;
-    let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+/// The igb through a new iommufd and HWPT, reset, receiving into `file`
+/// (ring and buffers) mapped at IOVA. The caller keeps the mapping, and
+/// the file, for as long as the device may DMA.
+fn receiver(bdf: &str, file: &File) -> Result<(IgbRx, Passthrough, Mapping), String> {
+    bind_vfio_pci(bdf)?;
+    let pt = Passthrough::open(bdf)?;
+    pt.map_file(file, 0, FILE_LEN, IOVA)?;
+    let map = Mapping::new(file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
     pt.config_set16(0x4, 0x2 | 0x4)?;
     // SAFETY: the ring and buffers are in `map`, mapped at IOVA for the
-    // device, and kept (forgotten below) until the kexec replaces us.
-    let mut rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
-    // Frames of an earlier test's stream may still be queued: drop them.
+    // device; the caller keeps `map` while the device may DMA.
+    let rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
+    Ok((rx, pt, map))
+}
+
+/// Drops what an earlier test's stream left queued, has the host start a
+/// new stream, and receives it for [`RECEIVE`].
+fn begin_stream(rx: &mut IgbRx) -> Result<Tally, String> {
     let t = Instant::now();
     while t.elapsed() < Duration::from_millis(300) {
         if rx.poll(|_| ()) == 0 {
@@ -337,12 +354,21 @@ fn stream_freeze(ctx: &mut Ctx, name: &str, before: Before) -> TestResult {
         tally.run_id
     ));
     let t = Instant::now();
-    receive(
-        &mut rx,
-        &mut tally,
-        RECEIVE + Duration::from_secs(30),
-        |_| t.elapsed() >= RECEIVE,
-    )?;
+    receive(rx, &mut tally, RECEIVE + Duration::from_secs(30), |_| {
+        t.elapsed() >= RECEIVE
+    })?;
+    Ok(tally)
+}
+
+/// Stage 1: receive, preserve the iommufd and then the cdev, kexec with
+/// the device receiving.
+fn stream_freeze(ctx: &mut Ctx, name: &str, before: Before) -> TestResult {
+    let bdf = igb_bdf()?;
+    mount()?;
+    let _ = fs::remove_file(p(RING_FILE));
+    let file = create_sized(&p(RING_FILE), FILE_LEN)?;
+    let (mut rx, pt, map) = receiver(&bdf, &file)?;
+    let mut tally = begin_stream(&mut rx)?;
     if tally.next == 0 {
         return Err("stage 1: no frame of the stream arrived".into());
     }
@@ -855,32 +881,8 @@ pub fn stream_reset(ctx: &mut Ctx) -> TestResult {
     if ctx.stage == 1 {
         let memfd = sys::memfd_create("lu-ring").map_err(|e| format!("memfd_create: {e}"))?;
         memfd.set_len(FILE_LEN).map_err(|e| e.to_string())?;
-        bind_vfio_pci(&bdf)?;
-        let pt = Passthrough::open(&bdf)?;
-        pt.map_file(&memfd, 0, FILE_LEN, IOVA)?;
-        let map = Mapping::new(&memfd, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
-        pt.config_set16(0x4, 0x2 | 0x4)?;
-        // SAFETY: the ring and buffers are in `map`, mapped at IOVA, kept
-        // (forgotten below) until the kexec.
-        let mut rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_millis(300) {
-            if rx.poll(|_| ()) == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        let mut tally = Tally::new(run_id());
-        diag(&format!(
-            "stream: start run={:08x} rate={RATE}",
-            tally.run_id
-        ));
-        let t = Instant::now();
-        receive(
-            &mut rx,
-            &mut tally,
-            RECEIVE + Duration::from_secs(30),
-            |_| t.elapsed() >= RECEIVE,
-        )?;
+        let (mut rx, pt, map) = receiver(&bdf, &memfd)?;
+        let mut tally = begin_stream(&mut rx)?;
         let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
         let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
         session
@@ -914,18 +916,14 @@ pub fn stream_reset(ctx: &mut Ctx) -> TestResult {
             .retrieve_fd(MEMFD_TOKEN)
             .map_err(|e| format!("retrieve the memfd: {e}"))?,
     );
-    let map = Mapping::new(&memfd, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    let ctl_map = Mapping::new(&memfd, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
     // SAFETY: the control page stage 1 wrote; plain integers.
-    let ctl = unsafe { map.ptr.cast::<Ctl>().read_volatile() };
+    let ctl = unsafe { ctl_map.ptr.cast::<Ctl>().read_volatile() };
+    drop(ctl_map);
     if ctl.magic != CTL_MAGIC {
         return Err("the control page is not stage 1's".into());
     }
-    bind_vfio_pci(&bdf)?;
-    let pt = Passthrough::open(&bdf)?;
-    pt.map_file(&memfd, 0, FILE_LEN, IOVA)?;
-    pt.config_set16(0x4, 0x2 | 0x4)?;
-    // SAFETY: as in stage 1.
-    let mut rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
+    let (mut rx, pt, map) = receiver(&bdf, &memfd)?;
     diag(&format!(
         "lu: adopted buffered=0 first={} last={}",
         u64::MAX,
@@ -969,14 +967,7 @@ fn quiet_receiver(bdf: &str) -> Result<(IgbRx, Passthrough, Mapping, File), Stri
     mount()?;
     let _ = fs::remove_file(p(RING_FILE));
     let file = create_sized(&p(RING_FILE), FILE_LEN)?;
-    bind_vfio_pci(bdf)?;
-    let pt = Passthrough::open(bdf)?;
-    pt.map_file(&file, 0, FILE_LEN, IOVA)?;
-    let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
-    pt.config_set16(0x4, 0x2 | 0x4)?;
-    // SAFETY: the ring and buffers are in `map`, mapped at IOVA; the
-    // caller keeps all four until the device stops or the kexec.
-    let rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
+    let (rx, pt, map) = receiver(bdf, &file)?;
     pt.mark_preserve(HWPT_TOKEN)
         .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
     Ok((rx, pt, map, file))
