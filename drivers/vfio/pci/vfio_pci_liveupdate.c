@@ -234,7 +234,6 @@ static void vfio_pci_lu_flb_unpreserve(struct liveupdate_flb_op_args *args)
 	kfree(out);
 }
 
-/* Checks the handed-over page; NULL if it is sound, else why not */
 /* @m has all bits set from some bit up (an address sizing mask) */
 static bool vfio_pci_lu_contiguous(u64 m)
 {
@@ -271,10 +270,9 @@ static bool vfio_pci_lu_masks_sound(const struct vfio_pci_lu_func *rec)
 			m |= (u64)le32_to_cpu(rec->mask[i + 1]) << 32;
 			if (le32_to_cpu(rec->bar[i + 1]) & ~(u32)(m >> 32))
 				return false;
-			m |= 0xfULL;
 			i++;
 		} else {
-			m |= 0xffffffff0000000fULL;
+			m |= 0xffffffff00000000ULL;
 		}
 		if (!vfio_pci_lu_contiguous(m) ||
 		    bar & ~mask & PCI_BASE_ADDRESS_MEM_MASK)
@@ -283,11 +281,11 @@ static bool vfio_pci_lu_masks_sound(const struct vfio_pci_lu_func *rec)
 	mask = le32_to_cpu(rec->mask[PCI_STD_NUM_BARS]);
 	bar = le32_to_cpu(rec->bar[PCI_STD_NUM_BARS]);
 	return !mask || (!(mask & ~PCI_ROM_ADDRESS_MASK) &&
-			 vfio_pci_lu_contiguous(0xffffffff00000000ULL | mask |
-						~PCI_ROM_ADDRESS_MASK) &&
+			 vfio_pci_lu_contiguous(0xffffffff00000000ULL | mask) &&
 			 !(bar & ~mask & PCI_ROM_ADDRESS_MASK));
 }
 
+/* Checks the handed-over page; NULL if it is sound, else why not */
 static const char *vfio_pci_lu_check(struct vfio_pci_lu_header *h)
 {
 	struct vfio_pci_lu_func *rec = (void *)(h + 1);
