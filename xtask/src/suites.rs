@@ -100,6 +100,7 @@ pub const SUITES: &[Suite] = &[
             "vfio_lu_refuse_version",
             "vfio_lu_refuse_device",
             "vfio_lu_refuse_bar",
+            "vfio_lu_refuse_mask",
         ],
         add: &["guestmemfs=2G", "kmemleak=on"],
         remove: &[],

@@ -133,8 +133,9 @@ static void vfio_pci_lu_rid_err(u32 rid, const char *what)
 /*
  * Test only: damage the handover at the next freeze, so that the next
  * kernel's refusal paths can be tested (docs/testing.md): "version",
- * "crc", "device" (the first record names another device ID) or "bar"
- * (its BAR 0 is recorded elsewhere), both with a valid checksum.
+ * "crc", "device" (the first record names another device ID), "bar" (its
+ * BAR 0 is recorded 1 MiB away) or "mask" (its BAR 0 sizing mask has a
+ * hole), each with a valid checksum.
  */
 static char lu_test_damage[16];
 module_param_string(lu_test_damage, lu_test_damage, sizeof(lu_test_damage),
@@ -151,7 +152,9 @@ static void vfio_pci_lu_test_damage(struct vfio_pci_lu_header *h)
 	else if (sysfs_streq(lu_test_damage, "device") && h->nr_funcs)
 		rec[0].device = cpu_to_le16(le16_to_cpu(rec[0].device) ^ 1);
 	else if (sysfs_streq(lu_test_damage, "bar") && h->nr_funcs)
-		rec[0].bar[0] = cpu_to_le32(le32_to_cpu(rec[0].bar[0]) ^ 0x10000);
+		rec[0].bar[0] = cpu_to_le32(le32_to_cpu(rec[0].bar[0]) ^ SZ_1M);
+	else if (sysfs_streq(lu_test_damage, "mask") && h->nr_funcs)
+		rec[0].mask[0] = cpu_to_le32(le32_to_cpu(rec[0].mask[0]) ^ 0x100);
 	else
 		return;
 	if (!sysfs_streq(lu_test_damage, "crc")) {

@@ -403,6 +403,12 @@ pub const CATALOG: &[Test] = &[
         run: vfio_lu::refuse_bar,
     },
     Test {
+        name: "vfio_lu_refuse_mask",
+        summary: "a vfio-pci handover whose BAR 0 sizing mask has a hole (checksum valid): refused whole at boot, the device quiesced, not retrievable",
+        timeout_s: 900,
+        run: vfio_lu::refuse_mask,
+    },
+    Test {
         name: "iommufd_igb_kexec",
         summary: "igb DMAs pattern A, HWPT marked, iommufd preserved, kexec; VT-d table adopted as left (debugfs), HWPT restored by token, device attached with no map, pattern B lands in the same guestmemfs pages, A intact, no faults",
         timeout_s: 600,

@@ -203,6 +203,17 @@ pub fn refuse_bar(ctx: &mut Ctx) -> TestResult {
     )
 }
 
+/// A handover whose BAR 0 sizing mask sizing cannot have read: refused
+/// whole at boot, before enumeration could trust it.
+pub fn refuse_mask(ctx: &mut Ctx) -> TestResult {
+    not_adopted_test(
+        ctx,
+        "vfio_lu_refuse_mask",
+        Before::Damage("mask"),
+        Some("handover refused: BAR sizes that sizing cannot read"),
+    )
+}
+
 /// The command register through sysfs (no VFIO open needed).
 fn sysfs_command(bdf: &str) -> Result<u16, String> {
     let cfg = fs::read(format!("/sys/bus/pci/devices/{bdf}/config"))
