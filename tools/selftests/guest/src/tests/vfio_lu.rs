@@ -262,14 +262,7 @@ fn not_adopted(refused: Option<&str>) -> TestResult {
         }
         None => held_for_vmm(&bdf)?,
     }
-    mount()?;
-    let file = open_rw(RING_FILE)?;
-    let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
-    // SAFETY: the control page stage 1 wrote; plain integers.
-    let ctl = unsafe { map.ptr.cast::<Ctl>().read_volatile() };
-    if ctl.magic != CTL_MAGIC {
-        return Err("the control page is not stage 1's".into());
-    }
+    let (file, map, ctl) = open_ring()?;
     let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
     let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
     let iommufd = session
@@ -537,6 +530,20 @@ fn refusals(
     Ok(())
 }
 
+/// After the kexec: the ring file, mapped, and the control page stage 1
+/// left in it.
+fn open_ring() -> Result<(File, Mapping, Ctl), String> {
+    mount()?;
+    let file = open_rw(RING_FILE)?;
+    let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
+    // SAFETY: the control page stage 1 wrote; plain integers.
+    let ctl = unsafe { map.ptr.cast::<Ctl>().read_volatile() };
+    if ctl.magic != CTL_MAGIC {
+        return Err("the control page is not stage 1's".into());
+    }
+    Ok((file, map, ctl))
+}
+
 fn open_rw(name: &str) -> Result<File, String> {
     OpenOptions::new()
         .read(true)
@@ -612,14 +619,7 @@ fn adopt() -> Result<Adopted, String> {
         return Err("the PCI core sized the running function's BARs".into());
     }
 
-    mount()?;
-    let file = open_rw(RING_FILE)?;
-    let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
-    // SAFETY: the control page stage 1 wrote; plain integers.
-    let ctl = unsafe { map.ptr.cast::<Ctl>().read_volatile() };
-    if ctl.magic != CTL_MAGIC {
-        return Err("the control page is not stage 1's".into());
-    }
+    let (file, map, ctl) = open_ring()?;
     // Same start and end of every resource (the flags now say FIXED).
     let after = resources_of(&bdf)?;
     let ranges = |b: &[u8]| -> Vec<String> {
@@ -1061,12 +1061,7 @@ pub fn fail_nth(ctx: &mut Ctx) -> TestResult {
     let (r, consumed) = with_fail_nth(n, || session.retrieve_fd(CDEV_TOKEN))?;
     match r {
         Ok(cdev) => {
-            mount()?;
-            let file = open_rw(RING_FILE)?;
-            let map =
-                Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
-            // SAFETY: the control page stage 1 wrote; plain integers.
-            let ctl = unsafe { map.ptr.cast::<Ctl>().read_volatile() };
+            let (file, map, ctl) = open_ring()?;
             let (pt, _) =
                 Passthrough::retrieved(File::from(cdev), File::from(iommufd), HWPT_TOKEN)?;
             // SAFETY: the same ring, still mapped at IOVA (restored).
