@@ -101,6 +101,7 @@ pub const SUITES: &[Suite] = &[
             "vfio_lu_refuse_device",
             "vfio_lu_refuse_bar",
             "vfio_lu_refuse_mask",
+            "vfio_lu_fail_read",
         ],
         add: &["guestmemfs=2G", "kmemleak=on"],
         remove: &[],

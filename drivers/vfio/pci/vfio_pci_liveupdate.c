@@ -141,6 +141,13 @@ static char lu_test_damage[16];
 module_param_string(lu_test_damage, lu_test_damage, sizeof(lu_test_damage),
 		    0600);
 
+/*
+ * Test only, boot parameter vfio_pci_core.lu_fail_read=1: the allocation
+ * of the handover read fails (the refused-handover path at boot).
+ */
+static bool lu_fail_read;
+module_param(lu_fail_read, bool, 0400);
+
 static void vfio_pci_lu_test_damage(struct vfio_pci_lu_header *h)
 {
 	struct vfio_pci_lu_func *rec = (void *)(h + 1);
@@ -165,6 +172,8 @@ static void vfio_pci_lu_test_damage(struct vfio_pci_lu_header *h)
 	}
 }
 #else
+static const bool lu_fail_read;
+
 static void vfio_pci_lu_test_damage(struct vfio_pci_lu_header *h)
 {
 }
@@ -349,7 +358,7 @@ static struct vfio_pci_lu_in *vfio_pci_lu_read(phys_addr_t phys)
 		return &vfio_pci_lu_refused;
 	}
 	nr = le32_to_cpu(h->nr_funcs);
-	in = kzalloc_flex(*in, funcs, nr, GFP_KERNEL);
+	in = lu_fail_read ? NULL : kzalloc_flex(*in, funcs, nr, GFP_KERNEL);
 	if (!in) {
 		pr_err("vfio-pci: live update handover refused: out of memory\n");
 		folio_put(folio);

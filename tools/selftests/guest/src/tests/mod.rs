@@ -409,6 +409,12 @@ pub const CATALOG: &[Test] = &[
         run: vfio_lu::refuse_mask,
     },
     Test {
+        name: "vfio_lu_fail_read",
+        summary: "the next kernel's allocation for reading the vfio-pci handover fails (vfio_pci_core.lu_fail_read=1 for one boot): handover refused, the running device quiesced, not retrievable, no DMAR fault",
+        timeout_s: 900,
+        run: vfio_lu::fail_read,
+    },
+    Test {
         name: "iommufd_igb_kexec",
         summary: "igb DMAs pattern A, HWPT marked, iommufd preserved, kexec; VT-d table adopted as left (debugfs), HWPT restored by token, device attached with no map, pattern B lands in the same guestmemfs pages, A intact, no faults",
         timeout_s: 600,

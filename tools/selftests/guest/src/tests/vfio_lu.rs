@@ -137,6 +137,8 @@ enum Before {
     Refusals,
     /// Damage the handover at the freeze (vfio_pci_core.lu_test_damage).
     Damage(&'static str),
+    /// Fail the next kernel's allocation for reading the handover.
+    FailRead,
     Nothing,
 }
 
@@ -200,6 +202,18 @@ pub fn refuse_bar(ctx: &mut Ctx) -> TestResult {
         "vfio_lu_refuse_bar",
         Before::Damage("bar"),
         Some("live update: its BARs changed"),
+    )
+}
+
+/// The next kernel cannot allocate what reading the handover needs: the
+/// handover is refused at boot, and every function the IOMMU still holds
+/// stopped.
+pub fn fail_read(ctx: &mut Ctx) -> TestResult {
+    not_adopted_test(
+        ctx,
+        "vfio_lu_fail_read",
+        Before::FailRead,
+        Some("handover refused: out of memory"),
     )
 }
 
@@ -415,6 +429,9 @@ fn preserve_and_kexec(
         let param = "/sys/module/vfio_pci_core/parameters/lu_test_damage";
         fs::write(param, what).map_err(|e| format!("{param}: {e}"))?;
         diag(&format!("stage 1: handover will be damaged: {what}"));
+    }
+    if before == Before::FailRead {
+        ctx.once_out.push("vfio_pci_core.lu_fail_read=1".into());
     }
     let (resources_len, resources) = resources_of(&igb_bdf()?)?;
     let ctl = Ctl {
