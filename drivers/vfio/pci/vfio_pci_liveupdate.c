@@ -246,10 +246,17 @@ static void vfio_pci_lu_flb_unpreserve(struct liveupdate_flb_op_args *args)
 	kfree(out);
 }
 
-/* @m has all bits set from some bit up (an address sizing mask) */
+/*
+ * @m has all bits set from some bit up to its highest set bit (an address
+ * sizing mask; a device may hardwire its upper address bits to zero)
+ */
 static bool vfio_pci_lu_contiguous(u64 m)
 {
-	return m && !(~m & (~m + 1));
+	if (!m)
+		return false;
+	if (fls64(m) < 64)
+		m |= ~0ULL << fls64(m);
+	return !(~m & (~m + 1));
 }
 
 /*
