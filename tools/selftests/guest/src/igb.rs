@@ -118,15 +118,8 @@ impl Igb {
             }
             std::thread::sleep(Duration::from_micros(10));
         }
-        // Without link up the loopback drops every frame (QEMU brings the
-        // link up from a timer; under TCG it can be late).
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while b.read(STATUS) & 2 == 0 {
-            if Instant::now() > deadline {
-                return Err("igb link did not come up".into());
-            }
-            sleep_ms(10);
-        }
+        // Without link up the loopback drops every frame.
+        wait_link(b)?;
         Ok(igb)
     }
 
@@ -240,6 +233,19 @@ pub(crate) fn reset(b: &Bar) -> Result<(), String> {
     }
     b.write(IMC, !0);
     b.write(EIMC, !0);
+    Ok(())
+}
+
+/// Waits for link up (QEMU brings the link up from a timer; under TCG it
+/// can be late).
+pub(crate) fn wait_link(b: &Bar) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b.read(STATUS) & 2 == 0 {
+        if Instant::now() > deadline {
+            return Err("igb link did not come up".into());
+        }
+        sleep_ms(10);
+    }
     Ok(())
 }
 

@@ -7,13 +7,12 @@
 //! touching the device's configuration, and it never resets the device on
 //! drop (a device handed over running must keep running).
 
-use crate::igb::{reset, write_phy};
+use crate::igb::{reset, wait_link, write_phy};
 use crate::vfio::Bar;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 const CTRL: usize = 0x0000;
-const STATUS: usize = 0x0008;
 const RCTL: usize = 0x0100;
 const MPC: usize = 0x4010;
 const RNBC: usize = 0x40a0;
@@ -111,13 +110,7 @@ impl IgbRx {
             }
             std::thread::sleep(Duration::from_micros(10));
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while b.read(STATUS) & 2 == 0 {
-            if Instant::now() > deadline {
-                return Err("igb link did not come up".into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_link(b)?;
         // Clear the clear-on-read drop counters.
         let _ = (b.read(MPC), b.read(RNBC));
         fence(Ordering::Release);
@@ -174,11 +167,6 @@ impl IgbRx {
     /// The software head.
     pub fn head(&self) -> usize {
         self.head
-    }
-
-    /// (RDH, RDT) as the device has them.
-    pub fn device_head_tail(&self) -> (u32, u32) {
-        (self.bar.read(RDH), self.bar.read(RDT))
     }
 
     /// Frames the device dropped since the last call: (missed packets,

@@ -138,7 +138,6 @@ pub struct Tally {
     pub bad: u64,
     /// Frames that arrived after a gap (frames were lost before them).
     pub reordered: u64,
-    pub last_t_send_ns: u64,
     /// Most completed descriptors found waiting in one poll.
     pub peak: u64,
     /// Intact frames of an earlier stream (still queued in QEMU or the
@@ -170,7 +169,6 @@ impl Tally {
             Ok(f) if f.seq == self.next => {
                 self.next += 1;
                 self.got += 1;
-                self.last_t_send_ns = f.t_send_ns;
             }
             Ok(f) if f.seq < self.next => self.dups += 1,
             Ok(f) => {

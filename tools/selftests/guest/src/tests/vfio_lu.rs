@@ -403,6 +403,19 @@ fn stream_freeze(ctx: &mut Ctx, name: &str, before: Before) -> TestResult {
     preserve_and_kexec(ctx, &luo, (rx, pt, map, file), tally, before)
 }
 
+/// A new session `name` with the iommufd preserved, then the cdev: the
+/// order a VMM must use.
+fn preserve_in_order(luo: &LiveUpdate, name: &str, pt: &Passthrough) -> Result<Session, String> {
+    let session = luo.create_session(name).map_err(|e| e.to_string())?;
+    session
+        .preserve_fd(pt.iommufd.as_raw_fd(), IOMMUFD_TOKEN)
+        .map_err(|e| format!("preserve the iommufd: {e}"))?;
+    session
+        .preserve_fd(pt.dev().as_raw_fd(), CDEV_TOKEN)
+        .map_err(|e| format!("preserve the VFIO cdev: {e}"))?;
+    Ok(session)
+}
+
 /// Preserves the iommufd, then the cdev, in a new session; hands the
 /// ring to the device and records where the VMM stopped; kexec next (the
 /// HWPT is already marked).
@@ -413,13 +426,7 @@ fn preserve_and_kexec(
     mut tally: Tally,
     before: Before,
 ) -> TestResult {
-    let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
-    session
-        .preserve_fd(pt.iommufd.as_raw_fd(), IOMMUFD_TOKEN)
-        .map_err(|e| format!("preserve the iommufd: {e}"))?;
-    session
-        .preserve_fd(pt.dev().as_raw_fd(), CDEV_TOKEN)
-        .map_err(|e| format!("preserve the VFIO cdev: {e}"))?;
+    let session = preserve_in_order(luo, SESSION, &pt)?;
     // The last frames before the freeze, and every descriptor to the
     // device: the ring absorbs what arrives until stage 2 polls again.
     let n = rx.poll(|f| tally.account(f));
@@ -511,15 +518,8 @@ fn refusals(
         )?;
     }
     {
-        let session = luo
-            .create_session("gtest-vfio-lu-irq")
-            .map_err(|e| e.to_string())?;
-        session
-            .preserve_fd(pt.iommufd.as_raw_fd(), IOMMUFD_TOKEN)
-            .map_err(|e| format!("preserve the iommufd: {e}"))?;
-        session
-            .preserve_fd(pt.dev().as_raw_fd(), CDEV_TOKEN)
-            .map_err(|e| format!("preserve the VFIO cdev: {e}"))?;
+        // Kept open until the end of the block: closing unpreserves.
+        let _session = preserve_in_order(luo, "gtest-vfio-lu-irq", pt)?;
         let efd = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK)
             .map_err(|e| format!("eventfd: {e}"))?;
         pt.dev()
