@@ -15,6 +15,11 @@
 //!   last=<seq>` mark the live update(s); each line gets its host arrival
 //!   time.
 //!
+//! The VMs of these tests also trace what would disturb the igb PF or
+//! its VF across a kexec ([`DEVICE_EVENTS`]: resets, SR-IOV events,
+//! config writes); [`UNDISTURBED_TESTS`] fail on any of them between the
+//! runner's `kexec into stage N` line and `lu: adopted`.
+//!
 //! # Frame format
 //!
 //! This is the authoritative description; the guest's parser is
@@ -55,7 +60,14 @@ pub const KIND_END: u32 = 1;
 pub const END_SEQ: u64 = u64::MAX;
 
 /// Guest tests that stream: their VMs get the device write trace.
-pub const STREAM_TESTS: &[&str] = &["vfio_lu_stream", "vfio_lu_soak"];
+pub const STREAM_TESTS: &[&str] = &["vfio_lu_stream", "vfio_lu_soak", "vfio_lu_stream_vf"];
+
+/// Stream tests whose igb PF (00:02.0) and VF0 (00:12.0) nothing may
+/// reset, reconfigure for SR-IOV or stop bus mastering between the kexec
+/// and the adoption ([`DEVICE_EVENTS`]). Not `vfio_lu_stream`: without
+/// an adopted SR-IOV state the next kernel's enumeration writes the PF's
+/// SR-IOV capability, as it may.
+pub const UNDISTURBED_TESTS: &[&str] = &["vfio_lu_stream_vf"];
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const SRC_IP: [u8; 4] = [10, 0, 2, 2];
@@ -90,6 +102,37 @@ const BLACKOUT_FLOOR_NS: u64 = 200_000_000;
 /// descriptors.
 pub const TRACE_WRITTEN: &str = "e1000e_rx_written_to_guest";
 pub const TRACE_NOT_WRITTEN: &str = "e1000e_rx_not_written_to_guest";
+
+/// QEMU's config write event: `<device> <bus>:<slot>.<fn> @0x<offset> <-
+/// 0x<value>`, naming the function (`igb` the PF, `igbvf` a VF).
+const TRACE_CFG_WRITE: &str = "pci_cfg_write";
+
+/// QEMU trace events that would show the igb PF or its VF disturbed, as
+/// `-trace` patterns (a `*` ends one), with why one fails an
+/// [`UNDISTURBED_TESTS`] live update. Config writes fail only as
+/// [`cfg_write_disturbs`] says.
+pub const DEVICE_EVENTS: &[(&str, &str)] = &[
+    ("igb_core_vf_reset", "VF reset"),
+    ("sriov_*", "SR-IOV state change"),
+    ("e1000e_cb_qdev_reset_hold", "PF reset"),
+    ("e1000e_core_ctrl_sw_reset", "PF software reset (CTRL.RST)"),
+    (TRACE_CFG_WRITE, "config write"),
+];
+
+/// The PF, its VF0 (devfn 0x10 + SR-IOV offset 0x80) and the PF's SR-IOV
+/// capability, as QEMU's config write event names them.
+const PF_BDF: &str = "00:02.0";
+const VF_BDF: &str = "00:12.0";
+const SRIOV_CAP: std::ops::RangeInclusive<u32> = 0x160..=0x19f;
+const PCI_COMMAND: u32 = 0x4;
+const PCI_COMMAND_MASTER: u32 = 0x4;
+
+/// Every event a stream VM traces, as `-trace` patterns.
+pub fn trace_events() -> impl Iterator<Item = &'static str> {
+    [TRACE_WRITTEN, TRACE_NOT_WRITTEN]
+        .into_iter()
+        .chain(DEVICE_EVENTS.iter().map(|(pattern, _)| *pattern))
+}
 
 /// Host wall-clock time in ns since the Unix epoch: the clock of the
 /// frames' send times, the console arrival times and QEMU's trace.
@@ -271,6 +314,8 @@ pub struct StreamReport {
     pub device_writes: Option<Vec<u64>>,
     /// Frames the device dropped for lack of descriptors, if traced.
     pub device_drops: Option<u64>,
+    /// The [`DEVICE_EVENTS`] traced during the stream; `None`: not traced.
+    pub device_events: Option<Vec<DeviceEvent>>,
 }
 
 /// What a console diagnostic means to the streamer.
@@ -654,33 +699,45 @@ fn iso8601_ns(s: &str) -> Option<u64> {
     Some(u64::try_from(secs).ok()? * 1_000_000_000 + fraction_ns(frac)?)
 }
 
-/// Parses one line of QEMU's `log` trace backend run with
-/// `-msg timestamp=on`. QEMU 10.0 writes
-/// `<tid>@<sec>.<usec>:e1000e_rx_written_to_guest Received packet written
-/// to guest (queue 0)`; later QEMUs prefix an ISO 8601 UTC time instead,
-/// which is accepted too.
-pub fn parse_trace_line(line: &str) -> Option<RxEvent> {
-    let find = |name: &str| {
-        line.match_indices(name).map(|(i, _)| i).find(|&i| {
-            let before = line[..i].chars().next_back();
-            let after = line[i + name.len()..].chars().next();
-            matches!(before, None | Some(':' | ' ' | ')')) && matches!(after, None | Some(' '))
-        })
-    };
-    let (at, written) = match (find(TRACE_WRITTEN), find(TRACE_NOT_WRITTEN)) {
-        (Some(i), _) => (i, true),
-        (None, Some(i)) => (i, false),
-        (None, None) => return None,
-    };
-    let prefix = &line[..at];
-    let t_ns = match prefix.split_once('@') {
-        Some((_, stamp)) => {
-            let (sec, frac) = stamp.trim_end_matches(':').split_once('.')?;
-            sec.parse::<u64>().ok()? * 1_000_000_000 + fraction_ns(frac)?
+/// Time and text (`<event> <arguments>`) of one line of QEMU's `log`
+/// trace backend run with `-msg timestamp=on`. QEMU 10.0 writes
+/// `<tid>@<sec>.<usec>:<event> <arguments>`; later QEMUs prefix an ISO
+/// 8601 UTC time and a thread id in parentheses instead, which is
+/// accepted too.
+fn trace_record(line: &str) -> Option<(u64, &str)> {
+    let stamped = line.split_once(':').and_then(|(head, text)| {
+        let (tid, stamp) = head.split_once('@')?;
+        let (sec, frac) = stamp.split_once('.')?;
+        if tid.is_empty() || !tid.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
         }
-        None => iso8601_ns(prefix.split_whitespace().next()?)?,
+        Some((
+            sec.parse::<u64>().ok()? * 1_000_000_000 + fraction_ns(frac)?,
+            text,
+        ))
+    });
+    if stamped.is_some() {
+        return stamped;
+    }
+    let (stamp, mut text) = line.split_once(' ')?;
+    let t_ns = iso8601_ns(stamp)?;
+    while let Some(rest) = text.trim_start().strip_prefix('(') {
+        text = rest.split_once(')')?.1;
+    }
+    Some((t_ns, text.trim_start()))
+}
+
+/// The receive event of a trace record ([`trace_record`]), if it is one:
+/// `e1000e_rx_written_to_guest Received packet written to guest (queue
+/// 0)` or its `not_written` twin.
+fn rx_event(t_ns: u64, text: &str) -> Option<RxEvent> {
+    let (name, args) = text.split_once(' ').unwrap_or((text, ""));
+    let written = match name {
+        TRACE_WRITTEN => true,
+        TRACE_NOT_WRITTEN => false,
+        _ => return None,
     };
-    let queue = line
+    let queue = args
         .split_once("(queue ")
         .and_then(|(_, q)| q.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|q| q.parse().ok())
@@ -692,13 +749,134 @@ pub fn parse_trace_line(line: &str) -> Option<RxEvent> {
     })
 }
 
-/// The receive events of a QEMU trace file.
-pub fn read_trace(path: &Path) -> Result<Vec<RxEvent>> {
+/// One traced event of [`DEVICE_EVENTS`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEvent {
+    /// Wall-clock time in ns, as for [`RxEvent`].
+    pub t_ns: u64,
+    /// The event's name and arguments as QEMU printed them.
+    pub text: String,
+}
+
+/// The [`DEVICE_EVENTS`] entry that names `event`, if any.
+fn device_event(event: &str) -> Option<&'static (&'static str, &'static str)> {
+    DEVICE_EVENTS
+        .iter()
+        .find(|(pattern, _)| match pattern.strip_suffix('*') {
+            Some(prefix) => event.starts_with(prefix),
+            None => event == *pattern,
+        })
+}
+
+/// Function, offset and value of a config write's arguments (read from
+/// the right: the device name may hold spaces).
+fn parse_cfg_write(args: &str) -> Option<(&str, u32, u32)> {
+    let mut words = args.split_whitespace().rev();
+    let value = words.next()?.strip_prefix("0x")?;
+    if words.next()? != "<-" {
+        return None;
+    }
+    let offset = words.next()?.strip_prefix("@0x")?;
+    let bdf = words.next()?;
+    Some((
+        bdf,
+        u32::from_str_radix(offset, 16).ok()?,
+        u32::from_str_radix(value, 16).ok()?,
+    ))
+}
+
+/// Why a config write disturbs the preserved PF or VF, if it does: it
+/// writes the PF's SR-IOV capability (VF Enable, NumVFs, VF BARs), or a
+/// command register with bus mastering off (the PF's gates the VF's
+/// receive in QEMU). INTx or memory-enable toggles that keep bus
+/// mastering pass.
+fn cfg_write_disturbs(args: &str) -> Option<&'static str> {
+    let Some((bdf, offset, value)) = parse_cfg_write(args) else {
+        return Some("config write not understood");
+    };
+    if bdf == PF_BDF && SRIOV_CAP.contains(&offset) {
+        Some("write into the PF's SR-IOV capability")
+    } else if offset == PCI_COMMAND
+        && [PF_BDF, VF_BDF].contains(&bdf)
+        && value & PCI_COMMAND_MASTER == 0
+    {
+        Some("bus mastering cleared")
+    } else {
+        None
+    }
+}
+
+/// Why a traced device event disturbs the PF or VF; `None`: harmless.
+fn disturbance(text: &str) -> Option<&'static str> {
+    let (name, args) = text.split_once(' ').unwrap_or((text, ""));
+    match device_event(name)? {
+        (TRACE_CFG_WRITE, _) => cfg_write_disturbs(args),
+        (_, why) => Some(why),
+    }
+}
+
+/// The events of a QEMU trace file that the stream checks read.
+#[derive(Debug, Default)]
+pub struct Trace {
+    pub rx: Vec<RxEvent>,
+    pub device: Vec<DeviceEvent>,
+}
+
+/// Sorts trace lines into receive and device events.
+pub fn parse_trace(text: &str) -> Trace {
+    let mut trace = Trace::default();
+    for (t_ns, text) in text.lines().filter_map(trace_record) {
+        if let Some(rx) = rx_event(t_ns, text) {
+            trace.rx.push(rx);
+        } else if device_event(text.split(' ').next().unwrap_or_default()).is_some() {
+            trace.device.push(DeviceEvent {
+                t_ns,
+                text: text.trim_end().to_owned(),
+            });
+        }
+    }
+    trace
+}
+
+/// The events of a QEMU trace file.
+pub fn read_trace(path: &Path) -> Result<Trace> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(String::from_utf8_lossy(&text)
-        .lines()
-        .filter_map(parse_trace_line)
-        .collect())
+    Ok(parse_trace(&String::from_utf8_lossy(&text)))
+}
+
+/// The trace times of each report's stream: from its first send to the
+/// next stream's; `None`: nothing sent. Trace times are truncated to µs:
+/// a write in the same µs as the first send may look earlier than it.
+fn trace_spans(reports: &[StreamReport]) -> Vec<Option<std::ops::Range<u64>>> {
+    let firsts: Vec<Option<u64>> = reports
+        .iter()
+        .map(|r| r.sends.first().map(|t| t / 1000 * 1000))
+        .collect();
+    firsts
+        .iter()
+        .enumerate()
+        .map(|(i, from)| {
+            let to = firsts[i + 1..].iter().flatten().next().copied();
+            Some((*from)?..to.unwrap_or(u64::MAX))
+        })
+        .collect()
+}
+
+/// Gives each report its device write times ([`attach_device_writes`])
+/// and the device events of its span.
+pub fn attach_trace(reports: &mut [StreamReport], trace: &Trace) {
+    attach_device_writes(reports, &trace.rx);
+    let spans = trace_spans(reports);
+    for (r, span) in reports.iter_mut().zip(spans) {
+        r.device_events = Some(
+            trace
+                .device
+                .iter()
+                .filter(|e| span.as_ref().is_some_and(|s| s.contains(&e.t_ns)))
+                .cloned()
+                .collect(),
+        );
+    }
 }
 
 /// Gives each report the device write time of each data frame: the k-th
@@ -707,28 +885,14 @@ pub fn read_trace(path: &Path) -> Result<Vec<RxEvent>> {
 /// reordered). Writes go to one queue; if a frame were written to several
 /// (VMDq replication), the busiest queue counts.
 pub fn attach_device_writes(reports: &mut [StreamReport], events: &[RxEvent]) {
-    // Trace times are truncated to µs: a write in the same µs as the
-    // first send may look earlier than it.
-    let firsts: Vec<Option<u64>> = reports
-        .iter()
-        .map(|r| r.sends.first().map(|t| t / 1000 * 1000))
-        .collect();
-    for (i, r) in reports.iter_mut().enumerate() {
-        let Some(from) = firsts[i] else {
+    let spans = trace_spans(reports);
+    for (r, span) in reports.iter_mut().zip(spans) {
+        let Some(span) = span else {
             r.device_writes = Some(Vec::new());
             r.device_drops = Some(0);
             continue;
         };
-        let to = firsts[i + 1..]
-            .iter()
-            .flatten()
-            .next()
-            .copied()
-            .unwrap_or(u64::MAX);
-        let window: Vec<&RxEvent> = events
-            .iter()
-            .filter(|e| (from..to).contains(&e.t_ns))
-            .collect();
+        let window: Vec<&RxEvent> = events.iter().filter(|e| span.contains(&e.t_ns)).collect();
         let mut per_queue: BTreeMap<u32, usize> = BTreeMap::new();
         for e in window.iter().filter(|e| e.written) {
             *per_queue.entry(e.queue).or_default() += 1;
@@ -857,6 +1021,9 @@ impl StreamReport {
     }
 }
 
+/// The name of [`check_undisturbed`]'s check.
+const UNDISTURBED: &str = "no PF/VF disturbance across the kexec";
+
 fn check_guest(r: &StreamReport) -> std::result::Result<String, String> {
     let Some(fields) = &r.result else {
         return Err("no `stream: result` line: the guest did not finish the stream".into());
@@ -948,6 +1115,61 @@ fn check_window(r: &StreamReport, w: &Window) -> std::result::Result<String, Str
     }
 }
 
+/// No [`disturbance`] of the PF or VF between the kexec (the runner's
+/// line, before the old kernel's device shutdown) and the adoption, and
+/// config writes traced there (the new kernel's enumeration writes
+/// some): proof the trace saw them.
+fn check_undisturbed(r: &StreamReport, w: &Window) -> std::result::Result<String, String> {
+    let at = |t_ns: u64| format!("+{:.3} s", r.rel(t_ns));
+    let (Some(kexec), Some(adopted)) = (w.kexec, &w.adopted) else {
+        return Err(format!(
+            "no kexec and adoption after the freeze at {}",
+            at(w.freeze.t_ns)
+        ));
+    };
+    let Some(events) = &r.device_events else {
+        return Err("PF and VF events not traced".into());
+    };
+    let span = kexec.t_ns..=adopted.t_ns;
+    let inside: Vec<&DeviceEvent> = events.iter().filter(|e| span.contains(&e.t_ns)).collect();
+    let between = format!(
+        "between the kexec ({}) and the adoption ({})",
+        at(kexec.t_ns),
+        at(adopted.t_ns)
+    );
+    let bad: Vec<String> = inside
+        .iter()
+        .filter_map(|e| {
+            Some(format!(
+                "{} {}: {}",
+                at(e.t_ns),
+                disturbance(&e.text)?,
+                e.text
+            ))
+        })
+        .collect();
+    let writes = inside
+        .iter()
+        .filter(|e| e.text.split(' ').next() == Some(TRACE_CFG_WRITE))
+        .count();
+    if !bad.is_empty() {
+        Err(format!(
+            "{} events disturbed the PF or VF {between}: {}",
+            bad.len(),
+            bad.join("; ")
+        ))
+    } else if writes == 0 {
+        Err(format!(
+            "no config write traced {between}: {TRACE_CFG_WRITE} is not traced"
+        ))
+    } else {
+        Ok(format!(
+            "{writes} config writes traced {between}; no reset or SR-IOV event, none into the \
+             PF's SR-IOV capability or clearing bus mastering of {PF_BDF} or {VF_BDF}"
+        ))
+    }
+}
+
 fn check_blackout(r: &StreamReport, writes: &[u64]) -> std::result::Result<String, String> {
     let interval = interval_ns(r.rate);
     let limit = (10 * interval).max(BLACKOUT_FLOOR_NS);
@@ -997,14 +1219,29 @@ fn check_ring(r: &StreamReport) -> std::result::Result<String, String> {
 
 /// The checks of one stream: the guest received
 /// every frame exactly once; each live update left frames in the ring
-/// that were sent (and, traced, written) while no kernel ran; no DMA
+/// that were sent (and, traced, written) while no kernel ran, and, for
+/// [`UNDISTURBED_TESTS`], nothing disturbed the PF or VF; no DMA
 /// blackout; the ring never filled.
 pub fn check(r: &StreamReport) -> Vec<Check> {
     let mut out = vec![("guest received the stream".to_owned(), check_guest(r))];
-    for (n, w) in windows(&r.markers).iter().enumerate() {
+    let undisturbed = UNDISTURBED_TESTS.contains(&r.test.as_str());
+    let windows = windows(&r.markers);
+    for (n, w) in windows.iter().enumerate() {
         out.push((
             format!("live update {}: frames written with no VMM", n + 1),
             check_window(r, w),
+        ));
+        if undisturbed {
+            out.push((
+                format!("live update {}: {UNDISTURBED}", n + 1),
+                check_undisturbed(r, w),
+            ));
+        }
+    }
+    if undisturbed && windows.is_empty() {
+        out.push((
+            UNDISTURBED.into(),
+            Err("no live update (freeze, kexec, adoption) in the stream".into()),
         ));
     }
     if let Some(writes) = &r.device_writes {
@@ -1727,6 +1964,12 @@ mod tests {
         assert!(balanced(&svg(&empty)));
     }
 
+    /// The receive event of one trace line.
+    fn parse_trace_line(line: &str) -> Option<RxEvent> {
+        let (t_ns, text) = trace_record(line)?;
+        rx_event(t_ns, text)
+    }
+
     #[test]
     fn trace_lines() {
         let l = "4242@1732600000.123456:e1000e_rx_written_to_guest Received packet written to guest (queue 0)";
@@ -1795,8 +2038,265 @@ mod tests {
     }
 
     #[test]
+    fn device_trace_lines() {
+        let trace = parse_trace(
+            "4242@5.000001:e1000e_rx_written_to_guest Received packet written to guest (queue 0)\n\
+             4242@5.000002:pci_cfg_write igb 00:02.0 @0x4 <- 0x6\n\
+             4242@5.5:igb_core_vf_reset VF0\n\
+             4242@6.000003:sriov_unregister_vfs igb 02:0: Unregistering vf devs\n\
+             4242@6.000004:e1000e_cb_qdev_reset_hold E1000E qdev reset hold\n\
+             4242@6.000005:igb_write_config igb: 0x4 <- 0x6\n\
+             qemu-system-x86_64: warning: something\n\
+             4242@6.000006:pci_cfg_write_x igb 00:02.0 @0x4 <- 0x6\n\
+             2025-08-20T06:27:00.5Z (123) pci_cfg_write ICH9 SMB 00:1f.3 @0x4 <- 0x0\n",
+        );
+        assert_eq!(trace.rx.len(), 1);
+        let ev = |t_ns, text: &str| DeviceEvent {
+            t_ns,
+            text: text.into(),
+        };
+        assert_eq!(
+            trace.device,
+            [
+                ev(5_000_002_000, "pci_cfg_write igb 00:02.0 @0x4 <- 0x6"),
+                ev(5_500_000_000, "igb_core_vf_reset VF0"),
+                ev(
+                    6_000_003_000,
+                    "sriov_unregister_vfs igb 02:0: Unregistering vf devs"
+                ),
+                ev(
+                    6_000_004_000,
+                    "e1000e_cb_qdev_reset_hold E1000E qdev reset hold"
+                ),
+                ev(
+                    1_755_671_220_500_000_000,
+                    "pci_cfg_write ICH9 SMB 00:1f.3 @0x4 <- 0x0"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn disturbances() {
+        let harmless = [
+            // Bus mastering kept: enables, an INTx toggle, a dword
+            // write with the status register.
+            "pci_cfg_write igb 00:02.0 @0x4 <- 0x6",
+            "pci_cfg_write igb 00:02.0 @0x4 <- 0x406",
+            "pci_cfg_write igbvf 00:12.0 @0x4 <- 0x100006",
+            // Other functions, other registers, around the capability.
+            "pci_cfg_write igb 00:03.0 @0x4 <- 0x0",
+            "pci_cfg_write igbvf 00:13.0 @0x4 <- 0x0",
+            "pci_cfg_write ICH9 SMB 00:1f.3 @0x4 <- 0x0",
+            "pci_cfg_write igb 00:02.0 @0x10 <- 0xffffffff",
+            "pci_cfg_write igb 00:02.0 @0x15c <- 0x0",
+            "pci_cfg_write igb 00:02.0 @0x1a0 <- 0x0",
+            "pci_cfg_write igbvf 00:12.0 @0x168 <- 0x0",
+            "pci_cfg_write igb 00:02.0 @0x5 <- 0x0",
+            "e1000e_rx_written_to_guest Received packet written to guest (queue 0)",
+        ];
+        for t in harmless {
+            assert_eq!(disturbance(t), None, "{t}");
+        }
+        let bad = [
+            ("igb_core_vf_reset VF0", "VF reset"),
+            (
+                "sriov_register_vfs igb 02:0: creating 1 vf devs",
+                "SR-IOV state change",
+            ),
+            (
+                "sriov_config_write igb 02:0: sriov offset 0x168 val 0x0 len 2",
+                "SR-IOV state change",
+            ),
+            (
+                "e1000e_cb_qdev_reset_hold E1000E qdev reset hold",
+                "PF reset",
+            ),
+            (
+                "e1000e_core_ctrl_sw_reset Doing SW reset",
+                "PF software reset (CTRL.RST)",
+            ),
+            (
+                "pci_cfg_write igb 00:02.0 @0x160 <- 0x0",
+                "write into the PF's SR-IOV capability",
+            ),
+            (
+                "pci_cfg_write igb 00:02.0 @0x168 <- 0x19",
+                "write into the PF's SR-IOV capability",
+            ),
+            (
+                "pci_cfg_write igb 00:02.0 @0x19f <- 0x0",
+                "write into the PF's SR-IOV capability",
+            ),
+            (
+                "pci_cfg_write igb 00:02.0 @0x4 <- 0x2",
+                "bus mastering cleared",
+            ),
+            (
+                "pci_cfg_write igb 00:02.0 @0x4 <- 0x100402",
+                "bus mastering cleared",
+            ),
+            (
+                "pci_cfg_write igbvf 00:12.0 @0x4 <- 0x0",
+                "bus mastering cleared",
+            ),
+            (
+                "pci_cfg_write igb 00:02.0 @4 <- 6",
+                "config write not understood",
+            ),
+        ];
+        for (t, why) in bad {
+            assert_eq!(disturbance(t), Some(why), "{t}");
+        }
+    }
+
+    /// [`synthetic`] as the SR-IOV test, with config writes before the
+    /// freeze, between freeze and kexec, inside the window and after
+    /// the adoption, and the resets and SR-IOV events of its setup and
+    /// teardown outside the window.
+    fn synthetic_vf() -> StreamReport {
+        let ev = |ms: u64, text: &str| DeviceEvent {
+            t_ns: T0 + ms * MS,
+            text: text.into(),
+        };
+        StreamReport {
+            test: "vfio_lu_stream_vf".into(),
+            device_events: Some(vec![
+                ev(500, "e1000e_core_ctrl_sw_reset Doing SW reset"),
+                ev(600, "sriov_register_vfs igb 02:0: creating 1 vf devs"),
+                ev(700, "pci_cfg_write igbvf 00:12.0 @0x4 <- 0x0"),
+                ev(3100, "pci_cfg_write igb 00:02.0 @0x4 <- 0x2"),
+                ev(5000, "pci_cfg_write mch 00:00.0 @0x60 <- 0xb0000001"),
+                ev(5100, "pci_cfg_write igbvf 00:12.0 @0x4 <- 0x406"),
+                ev(5200, "pci_cfg_write igbvf 00:12.0 @0x4 <- 0x6"),
+                ev(
+                    21_000,
+                    "sriov_unregister_vfs igb 02:0: Unregistering vf devs",
+                ),
+                ev(21_001, "igb_core_vf_reset VF0"),
+            ]),
+            ..synthetic()
+        }
+    }
+
+    #[test]
+    fn undisturbed_pf_and_vf() {
+        const NAME: &str = "live update 1: no PF/VF disturbance across the kexec";
+        let r = synthetic_vf();
+        let checks = check(&r);
+        assert_eq!(checks.len(), 4, "{checks:?}");
+        assert!(failed(&checks).is_empty(), "{checks:?}");
+        assert_eq!(checks[2].0, NAME);
+        let ok = checks[2].1.as_ref().unwrap();
+        assert!(
+            ok.starts_with(
+                "3 config writes traced between the kexec (+3.200 s) and the adoption (+11.000 s)"
+            ),
+            "{ok}"
+        );
+
+        // Each offending event inside the window is reported.
+        let mut r = synthetic_vf();
+        let events = r.device_events.as_mut().unwrap();
+        for (ms, text) in [
+            (3200, "pci_cfg_write igb 00:02.0 @0x4 <- 0x2"),
+            (6000, "pci_cfg_write igb 00:02.0 @0x168 <- 0x0"),
+            (
+                6001,
+                "sriov_config_write igb 02:0: sriov offset 0x168 val 0x0 len 2",
+            ),
+            (6002, "sriov_unregister_vfs igb 02:0: Unregistering vf devs"),
+            (6003, "igb_core_vf_reset VF0"),
+            (7000, "pci_cfg_write igbvf 00:12.0 @0x4 <- 0x400"),
+            (8000, "e1000e_cb_qdev_reset_hold E1000E qdev reset hold"),
+            (11_000, "e1000e_core_ctrl_sw_reset Doing SW reset"),
+        ] {
+            events.push(DeviceEvent {
+                t_ns: T0 + ms * MS,
+                text: text.into(),
+            });
+        }
+        let checks = check(&r);
+        assert_eq!(failed(&checks), [NAME]);
+        let why = checks[2].1.as_ref().unwrap_err();
+        assert!(
+            why.starts_with("8 events disturbed the PF or VF between the kexec (+3.200 s)"),
+            "{why}"
+        );
+        for line in [
+            "+3.200 s bus mastering cleared: pci_cfg_write igb 00:02.0 @0x4 <- 0x2",
+            "+6.000 s write into the PF's SR-IOV capability: pci_cfg_write igb 00:02.0 @0x168 <- 0x0",
+            "+6.001 s SR-IOV state change: sriov_config_write",
+            "+6.002 s SR-IOV state change: sriov_unregister_vfs",
+            "+6.003 s VF reset: igb_core_vf_reset VF0",
+            "+7.000 s bus mastering cleared: pci_cfg_write igbvf 00:12.0 @0x4 <- 0x400",
+            "+8.000 s PF reset: e1000e_cb_qdev_reset_hold",
+            "+11.000 s PF software reset (CTRL.RST): e1000e_core_ctrl_sw_reset Doing SW reset",
+        ] {
+            assert!(why.contains(line), "{line} in {why}");
+        }
+
+        // Not traced, or config writes missing from the trace.
+        let mut r = synthetic_vf();
+        r.device_events = None;
+        assert_eq!(failed(&check(&r)), [NAME]);
+        r.device_events = Some(Vec::new());
+        let checks = check(&r);
+        assert!(checks[2]
+            .1
+            .as_ref()
+            .is_err_and(|e| e.starts_with("no config write traced")));
+
+        // A stream without a live update, or one never adopted.
+        let mut r = synthetic_vf();
+        r.markers.retain(|m| !matches!(m.mark, Mark::Freeze { .. }));
+        assert_eq!(
+            failed(&check(&r)),
+            ["no PF/VF disturbance across the kexec"]
+        );
+        let mut r = synthetic_vf();
+        r.markers.remove(3);
+        assert!(failed(&check(&r)).contains(&NAME));
+
+        // Other stream tests do not get the check.
+        let mut r = synthetic_vf();
+        r.test = "vfio_lu_stream".into();
+        r.device_events = None;
+        let checks = check(&r);
+        assert_eq!(checks.len(), 3);
+        assert!(failed(&checks).is_empty(), "{checks:?}");
+    }
+
+    #[test]
+    fn device_events_follow_their_stream() {
+        let mut a = synthetic();
+        a.sends.truncate(3);
+        let mut b = a.clone();
+        b.sends = vec![T0 + 100 * MS + 500];
+        let mut c = a.clone();
+        c.sends.clear();
+        let ev = |t_ns| DeviceEvent {
+            t_ns,
+            text: "igb_core_vf_reset VF0".into(),
+        };
+        let trace = Trace {
+            rx: Vec::new(),
+            device: vec![ev(T0), ev(a.sends[0]), ev(T0 + 100 * MS), ev(T0 + 200 * MS)],
+        };
+        let mut reports = [a, b, c];
+        attach_trace(&mut reports, &trace);
+        assert_eq!(
+            reports
+                .each_ref()
+                .map(|r| r.device_events.as_ref().unwrap().len()),
+            [1, 2, 0]
+        );
+        assert_eq!(reports[1].device_writes.as_deref(), Some(&[][..]));
+    }
+
+    #[test]
     fn stream_names_known_tests() {
-        for t in STREAM_TESTS {
+        for t in STREAM_TESTS.iter().chain(UNDISTURBED_TESTS) {
             assert!(
                 gmfs_guest::tests::CATALOG.iter().any(|c| c.name == *t),
                 "{t}"

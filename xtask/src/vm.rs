@@ -55,8 +55,9 @@ pub struct VmRun {
     pub echo: Echo,
     /// Guest memory in QEMU's size syntax; `None`: [`DEFAULT_MEMORY`].
     pub memory: Option<&'static str>,
-    /// Trace the igb's writes of received frames (one line per frame) to
-    /// `vm-<name>.trace`, for the device write times of UDP streams.
+    /// Trace the igb's writes of received frames (one line per frame),
+    /// and the resets, SR-IOV events and config writes that would disturb
+    /// it or its VF, to `vm-<name>.trace`, for the checks of UDP streams.
     pub trace_rx: bool,
 }
 
@@ -157,14 +158,16 @@ fn trace_path(p: &Paths, run: &VmRun) -> PathBuf {
 }
 
 /// QEMU options that log each frame igb writes to (or drops from) the
-/// guest's RX ring to `file`, with wall-clock times: the `log` trace
-/// backend prefixes `<tid>@<sec>.<usec>:` only with `-msg timestamp=on`.
-/// Every `-trace` names the file: one without `file=` resets it.
+/// guest's RX ring, and the PF/VF events of [`stream::DEVICE_EVENTS`]
+/// (every config write: a few thousand lines per boot), to `file`, with
+/// wall-clock times: the `log` trace backend prefixes
+/// `<tid>@<sec>.<usec>:` only with `-msg timestamp=on`. Every `-trace`
+/// names the file: one without `file=` resets it.
 fn trace_args(file: &Path) -> Vec<String> {
     // QEMU option values double their commas.
     let file = file.display().to_string().replace(',', ",,");
     let mut args = vec!["-msg".to_owned(), "timestamp=on".to_owned()];
-    for event in [stream::TRACE_WRITTEN, stream::TRACE_NOT_WRITTEN] {
+    for event in stream::trace_events() {
         args.push("-trace".into());
         args.push(format!("enable={event},file={file}"));
     }
@@ -350,11 +353,11 @@ pub fn run(p: &Paths, run: &VmRun) -> Result<VmOutcome> {
     let status = child.wait().map_err(|e| e.to_string())?;
     if run.trace_rx && !outcome.streams.is_empty() {
         // Read once QEMU exited: its log is flushed then.
-        let events = stream::read_trace(&trace).unwrap_or_else(|e| {
-            eprintln!("xtask: no device write times: {e}");
-            Vec::new()
+        let traced = stream::read_trace(&trace).unwrap_or_else(|e| {
+            eprintln!("xtask: no device write times or events: {e}");
+            stream::Trace::default()
         });
-        stream::attach_device_writes(&mut outcome.streams, &events);
+        stream::attach_trace(&mut outcome.streams, &traced);
     }
     if outcome.ktap.is_empty() && !status.success() && outcome.timed_out.is_none() {
         let err = std::fs::read_to_string(&stderr_path).unwrap_or_default();
@@ -409,7 +412,17 @@ mod tests {
                 "-trace",
                 "enable=e1000e_rx_written_to_guest,file=/l,,ogs/vm-x.trace",
                 "-trace",
-                "enable=e1000e_rx_not_written_to_guest,file=/l,,ogs/vm-x.trace"
+                "enable=e1000e_rx_not_written_to_guest,file=/l,,ogs/vm-x.trace",
+                "-trace",
+                "enable=igb_core_vf_reset,file=/l,,ogs/vm-x.trace",
+                "-trace",
+                "enable=sriov_*,file=/l,,ogs/vm-x.trace",
+                "-trace",
+                "enable=e1000e_cb_qdev_reset_hold,file=/l,,ogs/vm-x.trace",
+                "-trace",
+                "enable=e1000e_core_ctrl_sw_reset,file=/l,,ogs/vm-x.trace",
+                "-trace",
+                "enable=pci_cfg_write,file=/l,,ogs/vm-x.trace"
             ]
         );
     }

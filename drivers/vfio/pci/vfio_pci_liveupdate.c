@@ -6,8 +6,14 @@
  * ABI is documented in include/linux/kho/abi/vfio_pci_lu.h.
  *
  * Old kernel:
- *  - preserve: the file is bound to an iommufd; the function is a physical
- *    function on a root bus, in D0. It is listed in the FLB page.
+ *  - preserve: the file is bound to an iommufd; the function is on a root
+ *    bus, in D0, and has no VFs enabled. It is listed in the FLB page. A
+ *    VF's PF must be bound to pci-pf-stub (other PF drivers disable
+ *    SR-IOV at kexec or reset the PF at probe); the PF is listed too, and
+ *    its sriov_numvfs gets -EBUSY until the VF is unpreserved.
+ *    The VF's freeze also keeps the PF's bus mastering at shutdown (QEMU's
+ *    igb receives only while the PF masters) and snapshots its SR-IOV
+ *    state; VF Enable stays on.
  *  - freeze (inside reboot()): refused while interrupts are enabled, or
  *    while the IOMMU has not frozen the function's translation (the
  *    iommufd must be preserved before the device, and the device attached
@@ -21,6 +27,11 @@
  *    blocks its translation and releases its memory).
  *
  * Next kernel:
+ *  - enumeration adopts the SR-IOV state of a listed PF instead of
+ *    disabling it (pci_lu_set_sriov_fn()), the PCI core re-creates its VFs
+ *    without a VF Enable toggle (fs_initcall_sync), and the PF gets
+ *    driver_override "pci-pf-stub". VFs bind only by driver_override
+ *    until the FLB finishes, which also ends the sriov_numvfs pin.
  *  - before vfio-pci registers: a listed function that is found, matches
  *    and is still held by the IOMMU gets driver_override "vfio-pci" and
  *    waits for its VMM: other opens get -EBUSY and it is not runtime
@@ -45,14 +56,23 @@
 #include <linux/liveupdate.h>
 #include <linux/moduleparam.h>
 #include <linux/pci.h>
+#include <linux/pci-liveupdate.h>
 #include <linux/pm_runtime.h>
 #include <linux/vfio_pci_core.h>
 
 #include "vfio_pci_priv.h"
 
 static_assert(sizeof(struct vfio_pci_lu_header) == 24);
-static_assert(sizeof(struct vfio_pci_lu_func) == 72);
+static_assert(sizeof(struct vfio_pci_lu_sriov) == 64);
+static_assert(sizeof(struct vfio_pci_lu_func) == 136);
 static_assert(ARRAY_SIZE(((struct vfio_pci_lu_func *)0)->bar) == PCI_LU_NR_BARS);
+static_assert(ARRAY_SIZE(((struct vfio_pci_lu_sriov *)0)->vf_bar) ==
+	      PCI_SRIOV_NUM_BARS);
+#define VFIO_PCI_LU_FUNC_FLAGS	(VFIO_PCI_LU_FUNC_FROZEN | VFIO_PCI_LU_FUNC_VF | \
+				 VFIO_PCI_LU_FUNC_SRIOV_PF)
+/* The only PF driver that neither disables SR-IOV at kexec nor resets */
+#define VFIO_PCI_LU_PF_DRIVER	"pci-pf-stub"
+
 /* The list is one page */
 static_assert(sizeof(struct vfio_pci_lu_header) +
 	      VFIO_PCI_LU_MAX_FUNCS * sizeof(struct vfio_pci_lu_func) <=
@@ -63,15 +83,30 @@ static const struct vfio_device_ops *vfio_pci_lu_ops;
 
 /* Outgoing: the FLB's live object and one entry per preserved file */
 struct vfio_pci_lu_out {
-	struct mutex lock; /* files and the page */
+	struct mutex lock; /* files, parents and the page */
 	struct list_head files;
+	struct list_head parents;
 	struct vfio_pci_lu_header *page;
+};
+
+/* The PF of preserved VFs: listed for its SR-IOV state, pinned */
+struct vfio_pci_lu_parent {
+	struct list_head link;
+	struct pci_dev *pdev;
+	unsigned int files;	/* preserved VFs */
+	unsigned int frozen;	/* of them frozen */
+	u32 rid;
+	u16 command;
+	u32 bars[PCI_LU_NR_BARS];
+	u32 masks[PCI_LU_NR_BARS];
+	struct pci_lu_sriov sriov;
 };
 
 struct vfio_pci_lu_file {
 	struct list_head link;
 	struct vfio_pci_lu_out *out;
 	struct vfio_pci_core_device *vdev;
+	struct vfio_pci_lu_parent *parent;	/* a VF's PF, else NULL */
 	u32 rid;
 	u16 command;
 	u16 flags;
@@ -85,6 +120,7 @@ enum vfio_pci_lu_state {
 	VFIO_PCI_LU_WAITING,	/* held for vfio-pci and its VMM */
 	VFIO_PCI_LU_RETRIEVED,	/* its file was retrieved */
 	VFIO_PCI_LU_ADOPTED,	/* bound by its VMM without reset */
+	VFIO_PCI_LU_PARENT,	/* a VF's PF: SR-IOV kept until finish */
 };
 
 struct vfio_pci_lu_in_func {
@@ -95,6 +131,7 @@ struct vfio_pci_lu_in_func {
 	u16 flags;
 	u32 bars[PCI_LU_NR_BARS];
 	u32 masks[PCI_LU_NR_BARS];
+	struct pci_lu_sriov sriov;
 	enum vfio_pci_lu_state state;
 	struct pci_dev *pdev;
 };
@@ -179,11 +216,27 @@ static void vfio_pci_lu_test_damage(struct vfio_pci_lu_header *h)
 }
 #endif
 
-/* Rewrites the whole page from the list (out->lock held) */
+static void vfio_pci_lu_encode_func(struct vfio_pci_lu_func *rec,
+				    struct pci_dev *pdev, u32 rid, u16 command,
+				    u16 flags, const u32 *bars, const u32 *masks)
+{
+	rec->rid = cpu_to_le32(rid);
+	rec->vendor = cpu_to_le16(pdev->vendor);
+	rec->device = cpu_to_le16(pdev->device);
+	rec->command = cpu_to_le16(command);
+	rec->flags = cpu_to_le16(flags);
+	for (unsigned int i = 0; i < PCI_LU_NR_BARS; i++) {
+		rec->bar[i] = cpu_to_le32(bars[i]);
+		rec->mask[i] = cpu_to_le32(masks[i]);
+	}
+}
+
+/* Rewrites the whole page from the lists (out->lock held) */
 static void vfio_pci_lu_encode(struct vfio_pci_lu_out *out)
 {
 	struct vfio_pci_lu_header *h = out->page;
 	struct vfio_pci_lu_func *rec = (void *)(h + 1);
+	struct vfio_pci_lu_parent *pa;
 	struct vfio_pci_lu_file *lf;
 	bool frozen = false;
 	u32 nr = 0;
@@ -193,17 +246,29 @@ static void vfio_pci_lu_encode(struct vfio_pci_lu_out *out)
 	list_for_each_entry(lf, &out->files, link) {
 		struct pci_dev *pdev = lf->vdev->pdev;
 
-		rec[nr].rid = cpu_to_le32(lf->rid);
-		rec[nr].vendor = cpu_to_le16(pdev->vendor);
-		rec[nr].device = cpu_to_le16(pdev->device);
-		rec[nr].command = cpu_to_le16(lf->command);
-		rec[nr].flags = cpu_to_le16(lf->flags);
-		for (unsigned int i = 0; i < PCI_LU_NR_BARS; i++) {
-			rec[nr].bar[i] = cpu_to_le32(lf->bars[i]);
-			rec[nr].mask[i] = cpu_to_le32(lf->masks[i]);
-		}
+		vfio_pci_lu_encode_func(&rec[nr++], pdev, lf->rid, lf->command,
+					lf->flags | (pdev->is_virtfn ?
+						     VFIO_PCI_LU_FUNC_VF : 0),
+					lf->bars, lf->masks);
 		frozen |= lf->flags & VFIO_PCI_LU_FUNC_FROZEN;
-		nr++;
+	}
+	list_for_each_entry(pa, &out->parents, link) {
+		struct vfio_pci_lu_sriov *s = &rec[nr].sriov;
+
+		vfio_pci_lu_encode_func(&rec[nr++], pa->pdev, pa->rid,
+					pa->command, VFIO_PCI_LU_FUNC_SRIOV_PF |
+					(pa->frozen ? VFIO_PCI_LU_FUNC_FROZEN : 0),
+					pa->bars, pa->masks);
+		s->ctrl = cpu_to_le16(pa->sriov.ctrl);
+		s->num_vfs = cpu_to_le16(pa->sriov.num_vfs);
+		s->offset = cpu_to_le16(pa->sriov.offset);
+		s->stride = cpu_to_le16(pa->sriov.stride);
+		s->vf_device = cpu_to_le16(pa->sriov.vf_device);
+		s->pgsz = cpu_to_le32(pa->sriov.pgsz);
+		for (unsigned int i = 0; i < PCI_SRIOV_NUM_BARS; i++) {
+			s->vf_bar[i] = cpu_to_le32(pa->sriov.vf_bar[i]);
+			s->vf_mask[i] = cpu_to_le32(pa->sriov.vf_mask[i]);
+		}
 	}
 	h->magic = cpu_to_le64(VFIO_PCI_LU_MAGIC);
 	h->version = cpu_to_le32(VFIO_PCI_LU_VERSION);
@@ -228,6 +293,7 @@ static int vfio_pci_lu_flb_preserve(struct liveupdate_flb_op_args *args)
 	}
 	mutex_init(&out->lock);
 	INIT_LIST_HEAD(&out->files);
+	INIT_LIST_HEAD(&out->parents);
 	out->page = page;
 	mutex_lock(&out->lock);
 	vfio_pci_lu_encode(out);
@@ -260,18 +326,19 @@ static bool vfio_pci_lu_contiguous(u64 m)
 }
 
 /*
- * The sizing masks of one record describe BARs sizing could have read:
- * type bits as the register's, contiguous address bits, a base aligned
- * to the size (enumeration trusts them instead of sizing).
+ * The sizing masks of @nr BAR registers describe BARs sizing could have
+ * read: type bits as the register's, contiguous address bits, a base
+ * aligned to the size (enumeration trusts them instead of sizing).
  */
-static bool vfio_pci_lu_masks_sound(const struct vfio_pci_lu_func *rec)
+static bool vfio_pci_lu_bars_sound(const __le32 *bars, const __le32 *masks,
+				   unsigned int nr)
 {
 	u32 bar, mask;
 	u64 m;
 
-	for (unsigned int i = 0; i < PCI_STD_NUM_BARS; i++) {
-		bar = le32_to_cpu(rec->bar[i]);
-		mask = le32_to_cpu(rec->mask[i]);
+	for (unsigned int i = 0; i < nr; i++) {
+		bar = le32_to_cpu(bars[i]);
+		mask = le32_to_cpu(masks[i]);
 		if (!mask)
 			continue;
 		if (bar & PCI_BASE_ADDRESS_SPACE_IO) {
@@ -284,10 +351,10 @@ static bool vfio_pci_lu_masks_sound(const struct vfio_pci_lu_func *rec)
 			return false;
 		m = mask & PCI_BASE_ADDRESS_MEM_MASK;
 		if (bar & PCI_BASE_ADDRESS_MEM_TYPE_64) {
-			if (i + 1 == PCI_STD_NUM_BARS)
+			if (i + 1 == nr)
 				return false;
-			m |= (u64)le32_to_cpu(rec->mask[i + 1]) << 32;
-			if (le32_to_cpu(rec->bar[i + 1]) & ~(u32)(m >> 32))
+			m |= (u64)le32_to_cpu(masks[i + 1]) << 32;
+			if (le32_to_cpu(bars[i + 1]) & ~(u32)(m >> 32))
 				return false;
 			i++;
 		} else {
@@ -297,11 +364,57 @@ static bool vfio_pci_lu_masks_sound(const struct vfio_pci_lu_func *rec)
 		    bar & ~mask & PCI_BASE_ADDRESS_MEM_MASK)
 			return false;
 	}
+	return true;
+}
+
+/* The BAR, ROM and VF BAR sizing masks of one record are sound */
+static bool vfio_pci_lu_masks_sound(const struct vfio_pci_lu_func *rec)
+{
+	u32 bar, mask;
+
+	if (!vfio_pci_lu_bars_sound(rec->bar, rec->mask, PCI_STD_NUM_BARS) ||
+	    !vfio_pci_lu_bars_sound(rec->sriov.vf_bar, rec->sriov.vf_mask,
+				    PCI_SRIOV_NUM_BARS))
+		return false;
 	mask = le32_to_cpu(rec->mask[PCI_STD_NUM_BARS]);
 	bar = le32_to_cpu(rec->bar[PCI_STD_NUM_BARS]);
 	return !mask || (!(mask & ~PCI_ROM_ADDRESS_MASK) &&
 			 vfio_pci_lu_contiguous(0xffffffff00000000ULL | mask) &&
 			 !(bar & ~mask & PCI_ROM_ADDRESS_MASK));
+}
+
+/* A PF's SR-IOV state has VFs enabled, and nothing reserved set */
+static bool vfio_pci_lu_sriov_sound(const struct vfio_pci_lu_sriov *s)
+{
+	u16 ctrl = le16_to_cpu(s->ctrl);
+	u16 num_vfs = le16_to_cpu(s->num_vfs);
+
+	return !s->reserved && ctrl & PCI_SRIOV_CTRL_VFE &&
+	       ctrl & PCI_SRIOV_CTRL_MSE && num_vfs && s->offset &&
+	       (num_vfs == 1 || s->stride);
+}
+
+/* Function @rid is a VF of a PF listed in the @nr records at @rec */
+static bool vfio_pci_lu_vf_listed(const struct vfio_pci_lu_func *rec, u32 nr,
+				  u32 rid)
+{
+	for (u32 i = 0; i < nr; i++) {
+		const struct vfio_pci_lu_sriov *s = &rec[i].sriov;
+		u32 pf = le32_to_cpu(rec[i].rid);
+
+		if (!(le16_to_cpu(rec[i].flags) & VFIO_PCI_LU_FUNC_SRIOV_PF) ||
+		    pf >> 16 != rid >> 16)
+			continue;
+		/* As pci_iov_virtfn_bus() and pci_iov_virtfn_devfn() */
+		for (u32 id = 0; id < le16_to_cpu(s->num_vfs); id++) {
+			u32 vf = (pf & 0xffff) + le16_to_cpu(s->offset) +
+				 le16_to_cpu(s->stride) * id;
+
+			if (vf <= 0xffff && vf == (rid & 0xffff))
+				return true;
+		}
+	}
+	return false;
 }
 
 /* Checks the handed-over page; NULL if it is sound, else why not */
@@ -323,16 +436,43 @@ static const char *vfio_pci_lu_check(struct vfio_pci_lu_header *h)
 	if (h->reserved)
 		return "reserved header field set";
 	for (u32 i = 0; i < nr; i++) {
-		if (rec[i].reserved ||
-		    le16_to_cpu(rec[i].flags) & ~VFIO_PCI_LU_FUNC_FROZEN)
+		u16 flags = le16_to_cpu(rec[i].flags);
+
+		if (rec[i].reserved || flags & ~VFIO_PCI_LU_FUNC_FLAGS)
 			return "reserved record field or unknown flag set";
 		for (u32 j = 0; j < i; j++)
 			if (rec[j].rid == rec[i].rid)
 				return "function listed twice";
+		if (flags & VFIO_PCI_LU_FUNC_SRIOV_PF) {
+			if (flags & VFIO_PCI_LU_FUNC_VF)
+				return "a function listed as both VF and PF";
+			if (!vfio_pci_lu_sriov_sound(&rec[i].sriov))
+				return "SR-IOV state without VFs running";
+		} else if (memchr_inv(&rec[i].sriov, 0, sizeof(rec[i].sriov))) {
+			return "SR-IOV state of a function that is not a PF";
+		}
+		if (flags & VFIO_PCI_LU_FUNC_VF &&
+		    !vfio_pci_lu_vf_listed(rec, nr, le32_to_cpu(rec[i].rid)))
+			return "a VF whose PF is not listed";
 		if (!vfio_pci_lu_masks_sound(&rec[i]))
 			return "BAR sizes that sizing cannot read";
 	}
 	return NULL;
+}
+
+static void vfio_pci_lu_read_sriov(struct pci_lu_sriov *st,
+				   const struct vfio_pci_lu_sriov *s)
+{
+	st->ctrl = le16_to_cpu(s->ctrl);
+	st->num_vfs = le16_to_cpu(s->num_vfs);
+	st->offset = le16_to_cpu(s->offset);
+	st->stride = le16_to_cpu(s->stride);
+	st->vf_device = le16_to_cpu(s->vf_device);
+	st->pgsz = le32_to_cpu(s->pgsz);
+	for (unsigned int i = 0; i < PCI_SRIOV_NUM_BARS; i++) {
+		st->vf_bar[i] = le32_to_cpu(s->vf_bar[i]);
+		st->vf_mask[i] = le32_to_cpu(s->vf_mask[i]);
+	}
 }
 
 static struct vfio_pci_lu_in *vfio_pci_lu_read(phys_addr_t phys)
@@ -382,6 +522,7 @@ static struct vfio_pci_lu_in *vfio_pci_lu_read(phys_addr_t phys)
 			in->funcs[i].bars[b] = le32_to_cpu(rec[i].bar[b]);
 			in->funcs[i].masks[b] = le32_to_cpu(rec[i].mask[b]);
 		}
+		vfio_pci_lu_read_sriov(&in->funcs[i].sriov, &rec[i].sriov);
 		in->funcs[i].state = VFIO_PCI_LU_QUIET;
 	}
 	folio_put(folio);
@@ -421,8 +562,12 @@ static void vfio_pci_lu_flb_finish(struct liveupdate_flb_op_args *args)
 					  "listed without a preserved file");
 	scoped_guard(spinlock, &vfio_pci_lu_in_lock)
 		vfio_pci_lu_in = NULL;
-	for (u32 i = 0; i < in->nr; i++)
+	for (u32 i = 0; i < in->nr; i++) {
+		/* No VF waits any more: sriov_numvfs and autoprobe again */
+		if (in->funcs[i].state == VFIO_PCI_LU_PARENT)
+			pci_iov_lu_release(in->funcs[i].pdev);
 		pci_dev_put(in->funcs[i].pdev);
+	}
 	kfree(in);
 }
 
@@ -458,6 +603,117 @@ static struct vfio_pci_core_device *vfio_pci_lu_vdev(struct vfio_device *device)
 	return container_of(device, struct vfio_pci_core_device, vdev);
 }
 
+/*
+ * The BAR and ROM registers of @pdev, and what sizing them read back at
+ * enumeration (kept by the PCI core): the next kernel takes the sizes
+ * from here instead of sizing a running function (pci_lu_set_bars_fn()).
+ */
+static void vfio_pci_lu_bar_masks(struct pci_dev *pdev, u32 *bars, u32 *masks)
+{
+	for (unsigned int i = 0; i < PCI_STD_NUM_BARS; i++)
+		pci_read_config_dword(pdev, PCI_BASE_ADDRESS_0 + 4 * i, &bars[i]);
+	pci_read_config_dword(pdev, PCI_ROM_ADDRESS, &bars[PCI_STD_NUM_BARS]);
+	memcpy(masks, pdev->lu_bar_masks, sizeof(pdev->lu_bar_masks));
+}
+
+/* The handover cannot describe the BARs of @pdev */
+static bool vfio_pci_lu_bars_unfit(struct pci_dev *pdev)
+{
+	return pdev->hdr_type != PCI_HEADER_TYPE_NORMAL ||
+	       pdev->non_compliant_bars ||
+	       pci_find_capability(pdev, PCI_CAP_ID_EA);
+}
+
+/*
+ * A VF is preserved only while its PF keeps SR-IOV through the kexec and
+ * the next boot: on pci-pf-stub, on a root bus, in D0. The PF is pinned:
+ * its sriov_numvfs gets -EBUSY until the VF is unpreserved.
+ */
+static int vfio_pci_lu_pin_pf(struct pci_dev *vf)
+{
+	struct pci_dev *pf = pci_physfn(vf);
+	const char *reason = NULL;
+	int ret;
+
+	/* A concurrent sriov_numvfs write may wait for this VF's file */
+	ret = device_lock_interruptible(&pf->dev);
+	if (ret)
+		return ret;
+	if (!pf->driver || strcmp(pf->driver->name, VFIO_PCI_LU_PF_DRIVER))
+		reason = "its PF is not bound to " VFIO_PCI_LU_PF_DRIVER " (other PF drivers disable SR-IOV at kexec or reset the PF)";
+	else if (!pci_is_root_bus(pf->bus))
+		reason = "its PF is behind a bridge";
+	else if (vfio_pci_lu_bars_unfit(pf))
+		reason = "its PF has BARs the handover cannot describe";
+	else if (pf->current_state != PCI_D0)
+		reason = "its PF is not in D0";
+	else if (pci_iov_lu_pin(pf))
+		reason = "its PF has no VFs enabled";
+	device_unlock(&pf->dev);
+	if (reason) {
+		pci_err(vf, "live update: cannot preserve: %s\n", reason);
+		return -EOPNOTSUPP;
+	}
+	return 0;
+}
+
+/* The PF's registers and SR-IOV state, as the next kernel checks them */
+static void vfio_pci_lu_parent_snapshot(struct vfio_pci_lu_parent *pa)
+{
+	pci_read_config_word(pa->pdev, PCI_COMMAND, &pa->command);
+	vfio_pci_lu_bar_masks(pa->pdev, pa->bars, pa->masks);
+	pci_iov_lu_state(pa->pdev, &pa->sriov);
+}
+
+/* Lists PF @pf for VF file @lf, once for all its VFs (out->lock held) */
+static int vfio_pci_lu_get_parent(struct vfio_pci_lu_file *lf,
+				  struct pci_dev *pf)
+{
+	struct vfio_pci_lu_parent *pa;
+	u32 rid = vfio_pci_lu_rid(pf);
+
+	lockdep_assert_held(&lf->out->lock);
+	list_for_each_entry(pa, &lf->out->parents, link)
+		if (pa->rid == rid)
+			goto found;
+	pa = kzalloc_obj(*pa, GFP_KERNEL);
+	if (!pa)
+		return -ENOMEM;
+	/* The VF holds a reference to its PF */
+	pa->pdev = pf;
+	pa->rid = rid;
+	/* Sound before any freeze; the first freeze takes it again */
+	vfio_pci_lu_parent_snapshot(pa);
+	list_add_tail(&pa->link, &lf->out->parents);
+found:
+	pa->files++;
+	lf->parent = pa;
+	return 0;
+}
+
+/* At a VF's freeze: its PF still keeps SR-IOV for the next kernel */
+static int vfio_pci_lu_pf_still_fit(struct pci_dev *vf)
+{
+	struct pci_dev *pf = pci_physfn(vf);
+	struct pci_driver *drv = READ_ONCE(pf->driver);
+	const char *reason = NULL;
+	struct pci_lu_sriov st;
+
+	if (!drv || strcmp(drv->name, VFIO_PCI_LU_PF_DRIVER))
+		reason = "its PF is no longer bound to " VFIO_PCI_LU_PF_DRIVER;
+	else if (pf->current_state != PCI_D0)
+		reason = "its PF left D0";
+	else if (pci_iov_lu_state(pf, &st) ||
+		 !(st.ctrl & PCI_SRIOV_CTRL_VFE) ||
+		 !(st.ctrl & PCI_SRIOV_CTRL_MSE))
+		reason = "VF Enable or VF MSE of its PF is off";
+	if (reason) {
+		pci_err(vf, "live update refused: %s\n", reason);
+		return -EBUSY;
+	}
+	return 0;
+}
+
 static bool vfio_pci_lu_can_preserve(struct liveupdate_file_handler *handler,
 				     struct file *file)
 {
@@ -478,13 +734,9 @@ static int vfio_pci_lu_preserve(struct liveupdate_file_op_args *args)
 	if (!vdev)
 		return -EOPNOTSUPP;
 	pdev = vdev->pdev;
-	if (pdev->is_virtfn)
-		reason = "virtual functions are not supported yet";
-	else if (pci_num_vf(pdev))
-		reason = "SR-IOV is enabled (the next kernel would disable it)";
-	else if (pdev->hdr_type != PCI_HEADER_TYPE_NORMAL ||
-		 pdev->non_compliant_bars ||
-		 pci_find_capability(pdev, PCI_CAP_ID_EA))
+	if (pci_num_vf(pdev))
+		reason = "SR-IOV is enabled (preserve a VF, its PF on pci-pf-stub)";
+	else if (vfio_pci_lu_bars_unfit(pdev))
 		reason = "BARs the handover cannot describe";
 	else if (!pci_is_root_bus(pdev->bus))
 		reason = "functions behind a bridge are not supported";
@@ -501,57 +753,68 @@ static int vfio_pci_lu_preserve(struct liveupdate_file_op_args *args)
 	if (!lf)
 		return -ENOMEM;
 	ret = liveupdate_flb_get_outgoing(&vfio_pci_lu_flb, (void **)&out);
-	if (ret) {
-		kfree(lf);
-		return ret;
-	}
+	if (ret)
+		goto free;
 	/* LUO keeps the object until the last file is unpreserved */
 	liveupdate_flb_put_outgoing(&vfio_pci_lu_flb);
 
 	lf->out = out;
 	lf->vdev = vdev;
 	lf->rid = vfio_pci_lu_rid(pdev);
-	guard(mutex)(&out->lock);
-	list_for_each_entry(other, &out->files, link) {
-		if (other->rid == lf->rid) {
-			kfree(lf);
-			return -EBUSY;
+	if (pdev->is_virtfn) {
+		ret = vfio_pci_lu_pin_pf(pdev);
+		if (ret)
+			goto free;
+	}
+	scoped_guard(mutex, &out->lock) {
+		list_for_each_entry(other, &out->files, link) {
+			if (other->rid == lf->rid) {
+				ret = -EBUSY;
+				break;
+			}
+			nr++;
 		}
-		nr++;
+		nr += list_count_nodes(&out->parents);
+		if (!ret && nr + pdev->is_virtfn >= VFIO_PCI_LU_MAX_FUNCS)
+			ret = -ENOSPC;
+		if (!ret && pdev->is_virtfn)
+			ret = vfio_pci_lu_get_parent(lf, pci_physfn(pdev));
+		if (!ret) {
+			list_add_tail(&lf->link, &out->files);
+			vfio_pci_lu_encode(out);
+		}
 	}
-	if (nr >= VFIO_PCI_LU_MAX_FUNCS) {
-		kfree(lf);
-		return -ENOSPC;
-	}
-	list_add_tail(&lf->link, &out->files);
-	vfio_pci_lu_encode(out);
+	if (ret)
+		goto unpin;
 	args->serialized_data = ((u64)VFIO_PCI_LU_FILE_TAG << 32) | lf->rid;
 	args->private_data = lf;
 	return 0;
+
+unpin:
+	if (pdev->is_virtfn)
+		pci_iov_lu_unpin(pci_physfn(pdev));
+free:
+	kfree(lf);
+	return ret;
 }
 
 static void vfio_pci_lu_unpreserve(struct liveupdate_file_op_args *args)
 {
 	struct vfio_pci_lu_file *lf = args->private_data;
+	struct vfio_pci_lu_parent *pa = lf->parent;
+	struct pci_dev *pf = pa ? pa->pdev : NULL;
 
 	scoped_guard(mutex, &lf->out->lock) {
 		list_del(&lf->link);
+		if (pa && !--pa->files) {
+			list_del(&pa->link);
+			kfree(pa);
+		}
 		vfio_pci_lu_encode(lf->out);
 	}
+	if (pf)
+		pci_iov_lu_unpin(pf);
 	kfree(lf);
-}
-
-/*
- * The BAR and ROM registers of @pdev, and what sizing them read back at
- * enumeration (kept by the PCI core): the next kernel takes the sizes
- * from here instead of sizing a running function (pci_lu_set_bars_fn()).
- */
-static void vfio_pci_lu_bar_masks(struct pci_dev *pdev, u32 *bars, u32 *masks)
-{
-	for (unsigned int i = 0; i < PCI_STD_NUM_BARS; i++)
-		pci_read_config_dword(pdev, PCI_BASE_ADDRESS_0 + 4 * i, &bars[i]);
-	pci_read_config_dword(pdev, PCI_ROM_ADDRESS, &bars[PCI_STD_NUM_BARS]);
-	memcpy(masks, pdev->lu_bar_masks, sizeof(pdev->lu_bar_masks));
 }
 
 static const char *const vfio_pci_lu_irq_names[] = {
@@ -570,6 +833,8 @@ static int vfio_pci_lu_freeze(struct liveupdate_file_op_args *args)
 	const char *irq = NULL;
 	u16 cmd = 0;
 
+	if (lf->parent && vfio_pci_lu_pf_still_fit(pdev))
+		return -EBUSY;
 	/* Resets, config writes and low power entry hold lu_lock to read */
 	guard(rwsem_write)(&vdev->lu_lock);
 	scoped_guard(mutex, &vdev->igate) {
@@ -601,6 +866,11 @@ static int vfio_pci_lu_freeze(struct liveupdate_file_op_args *args)
 		lf->command = cmd;
 		lf->flags = VFIO_PCI_LU_FUNC_FROZEN;
 		vfio_pci_lu_bar_masks(pdev, lf->bars, lf->masks);
+		/* The PF keeps mastering too: in QEMU's igb it gates VF DMA */
+		if (lf->parent && !lf->parent->frozen++) {
+			vfio_pci_lu_parent_snapshot(lf->parent);
+			WRITE_ONCE(lf->parent->pdev->liveupdate_outgoing, true);
+		}
 		vfio_pci_lu_encode(lf->out);
 	}
 	pci_info(pdev, "live update: frozen, keeps running through the kexec (bus master %s)\n",
@@ -619,6 +889,9 @@ static void vfio_pci_lu_unfreeze(struct liveupdate_file_op_args *args)
 		WRITE_ONCE(vdev->pdev->liveupdate_outgoing, false);
 	}
 	scoped_guard(mutex, &lf->out->lock) {
+		if (lf->parent && lf->flags & VFIO_PCI_LU_FUNC_FROZEN &&
+		    !--lf->parent->frozen)
+			WRITE_ONCE(lf->parent->pdev->liveupdate_outgoing, false);
 		lf->command = 0;
 		lf->flags = 0;
 		vfio_pci_lu_encode(lf->out);
@@ -918,8 +1191,42 @@ static bool vfio_pci_lu_bars(struct pci_dev *dev, u32 *bars, u32 *masks)
 	return true;
 }
 
+/*
+ * Enumeration of a PF: the SR-IOV state of its VFs that the handover has
+ * (pci_lu_set_sriov_fn()); the PCI core checks the registers.
+ */
+static bool vfio_pci_lu_sriov(struct pci_dev *dev, struct pci_lu_sriov *st)
+{
+	struct vfio_pci_lu_in_func *f;
+
+	guard(spinlock)(&vfio_pci_lu_in_lock);
+	f = vfio_pci_lu_find(vfio_pci_lu_rid(dev));
+	if (!f || !(f->flags & VFIO_PCI_LU_FUNC_SRIOV_PF) ||
+	    !(f->flags & VFIO_PCI_LU_FUNC_FROZEN) ||
+	    f->vendor != dev->vendor || f->device != dev->device)
+		return false;
+	*st = f->sriov;
+	return true;
+}
+
 /* The handover read at arch_initcall, before PCI enumeration */
 static struct vfio_pci_lu_in *vfio_pci_lu_early_in __initdata;
+
+/* The PF of listed VFs: kept, never quiesced, until the FLB finishes */
+static void __init vfio_pci_lu_claim_pf(struct vfio_pci_lu_in_func *f,
+					struct pci_dev *pdev)
+{
+	if (!pci_iov_lu_adopted(pdev)) {
+		pci_err(pdev, "live update: SR-IOV state not adopted (see above); its VFs were stopped\n");
+		pci_dev_put(pdev);
+		return;
+	}
+	scoped_guard(spinlock, &vfio_pci_lu_in_lock) {
+		f->pdev = pdev;
+		f->state = VFIO_PCI_LU_PARENT;
+	}
+	pci_info(pdev, "live update: PF of running VFs, sriov_numvfs kept until the session finishes\n");
+}
 
 static void __init vfio_pci_lu_claim(void)
 {
@@ -941,6 +1248,10 @@ static void __init vfio_pci_lu_claim(void)
 						   f->rid & 0xff);
 		if (!pdev) {
 			vfio_pci_lu_rid_err(f->rid, "not found");
+			continue;
+		}
+		if (f->flags & VFIO_PCI_LU_FUNC_SRIOV_PF) {
+			vfio_pci_lu_claim_pf(f, pdev);
 			continue;
 		}
 		if (pdev->vendor != f->vendor || pdev->device != f->device)
@@ -1004,9 +1315,37 @@ static int __init vfio_pci_lu_early_init(void)
 	/* LUO keeps the object until its last file finishes */
 	liveupdate_flb_put_incoming(&vfio_pci_lu_flb);
 	pci_lu_set_bars_fn(vfio_pci_lu_bars);
+	pci_lu_set_sriov_fn(vfio_pci_lu_sriov);
 	return 0;
 }
 arch_initcall(vfio_pci_lu_early_init);
+
+/*
+ * A PF whose VFs run on binds to pci-pf-stub: set before PF drivers
+ * register (device_initcall), as its own driver would reset the PF. The
+ * PCI core re-creates the VFs at this level too.
+ */
+static int __init vfio_pci_lu_pf_override(void)
+{
+	struct vfio_pci_lu_in *in = vfio_pci_lu_early_in;
+	struct pci_dev *pdev;
+
+	for (u32 i = 0; in && i < in->nr; i++) {
+		u32 rid = in->funcs[i].rid;
+
+		if (!(in->funcs[i].flags & VFIO_PCI_LU_FUNC_SRIOV_PF))
+			continue;
+		pdev = pci_get_domain_bus_and_slot(rid >> 16, (rid >> 8) & 0xff,
+						   rid & 0xff);
+		if (pdev && pci_iov_lu_adopted(pdev) &&
+		    device_set_driver_override(&pdev->dev,
+					       VFIO_PCI_LU_PF_DRIVER))
+			pci_err(pdev, "live update: cannot set driver_override " VFIO_PCI_LU_PF_DRIVER "\n");
+		pci_dev_put(pdev);
+	}
+	return 0;
+}
+fs_initcall_sync(vfio_pci_lu_pf_override);
 
 /**
  * vfio_pci_lu_init - claim what a live update handed over, for vfio-pci

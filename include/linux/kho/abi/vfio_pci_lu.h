@@ -35,13 +35,22 @@
  * retrieved and bound (adopted without reset) or its session is finished
  * or closed (bus mastering cleared). A session nobody retrieves keeps it
  * so for as long as the kernel runs.
+ *
+ * SR-IOV: a preserved VF has flag VFIO_PCI_LU_FUNC_VF, and its PF is
+ * listed once, without a file, with flag VFIO_PCI_LU_FUNC_SRIOV_PF and the
+ * SR-IOV state in @sriov. The PF kept bus mastering and VF Enable through
+ * the kexec; the next kernel adopts that state instead of disabling
+ * SR-IOV (which would stop and reset the VFs), if the registers still
+ * hold it, re-creates the VFs without touching VF Enable, and binds the
+ * PF to pci-pf-stub. Each VF record's address must be one of a listed
+ * PF's VFs.
  */
 
 #define VFIO_PCI_LU_FH_COMPATIBLE	"vfio-pci-lu-v1"
 #define VFIO_PCI_LU_FLB_COMPATIBLE	"vfio-pci-lu-funcs-v1"
 /* "VFPCILU1" as a little-endian u64 */
 #define VFIO_PCI_LU_MAGIC		0x31554c4943504656ULL
-#define VFIO_PCI_LU_VERSION		1
+#define VFIO_PCI_LU_VERSION		2
 /* "VF" in bits 63:48, version in bits 47:32 of a file's serialized data */
 #define VFIO_PCI_LU_FILE_TAG		0x56460001U
 
@@ -63,6 +72,34 @@ struct vfio_pci_lu_header {
 
 /* The function was frozen: interrupts off, translation frozen, BME kept */
 #define VFIO_PCI_LU_FUNC_FROZEN		0x1
+/* A virtual function; its PF has a record with VFIO_PCI_LU_FUNC_SRIOV_PF */
+#define VFIO_PCI_LU_FUNC_VF		0x2
+/* The PF of preserved VFs, listed without a file; @sriov is valid */
+#define VFIO_PCI_LU_FUNC_SRIOV_PF	0x4
+
+/**
+ * struct vfio_pci_lu_sriov - SR-IOV state of a PF (zero in other records)
+ * @ctrl: SR-IOV Control at the freeze (VF Enable and VF MSE set)
+ * @num_vfs: NumVFs (at least 1)
+ * @offset: First VF Offset
+ * @stride: VF Stride
+ * @vf_device: VF Device ID
+ * @reserved: 0
+ * @pgsz: System Page Size
+ * @vf_bar: the VF BAR registers of the SR-IOV capability
+ * @vf_mask: what sizing each of them read back at enumeration (as @mask)
+ */
+struct vfio_pci_lu_sriov {
+	__le16 ctrl;
+	__le16 num_vfs;
+	__le16 offset;
+	__le16 stride;
+	__le16 vf_device;
+	__le16 reserved;
+	__le32 pgsz;
+	__le32 vf_bar[6];
+	__le32 vf_mask[6];
+};
 
 /**
  * struct vfio_pci_lu_func - one preserved function
@@ -73,10 +110,11 @@ struct vfio_pci_lu_header {
  * @flags: VFIO_PCI_LU_FUNC_*
  * @reserved: 0
  * @bar: BAR registers 0-5 and the expansion ROM register at the freeze
- * @mask: what sizing each of them reads back (all-ones written), derived
- *	from the function's resources: the next kernel's enumeration takes
+ * @mask: what sizing each of them read back (all-ones written) at
+ *	enumeration, zero for a VF: the next kernel's enumeration takes
  *	the sizes from here instead of turning decode off and sizing a
  *	running function, if the registers still hold @bar
+ * @sriov: with VFIO_PCI_LU_FUNC_SRIOV_PF, the PF's SR-IOV state; else 0
  */
 struct vfio_pci_lu_func {
 	__le32 rid;
@@ -87,6 +125,7 @@ struct vfio_pci_lu_func {
 	__le32 reserved;
 	__le32 bar[7];
 	__le32 mask[7];
+	struct vfio_pci_lu_sriov sriov;
 };
 
 #define VFIO_PCI_LU_MAX_FUNCS						\

@@ -236,6 +236,21 @@ pub(crate) fn reset(b: &Bar) -> Result<(), String> {
     Ok(())
 }
 
+/// Resets a VF: its `CTRL` is the PF's `PVTCTRL`, whose `RST` stops the
+/// VF's queues (QEMU's `igb_core_vf_reset`) and touches nothing of the
+/// port.
+pub(crate) fn vf_reset(b: &Bar) -> Result<(), String> {
+    b.write(CTRL, CTRL_RST);
+    sleep_ms(1);
+    if b.read(CTRL) & CTRL_RST != 0 {
+        return Err("igb VF reset did not complete".into());
+    }
+    if b.read(RXDCTL) & QUEUE_ENABLE != 0 {
+        return Err("igb VF reset left RX queue 0 enabled".into());
+    }
+    Ok(())
+}
+
 /// Waits for link up (QEMU brings the link up from a timer; under TCG it
 /// can be late).
 pub(crate) fn wait_link(b: &Bar) -> Result<(), String> {

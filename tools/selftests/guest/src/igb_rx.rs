@@ -6,8 +6,13 @@
 //! after a live update it continues from the ring's software head without
 //! touching the device's configuration, and it never resets the device on
 //! drop (a device handed over running must keep running).
+//!
+//! The queue can also be a VF's (QEMU's igbvf, SR-IOV): the VF's BAR 0
+//! maps queue 0 at the PF's offsets, but not the port's registers (RCTL,
+//! PHY, drop counters): those are read through the PF's BAR 0, and the PF
+//! brings the port up ([`reset_port`]).
 
-use crate::igb::{reset, wait_link, write_phy};
+use crate::igb::{reset, vf_reset, wait_link, write_phy};
 use crate::vfio::Bar;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
@@ -23,6 +28,8 @@ const SRRCTL: usize = 0x280c;
 const RDH: usize = 0x2810;
 const RDT: usize = 0x2818;
 const RXDCTL: usize = 0x2828;
+/// Receive queue 0's drop counter (clear on read); also on a VF.
+const RQDPC: usize = 0x2830;
 
 const CTRL_SLU: u32 = 0x40;
 const CTRL_FD: u32 = 0x1;
@@ -60,7 +67,10 @@ pub struct QueueRegs {
 }
 
 pub struct IgbRx {
+    /// Where the queue's registers are: the PF's BAR 0, or a VF's.
     bar: Bar,
+    /// For a VF's queue: its PF's BAR 0, where the port's registers are.
+    port: Option<Bar>,
     ring: RxRing,
     /// Next descriptor the software expects the device to complete.
     head: usize,
@@ -80,12 +90,31 @@ impl IgbRx {
     /// drop), and reachable by the device at the IOVAs given.
     pub unsafe fn init(bar: Bar, ring: RxRing) -> Result<IgbRx, String> {
         check_len(ring.len)?;
-        reset(&bar)?;
-        bar.write(CTRL, bar.read(CTRL) | CTRL_SLU | CTRL_FD);
-        // Autonegotiate (QEMU raises the link from a timer).
-        write_phy(&bar, 0, 0x1000 | 0x0200)?;
+        reset_port(&bar)?;
+        let rx = IgbRx::program(bar, None, ring);
+        rx.bar.write(RCTL, RCTL_STREAM);
+        rx.start()
+    }
+
+    /// Resets the VF whose BAR 0 is `vf` and starts receiving on its queue
+    /// 0 into every descriptor but one. The port is the PF's, whose BAR 0
+    /// is `pf`: it must be up and receiving (RCTL), with the VF enabled and
+    /// the VF's bus mastering on. Writes nothing to the PF.
+    ///
+    /// # Safety
+    ///
+    /// As for [`IgbRx::init`].
+    pub unsafe fn init_queue(vf: Bar, pf: Bar, ring: RxRing) -> Result<IgbRx, String> {
+        check_len(ring.len)?;
+        vf_reset(&vf)?;
+        IgbRx::program(vf, Some(pf), ring).start()
+    }
+
+    /// Arms every descriptor and programs and enables the queue, RDT 0.
+    fn program(bar: Bar, port: Option<Bar>, ring: RxRing) -> IgbRx {
         let mut rx = IgbRx {
             bar,
+            port,
             ring,
             head: 0,
             unposted: 0,
@@ -102,7 +131,13 @@ impl IgbRx {
         b.write(RDH, 0);
         b.write(RDT, 0);
         b.write(RXDCTL, QUEUE_ENABLE);
-        b.write(RCTL, RCTL_STREAM);
+        rx
+    }
+
+    /// Waits for the queue and the link, clears the drop counters and
+    /// gives the device every descriptor but one.
+    fn start(self) -> Result<IgbRx, String> {
+        let b = &self.bar;
         let deadline = Instant::now() + Duration::from_secs(2);
         while b.read(RXDCTL) & QUEUE_ENABLE == 0 {
             if Instant::now() > deadline {
@@ -110,17 +145,18 @@ impl IgbRx {
             }
             std::thread::sleep(Duration::from_micros(10));
         }
-        wait_link(b)?;
+        wait_link(self.port())?;
         // Clear the clear-on-read drop counters.
-        let _ = (b.read(MPC), b.read(RNBC));
+        let _ = (self.drop_counters(), self.queue_drops());
         fence(Ordering::Release);
-        b.write(RDT, (r.len - 1) as u32);
-        Ok(rx)
+        b.write(RDT, (self.ring.len - 1) as u32);
+        Ok(self)
     }
 
     /// Continues a receiver that a previous kernel's VMM left running,
     /// from software head `head`, without writing any register. Fails if
-    /// the queue is not programmed as `want`.
+    /// the queue is not programmed as `want`. `port` is the PF's BAR 0 if
+    /// `bar` is a VF's.
     ///
     /// # Safety
     ///
@@ -128,6 +164,7 @@ impl IgbRx {
     /// programmed with.
     pub unsafe fn adopt(
         bar: Bar,
+        port: Option<Bar>,
         ring: RxRing,
         head: usize,
         want: &QueueRegs,
@@ -138,6 +175,7 @@ impl IgbRx {
         }
         let rx = IgbRx {
             bar,
+            port,
             ring,
             head,
             unposted: 0,
@@ -160,8 +198,13 @@ impl IgbRx {
             rdlen: b.read(RDLEN),
             srrctl: b.read(SRRCTL),
             rxdctl_enabled: b.read(RXDCTL) & QUEUE_ENABLE != 0,
-            rctl: b.read(RCTL),
+            rctl: self.port().read(RCTL),
         }
+    }
+
+    /// The BAR with the port's registers.
+    fn port(&self) -> &Bar {
+        self.port.as_ref().unwrap_or(&self.bar)
     }
 
     /// The software head.
@@ -172,7 +215,13 @@ impl IgbRx {
     /// Frames the device dropped since the last call: (missed packets,
     /// receive-no-buffer events); clear-on-read registers.
     pub fn drop_counters(&self) -> (u32, u32) {
-        (self.bar.read(MPC), self.bar.read(RNBC))
+        (self.port().read(MPC), self.port().read(RNBC))
+    }
+
+    /// For a VF's queue: frames its queue dropped since the last call
+    /// (RQDPC, clear on read); `None` on the PF.
+    pub fn queue_drops(&self) -> Option<u32> {
+        self.port.as_ref().map(|_| self.bar.read(RQDPC))
     }
 
     /// Completed descriptors waiting from the software head, not consumed.
@@ -262,6 +311,14 @@ impl IgbRx {
             d.cast::<u64>().add(1).write_volatile(0);
         }
     }
+}
+
+/// Resets the port (the PF) and starts autonegotiation (QEMU raises the
+/// link from a timer); no loopback.
+pub fn reset_port(bar: &Bar) -> Result<(), String> {
+    reset(bar)?;
+    bar.write(CTRL, bar.read(CTRL) | CTRL_SLU | CTRL_FD);
+    write_phy(bar, 0, 0x1000 | 0x0200)
 }
 
 fn check_len(len: usize) -> Result<(), String> {

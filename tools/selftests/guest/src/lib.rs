@@ -10,6 +10,7 @@
 
 pub mod cmdline;
 pub mod igb;
+pub mod igb_pf;
 pub mod igb_rx;
 pub mod iommu_debugfs;
 pub mod kmemleak;

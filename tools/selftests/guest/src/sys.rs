@@ -5,7 +5,7 @@ use std::ffi::{CStr, CString};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -317,6 +317,40 @@ pub struct PciDevice {
 impl PciDevice {
     pub fn sysfs(&self) -> String {
         format!("/sys/bus/pci/devices/{}", self.bdf)
+    }
+}
+
+/// `bdf`'s sysfs `config` (root reads and writes all of it).
+fn pci_config_path(bdf: &str) -> String {
+    format!("/sys/bus/pci/devices/{bdf}/config")
+}
+
+/// `N` bytes of `bdf`'s config space at `off`, one pread.
+fn pci_config_read<const N: usize>(bdf: &str, off: u64) -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    File::open(pci_config_path(bdf))?.read_exact_at(&mut b, off)?;
+    Ok(b)
+}
+
+/// The 16-bit config register of `bdf` at `off`, through sysfs.
+pub fn pci_config16(bdf: &str, off: u64) -> io::Result<u16> {
+    pci_config_read(bdf, off).map(u16::from_le_bytes)
+}
+
+/// The 32-bit config register of `bdf` at `off`, through sysfs.
+pub fn pci_config32(bdf: &str, off: u64) -> io::Result<u32> {
+    pci_config_read(bdf, off).map(u32::from_le_bytes)
+}
+
+/// Writes the 16-bit config register of `bdf` at `off` with one 2-byte
+/// pwrite of sysfs `config` (a config word write).
+pub fn pci_config_write16(bdf: &str, off: u64, v: u16) -> io::Result<()> {
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(pci_config_path(bdf))?;
+    match f.write_at(&v.to_le_bytes(), off)? {
+        2 => Ok(()),
+        _ => Err(io::Error::other("short config write")),
     }
 }
 

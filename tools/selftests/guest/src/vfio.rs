@@ -13,25 +13,57 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
 use std::sync::Arc;
 use vfio_bindings::bindings::vfio::{
-    VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX, VFIO_REGION_INFO_FLAG_MMAP,
-    VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
+    vfio_device_bind_iommufd, VFIO_DEVICE_BIND_FLAG_TOKEN, VFIO_DEVICE_FEATURE_PCI_VF_TOKEN,
+    VFIO_DEVICE_FEATURE_SET, VFIO_PCI_BAR0_REGION_INDEX, VFIO_PCI_CONFIG_REGION_INDEX,
+    VFIO_REGION_INFO_FLAG_MMAP, VFIO_REGION_INFO_FLAG_READ, VFIO_REGION_INFO_FLAG_WRITE,
 };
 use vfio_ioctls::{VfioDevice, VfioIommufd};
 
 /// Binds `bdf` to vfio-pci (the guest has no network drivers, so the
 /// device starts unbound).
 pub fn bind_vfio_pci(bdf: &str) -> Result<(), String> {
-    let dev = format!("/sys/bus/pci/devices/{bdf}");
-    if let Ok(link) = fs::read_link(format!("{dev}/driver")) {
-        if link.ends_with("vfio-pci") {
-            return Ok(());
-        }
-        fs::write(format!("{dev}/driver/unbind"), bdf).map_err(|e| format!("unbind: {e}"))?;
+    bind_driver(bdf, "vfio-pci")
+}
+
+/// The name of the driver `bdf` is bound to, if any.
+pub fn driver_of(bdf: &str) -> Option<String> {
+    let link = fs::read_link(format!("/sys/bus/pci/devices/{bdf}/driver")).ok()?;
+    Some(link.file_name()?.to_string_lossy().into_owned())
+}
+
+/// Unbinds `bdf` from its driver, if it has one.
+pub fn unbind(bdf: &str) -> Result<(), String> {
+    if driver_of(bdf).is_some() {
+        fs::write(format!("/sys/bus/pci/devices/{bdf}/driver/unbind"), bdf)
+            .map_err(|e| format!("unbind {bdf}: {e}"))?;
     }
-    fs::write(format!("{dev}/driver_override"), "vfio-pci")
+    Ok(())
+}
+
+/// Binds `bdf` to `driver` through `driver_override` (unbinding it from
+/// another driver first).
+pub fn bind_driver(bdf: &str, driver: &str) -> Result<(), String> {
+    if driver_of(bdf).as_deref() == Some(driver) {
+        return Ok(());
+    }
+    unbind(bdf)?;
+    let dev = format!("/sys/bus/pci/devices/{bdf}");
+    fs::write(format!("{dev}/driver_override"), driver)
         .map_err(|e| format!("driver_override: {e}"))?;
     fs::write("/sys/bus/pci/drivers_probe", bdf).map_err(|e| format!("drivers_probe: {e}"))?;
     Ok(())
+}
+
+/// The device's cdev under /dev/vfio/devices (bound to vfio-pci).
+pub fn cdev_path(bdf: &str) -> Result<String, String> {
+    let dir = format!("/sys/bus/pci/devices/{bdf}/vfio-dev");
+    let name = fs::read_dir(&dir)
+        .map_err(|e| format!("{dir}: {e}"))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|n| n.starts_with("vfio"))
+        .ok_or(format!("{dir}: no vfio cdev"))?;
+    Ok(format!("/dev/vfio/devices/{name}"))
 }
 
 /// The device, its iommufd, IOAS and HWPT. On drop the device detaches,
@@ -78,7 +110,20 @@ const fn iommufd_io(cmd: u64) -> u64 {
 }
 pub const IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: u64 = iommufd_io(0x96);
 pub const IOMMU_HWPT_LIVEUPDATE_FIND_RESTORED: u64 = iommufd_io(0x97);
+/// `_IO(VFIO_TYPE, VFIO_BASE + 17)`: VFIO_TYPE is `;` too, VFIO_BASE 100.
+const VFIO_DEVICE_FEATURE: u64 = iommufd_io(100 + 17);
+/// `_IO(VFIO_TYPE, VFIO_BASE + 18)`.
+const VFIO_DEVICE_BIND_IOMMUFD: u64 = iommufd_io(100 + 18);
 
+/// `struct vfio_device_feature` carrying a VF token (a UUID).
+#[repr(C)]
+struct VfTokenFeature {
+    argsz: u32,
+    flags: u32,
+    uuid: [u8; 16],
+}
+
+/// An ioctl whose argument is `arg` (iommufd's and VFIO's).
 fn iommufd_ioctl<T>(fd: RawFd, request: u64, arg: &mut T) -> io::Result<()> {
     // SAFETY: `arg` is an exclusively borrowed `#[repr(C)]` struct with the
     // layout the kernel expects for `request`; it outlives the call.
@@ -378,25 +423,46 @@ impl Passthrough {
         if self.dev().get_region_flags(i) & need != need {
             return Err("BAR0 cannot be mmapped".into());
         }
-        let len = self.dev().get_region_size(i) as usize;
-        // SAFETY: a new shared mapping of the device fd at BAR0's offset.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                self.dev().as_raw_fd(),
-                self.dev().get_region_offset(i) as libc::off_t,
-            )
+        Bar::map(
+            self.dev(),
+            self.dev().get_region_offset(i),
+            self.dev().get_region_size(i) as usize,
+        )
+        .map_err(|e| format!("mmap BAR0: {e}"))
+    }
+
+    /// Sets the VF token of this PF on vfio-pci
+    /// (`VFIO_DEVICE_FEATURE_PCI_VF_TOKEN`): binding one of its VFs must
+    /// present it.
+    pub fn set_vf_token(&self, uuid: &[u8; 16]) -> io::Result<()> {
+        let mut f = VfTokenFeature {
+            argsz: std::mem::size_of::<VfTokenFeature>() as u32,
+            flags: VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PCI_VF_TOKEN,
+            uuid: *uuid,
         };
-        if p == libc::MAP_FAILED {
-            return Err(format!("mmap BAR0: {}", std::io::Error::last_os_error()));
-        }
-        Ok(Bar {
-            base: p.cast(),
-            len,
-        })
+        iommufd_ioctl(self.dev().as_raw_fd(), VFIO_DEVICE_FEATURE, &mut f)
+    }
+
+    /// Opens the cdev of `bdf`, a VF of a PF on vfio-pci, and binds it to
+    /// this iommufd presenting VF token `uuid` (which vfio-ioctls cannot);
+    /// not attached to any HWPT.
+    pub fn bind_vf(&self, bdf: &str, uuid: &[u8; 16]) -> Result<File, String> {
+        let path = cdev_path(bdf)?;
+        let cdev = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("open {path}: {e}"))?;
+        let mut bind = vfio_device_bind_iommufd {
+            argsz: std::mem::size_of::<vfio_device_bind_iommufd>() as u32,
+            flags: VFIO_DEVICE_BIND_FLAG_TOKEN,
+            iommufd: self.iommufd.as_raw_fd(),
+            out_devid: 0,
+            token_uuid_ptr: uuid.as_ptr() as u64,
+        };
+        iommufd_ioctl(cdev.as_raw_fd(), VFIO_DEVICE_BIND_IOMMUFD, &mut bind)
+            .map_err(|e| format!("VFIO_DEVICE_BIND_IOMMUFD {bdf} with its VF token: {e}"))?;
+        Ok(cdev)
     }
 }
 
@@ -407,6 +473,29 @@ pub struct Bar {
 }
 
 impl Bar {
+    /// Maps `len` bytes of `fd` from `offset`, shared, read-write: a VFIO
+    /// device region, or a sysfs `resourceN` file.
+    pub fn map(fd: &impl AsRawFd, offset: u64, len: usize) -> io::Result<Bar> {
+        // SAFETY: a new shared mapping of `fd`; nothing else is replaced.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Bar {
+            base: p.cast(),
+            len,
+        })
+    }
+
     pub fn read(&self, reg: usize) -> u32 {
         assert!(reg + 4 <= self.len && reg.is_multiple_of(4));
         // SAFETY: inside the mapping, aligned; MMIO needs volatile.

@@ -22,6 +22,7 @@ mod luo;
 pub mod region;
 mod smoke;
 mod vfio_lu;
+mod vfio_lu_sriov;
 
 /// State a test gets from the runner.
 pub struct Ctx {
@@ -359,6 +360,18 @@ pub const CATALOG: &[Test] = &[
         summary: "a UDP stream into igb's RX ring in guestmemfs while iommufd + VFIO cdev are preserved and the host kexecs: device never stopped or reset, every frame exactly once and in order, frames written while no VMM ran, no DMAR fault",
         timeout_s: 900,
         run: vfio_lu::stream,
+    },
+    Test {
+        name: "vfio_lu_stream_vf",
+        summary: "SR-IOV: the igb PF on pci-pf-stub with one VF; the VF, passed through, receives the UDP stream while its iommufd + cdev are preserved and the host kexecs: every frame exactly once and in order; the PF never reset (marker kept), sriov_numvfs, VF Enable and the VF BARs kept, sriov_numvfs <- 0 EBUSY while the VF is preserved, then free after FINISH",
+        timeout_s: 900,
+        run: vfio_lu_sriov::stream_vf,
+    },
+    Test {
+        name: "vfio_lu_vf_refuse_pf_driver",
+        summary: "SR-IOV: a VF whose PF is on vfio-pci (enable_sriov), not pci-pf-stub: PRESERVE_FD of its cdev fails with EOPNOTSUPP",
+        timeout_s: 120,
+        run: vfio_lu_sriov::vf_refuse_pf_driver,
     },
     Test {
         name: "vfio_lu_soak",

@@ -15,20 +15,21 @@ use super::gmfs::{create_sized, mount, p, Mapping, MIB};
 use super::igb::dmar_faults;
 use super::igb_kexec::igb_bdf;
 use super::{Ctx, Outcome, TestResult};
+use crate::igb_pf;
 use crate::igb_rx::{IgbRx, QueueRegs, RxRing, BUF};
 use crate::ktap::diag;
 use crate::liveupdate::{LiveUpdate, Session};
 use crate::stream::{parse, Tally};
 use crate::sys;
-use crate::vfio::{bind_vfio_pci, Passthrough};
+use crate::vfio::{bind_vfio_pci, cdev_path, driver_of, Bar, Passthrough};
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 const SESSION: &str = "gtest-vfio-lu";
 const IOMMUFD_TOKEN: u64 = 0x10fd;
-const CDEV_TOKEN: u64 = 0xcdef;
-const HWPT_TOKEN: u64 = 0x7e57_4858;
+pub(super) const CDEV_TOKEN: u64 = 0xcdef;
+pub(super) const HWPT_TOKEN: u64 = 0x7e57_4858;
 const RING_FILE: &str = "lu-ring";
 /// The file: control page, then the ring at 4 KiB, buffers from 1 MiB.
 const RING_AT: u64 = 4096;
@@ -43,10 +44,16 @@ const RATE: u32 = 500;
 const RECEIVE: Duration = Duration::from_secs(4);
 const CTL_MAGIC: u64 = 0x4c55_4c54_4e49_5243;
 
+/// Where a test keeps its own record in the control page, after [`Ctl`]
+/// and before the ring.
+pub(super) const CTL_EXTRA_AT: usize = 2560;
+pub(super) const CTL_EXTRA_LEN: usize = RING_AT as usize - CTL_EXTRA_AT;
+const _: () = assert!(std::mem::size_of::<Ctl>() <= CTL_EXTRA_AT);
+
 /// What stage 1 leaves in the file's first page for stage 2.
 #[repr(C)]
 #[derive(Clone, Copy)]
-struct Ctl {
+pub(super) struct Ctl {
     magic: u64,
     head: u64,
     tally: Tally,
@@ -56,14 +63,66 @@ struct Ctl {
     resources: [u8; 2048],
 }
 
+/// The function a stream test receives through: the igb PF itself, or a
+/// VF of it, whose PF keeps the port (RCTL, link, drop counters).
+pub(super) struct Func {
+    pub(super) bdf: String,
+    /// For a VF: its PF.
+    pub(super) pf: Option<String>,
+}
+
+impl Func {
+    /// The igb PF, passed through itself.
+    fn of(bdf: &str) -> Func {
+        Func {
+            bdf: bdf.to_owned(),
+            pf: None,
+        }
+    }
+
+    /// For a VF: its PF's BAR 0 (sysfs `resource0`), where the port is.
+    fn port(&self) -> Result<Option<Bar>, String> {
+        self.pf.as_deref().map(igb_pf::resource0).transpose()
+    }
+
+    /// The function whose BAR sizes enumeration takes from the handover:
+    /// for a VF its PF, whose SR-IOV capability has the VF BARs.
+    fn sized(&self) -> &str {
+        self.pf.as_deref().unwrap_or(&self.bdf)
+    }
+}
+
 /// `bdf`'s sysfs `resource` as the control page keeps it.
-fn resources_of(bdf: &str) -> Result<(u64, [u8; 2048]), String> {
+pub(super) fn resources_of<const N: usize>(bdf: &str) -> Result<(u64, [u8; N]), String> {
     let text = fs::read(format!("/sys/bus/pci/devices/{bdf}/resource"))
         .map_err(|e| format!("{bdf} resource: {e}"))?;
-    let mut buf = [0u8; 2048];
+    let mut buf = [0u8; N];
     let n = text.len().min(buf.len());
     buf[..n].copy_from_slice(&text[..n]);
     Ok((n as u64, buf))
+}
+
+/// `bdf`'s resources now have the start and end they had when `was`
+/// (the first `len` bytes) was read with [`resources_of`] (the flags
+/// may differ: FIXED after a handover).
+pub(super) fn resources_kept(bdf: &str, len: u64, was: &[u8]) -> Result<(), String> {
+    let ranges = |b: &[u8]| -> Vec<String> {
+        String::from_utf8_lossy(b)
+            .lines()
+            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
+            .collect()
+    };
+    let (n, now) = resources_of::<4096>(bdf)?;
+    let (was, now) = (
+        ranges(&was[..(len as usize).min(was.len())]),
+        ranges(&now[..n as usize]),
+    );
+    if was != now {
+        return Err(format!(
+            "{bdf}'s resources moved: {now:?}, before the kexec {was:?}"
+        ));
+    }
+    Ok(())
 }
 
 fn ring_of(map: &Mapping) -> RxRing {
@@ -123,7 +182,7 @@ fn receive(
     Ok(())
 }
 
-fn run_id() -> u32 {
+pub(super) fn run_id() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.subsec_nanos() ^ d.as_secs() as u32)
@@ -132,7 +191,7 @@ fn run_id() -> u32 {
 
 /// What stage 1 does besides preserving and kexecing.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Before {
+pub(super) enum Before {
     /// Test the refusals first (the main test).
     Refusals,
     /// Damage the handover at the freeze (vfio_pci_core.lu_test_damage).
@@ -230,9 +289,7 @@ pub fn refuse_mask(ctx: &mut Ctx) -> TestResult {
 
 /// The command register through sysfs (no VFIO open needed).
 fn sysfs_command(bdf: &str) -> Result<u16, String> {
-    let cfg = fs::read(format!("/sys/bus/pci/devices/{bdf}/config"))
-        .map_err(|e| format!("{bdf} config: {e}"))?;
-    Ok(u16::from_le_bytes([cfg[4], cfg[5]]))
+    igb_pf::config16(bdf, 4)
 }
 
 /// Completed descriptors from the software head, read in the file.
@@ -342,10 +399,11 @@ fn not_adopted(refused: Option<&str>) -> TestResult {
     Ok(Outcome::Pass)
 }
 
-/// The igb through a new iommufd and HWPT, reset, receiving into `file`
+/// `func` through a new iommufd and HWPT, reset, receiving into `file`
 /// (ring and buffers) mapped at IOVA. The caller keeps the mapping, and
 /// the file, for as long as the device may DMA.
-fn receiver(bdf: &str, file: &File) -> Result<(IgbRx, Passthrough, Mapping), String> {
+fn receiver(func: &Func, file: &File) -> Result<(IgbRx, Passthrough, Mapping), String> {
+    let bdf = &func.bdf;
     bind_vfio_pci(bdf)?;
     let pt = Passthrough::open(bdf)?;
     pt.map_file(file, 0, FILE_LEN, IOVA)?;
@@ -353,7 +411,12 @@ fn receiver(bdf: &str, file: &File) -> Result<(IgbRx, Passthrough, Mapping), Str
     pt.config_set16(0x4, 0x2 | 0x4)?;
     // SAFETY: the ring and buffers are in `map`, mapped at IOVA for the
     // device; the caller keeps `map` while the device may DMA.
-    let rx = unsafe { IgbRx::init(pt.bar0()?, ring_of(&map))? };
+    let rx = unsafe {
+        match func.port()? {
+            None => IgbRx::init(pt.bar0()?, ring_of(&map))?,
+            Some(port) => IgbRx::init_queue(pt.bar0()?, port, ring_of(&map))?,
+        }
+    };
     Ok((rx, pt, map))
 }
 
@@ -378,21 +441,36 @@ fn begin_stream(rx: &mut IgbRx) -> Result<Tally, String> {
     Ok(tally)
 }
 
-/// Stage 1: receive, preserve the iommufd and then the cdev, kexec with
-/// the device receiving.
-fn stream_freeze(ctx: &mut Ctx, name: &str, before: Before) -> TestResult {
-    let bdf = igb_bdf()?;
+/// A new, empty ring file in guestmemfs (mounted if need be).
+fn new_ring_file() -> Result<File, String> {
     mount()?;
     let _ = fs::remove_file(p(RING_FILE));
-    let file = create_sized(&p(RING_FILE), FILE_LEN)?;
-    let (mut rx, pt, map) = receiver(&bdf, &file)?;
-    let mut tally = begin_stream(&mut rx)?;
+    create_sized(&p(RING_FILE), FILE_LEN)
+}
+
+/// What a receiver keeps while the device may DMA: the receiver, the
+/// passed-through function, the ring file and its mapping.
+pub(super) type Receiving = (IgbRx, Passthrough, Mapping, File);
+
+/// A receiver on `func` with its ring in a new guestmemfs file, and the
+/// stream started and received in order for [`RECEIVE`].
+pub(super) fn start_stream(func: &Func) -> Result<(Receiving, Tally), String> {
+    let file = new_ring_file()?;
+    let (mut rx, pt, map) = receiver(func, &file)?;
+    let tally = begin_stream(&mut rx)?;
     if tally.next == 0 {
         return Err("stage 1: no frame of the stream arrived".into());
     }
     if tally.dups + tally.bad + tally.reordered != 0 {
         return Err(format!("stage 1: {}", tally.result(DESCS)));
     }
+    Ok(((rx, pt, map, file), tally))
+}
+
+/// Stage 1: receive, preserve the iommufd and then the cdev, kexec with
+/// the device receiving.
+fn stream_freeze(ctx: &mut Ctx, name: &str, before: Before) -> TestResult {
+    let ((mut rx, pt, map, file), mut tally) = start_stream(&Func::of(&igb_bdf()?))?;
 
     pt.mark_preserve(HWPT_TOKEN)
         .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
@@ -422,11 +500,27 @@ fn preserve_in_order(luo: &LiveUpdate, name: &str, pt: &Passthrough) -> Result<S
 fn preserve_and_kexec(
     ctx: &mut Ctx,
     luo: &LiveUpdate,
-    (mut rx, pt, map, file): (IgbRx, Passthrough, Mapping, File),
-    mut tally: Tally,
+    receiving: Receiving,
+    tally: Tally,
     before: Before,
 ) -> TestResult {
+    freeze_with(ctx, luo, receiving, tally, before, &igb_bdf()?, |_| Ok(()))
+}
+
+/// [`preserve_and_kexec`] of the function `bdf`; `preserved` runs once the
+/// cdev is preserved, with the ring file's mapping (its control page
+/// starts with [`Ctl`], which is written afterwards).
+pub(super) fn freeze_with(
+    ctx: &mut Ctx,
+    luo: &LiveUpdate,
+    (mut rx, pt, map, file): Receiving,
+    mut tally: Tally,
+    before: Before,
+    bdf: &str,
+    preserved: impl FnOnce(&Mapping) -> Result<(), String>,
+) -> TestResult {
     let session = preserve_in_order(luo, SESSION, &pt)?;
+    preserved(&map)?;
     // The last frames before the freeze, and every descriptor to the
     // device: the ring absorbs what arrives until stage 2 polls again.
     let n = rx.poll(|f| tally.account(f));
@@ -440,7 +534,7 @@ fn preserve_and_kexec(
     if before == Before::FailRead {
         ctx.once_out.push("vfio_pci_core.lu_fail_read=1".into());
     }
-    let (resources_len, resources) = resources_of(&igb_bdf()?)?;
+    let (resources_len, resources) = resources_of(bdf)?;
     let ctl = Ctl {
         magic: CTL_MAGIC,
         head: rx.head() as u64,
@@ -549,7 +643,7 @@ fn refusals(
 
 /// After the kexec: the ring file, mapped, and the control page stage 1
 /// left in it.
-fn open_ring() -> Result<(File, Mapping, Ctl), String> {
+pub(super) fn open_ring() -> Result<(File, Mapping, Ctl), String> {
     mount()?;
     let file = open_rw(RING_FILE)?;
     let map = Mapping::new(&file, FILE_LEN, 0, libc::MAP_SHARED).map_err(|e| e.to_string())?;
@@ -569,24 +663,11 @@ fn open_rw(name: &str) -> Result<File, String> {
         .map_err(|e| format!("{name}: {e}"))
 }
 
-/// The device's cdev under /dev/vfio/devices.
-fn cdev_path(bdf: &str) -> Result<String, String> {
-    let dir = format!("/sys/bus/pci/devices/{bdf}/vfio-dev");
-    let name = fs::read_dir(&dir)
-        .map_err(|e| format!("{dir}: {e}"))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("vfio"))
-        .ok_or(format!("{dir}: no vfio cdev"))?;
-    Ok(format!("/dev/vfio/devices/{name}"))
-}
-
 /// Before the VMM takes the device: vfio-pci holds it (bound by the
 /// kernel, not by us) and nobody else can open it.
 fn held_for_vmm(bdf: &str) -> Result<(), String> {
-    let dev = format!("/sys/bus/pci/devices/{bdf}");
-    let driver = fs::read_link(format!("{dev}/driver")).map_err(|e| format!("driver: {e}"))?;
-    if !driver.ends_with("vfio-pci") {
+    let driver = driver_of(bdf);
+    if driver.as_deref() != Some("vfio-pci") {
         return Err(format!("{bdf} bound to {driver:?}, expected vfio-pci"));
     }
     let cdev = cdev_path(bdf)?;
@@ -598,7 +679,7 @@ fn held_for_vmm(bdf: &str) -> Result<(), String> {
 }
 
 /// A device adopted after a live update, with what the VMM keeps.
-struct Adopted {
+pub(super) struct Adopted {
     bdf: String,
     session: Session,
     pt: Passthrough,
@@ -606,7 +687,7 @@ struct Adopted {
     map: Mapping,
     file: File,
     tally: Tally,
-    buffered: usize,
+    pub(super) buffered: usize,
 }
 
 /// After a kexec: checks the device waits for its VMM, retrieves the
@@ -614,7 +695,12 @@ struct Adopted {
 /// device), attaches the restored HWPT, finds the frames the device wrote
 /// meanwhile and handles them.
 fn adopt() -> Result<Adopted, String> {
-    let bdf = igb_bdf()?;
+    adopt_at(&Func::of(&igb_bdf()?))
+}
+
+/// [`adopt`] of `func`.
+pub(super) fn adopt_at(func: &Func) -> Result<Adopted, String> {
+    let bdf = func.bdf.clone();
     held_for_vmm(&bdf)?;
     let log = sys::kernel_log().map_err(|e| e.to_string())?;
     if !log
@@ -629,31 +715,19 @@ fn adopt() -> Result<Adopted, String> {
     }
     // Enumeration took the BAR sizes from the handover, and got them
     // right: the same resources as before the kexec.
+    let sized = func.sized();
     if !log
         .iter()
-        .any(|l| l.contains(&bdf) && l.contains("BAR sizes from the handover"))
+        .any(|l| l.contains(sized) && l.contains("BAR sizes from the handover"))
     {
-        return Err("the PCI core sized the running function's BARs".into());
+        return Err(format!(
+            "the PCI core sized the running function's BARs ({sized})"
+        ));
     }
 
     let (file, map, ctl) = open_ring()?;
     // Same start and end of every resource (the flags now say FIXED).
-    let after = resources_of(&bdf)?;
-    let ranges = |b: &[u8]| -> Vec<String> {
-        String::from_utf8_lossy(b)
-            .lines()
-            .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "))
-            .collect()
-    };
-    let (was, now) = (
-        ranges(&ctl.resources[..ctl.resources_len as usize]),
-        ranges(&after.1[..after.0 as usize]),
-    );
-    if was != now {
-        return Err(format!(
-            "the function's resources moved: {now:?}, before the kexec {was:?}"
-        ));
-    }
+    resources_kept(&bdf, ctl.resources_len, &ctl.resources)?;
     let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
     let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
     let iommufd = session
@@ -673,6 +747,7 @@ fn adopt() -> Result<Adopted, String> {
     let mut rx = unsafe {
         IgbRx::adopt(
             pt.bar0()?,
+            func.port()?,
             ring_of(&map),
             ctl.head as usize,
             &regs_of(&ctl.regs),
@@ -720,7 +795,7 @@ fn adopt() -> Result<Adopted, String> {
 
 /// Receives a while longer, ends the stream and checks it was perfect,
 /// finishes the session and closes everything.
-fn end_stream(mut a: Adopted) -> Result<Tally, String> {
+pub(super) fn end_stream(mut a: Adopted) -> Result<Tally, String> {
     let t = Instant::now();
     receive(
         &mut a.rx,
@@ -736,16 +811,18 @@ fn end_stream(mut a: Adopted) -> Result<Tally, String> {
         Tally::ended,
     )?;
     let (mpc, rnbc) = a.rx.drop_counters();
+    let rqdpc = a.rx.queue_drops();
     diag(&format!(
-        "stream: result {} rnbc={rnbc} mpc={mpc}",
-        a.tally.result(DESCS)
+        "stream: result {} rnbc={rnbc} mpc={mpc}{}",
+        a.tally.result(DESCS),
+        rqdpc.map_or(String::new(), |n| format!(" rqdpc={n}"))
     ));
     if let Some(why) = a.tally.fault() {
         return Err(why);
     }
-    if mpc != 0 || rnbc != 0 {
+    if mpc != 0 || rnbc != 0 || rqdpc.is_some_and(|n| n != 0) {
         return Err(format!(
-            "the device dropped frames: missed {mpc}, no buffer {rnbc}"
+            "the device dropped frames: missed {mpc}, no buffer {rnbc}, queue {rqdpc:?}"
         ));
     }
     let faults = dmar_faults(&a.bdf)?;
@@ -909,7 +986,7 @@ pub fn stream_reset(ctx: &mut Ctx) -> TestResult {
     if ctx.stage == 1 {
         let memfd = sys::memfd_create("lu-ring").map_err(|e| format!("memfd_create: {e}"))?;
         memfd.set_len(FILE_LEN).map_err(|e| e.to_string())?;
-        let (mut rx, pt, map) = receiver(&bdf, &memfd)?;
+        let (mut rx, pt, map) = receiver(&Func::of(&bdf), &memfd)?;
         let mut tally = begin_stream(&mut rx)?;
         let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
         let session = luo.create_session(SESSION).map_err(|e| e.to_string())?;
@@ -951,7 +1028,7 @@ pub fn stream_reset(ctx: &mut Ctx) -> TestResult {
     if ctl.magic != CTL_MAGIC {
         return Err("the control page is not stage 1's".into());
     }
-    let (mut rx, pt, map) = receiver(&bdf, &memfd)?;
+    let (mut rx, pt, map) = receiver(&Func::of(&bdf), &memfd)?;
     diag(&format!(
         "lu: adopted buffered=0 first={} last={}",
         u64::MAX,
@@ -991,11 +1068,9 @@ pub fn stream_reset(ctx: &mut Ctx) -> TestResult {
 
 /// A receiver on the igb through a new iommufd, its ring in a new
 /// guestmemfs file, no stream (the fault-injection test).
-fn quiet_receiver(bdf: &str) -> Result<(IgbRx, Passthrough, Mapping, File), String> {
-    mount()?;
-    let _ = fs::remove_file(p(RING_FILE));
-    let file = create_sized(&p(RING_FILE), FILE_LEN)?;
-    let (rx, pt, map) = receiver(bdf, &file)?;
+fn quiet_receiver(bdf: &str) -> Result<Receiving, String> {
+    let file = new_ring_file()?;
+    let (rx, pt, map) = receiver(&Func::of(bdf), &file)?;
     pt.mark_preserve(HWPT_TOKEN)
         .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
     Ok((rx, pt, map, file))
@@ -1085,6 +1160,7 @@ pub fn fail_nth(ctx: &mut Ctx) -> TestResult {
             let rx = unsafe {
                 IgbRx::adopt(
                     pt.bar0()?,
+                    None,
                     ring_of(&map),
                     ctl.head as usize,
                     &regs_of(&ctl.regs),
