@@ -70,7 +70,7 @@ static_assert(ARRAY_SIZE(((struct vfio_pci_lu_sriov *)0)->vf_bar) ==
 	      PCI_SRIOV_NUM_BARS);
 #define VFIO_PCI_LU_FUNC_FLAGS	(VFIO_PCI_LU_FUNC_FROZEN | VFIO_PCI_LU_FUNC_VF | \
 				 VFIO_PCI_LU_FUNC_SRIOV_PF)
-/* The only PF driver that neither disables SR-IOV at kexec nor resets */
+/* A PF driver that neither disables SR-IOV at kexec nor resets the PF */
 #define VFIO_PCI_LU_PF_DRIVER	"pci-pf-stub"
 
 /* The list is one page */
@@ -401,19 +401,32 @@ static bool vfio_pci_lu_vf_listed(const struct vfio_pci_lu_func *rec, u32 nr,
 	for (u32 i = 0; i < nr; i++) {
 		const struct vfio_pci_lu_sriov *s = &rec[i].sriov;
 		u32 pf = le32_to_cpu(rec[i].rid);
+		s32 d, stride;
 
 		if (!(le16_to_cpu(rec[i].flags) & VFIO_PCI_LU_FUNC_SRIOV_PF) ||
 		    pf >> 16 != rid >> 16)
 			continue;
 		/* As pci_iov_virtfn_bus() and pci_iov_virtfn_devfn() */
-		for (u32 id = 0; id < le16_to_cpu(s->num_vfs); id++) {
-			u32 vf = (pf & 0xffff) + le16_to_cpu(s->offset) +
-				 le16_to_cpu(s->stride) * id;
-
-			if (vf <= 0xffff && vf == (rid & 0xffff))
-				return true;
-		}
+		d = (s32)(rid & 0xffff) - (s32)(pf & 0xffff) -
+		    le16_to_cpu(s->offset);
+		stride = le16_to_cpu(s->stride);
+		if (d < 0)
+			continue;
+		if (stride ? d % stride == 0 &&
+			     d / stride < le16_to_cpu(s->num_vfs) : !d)
+			return true;
 	}
+	return false;
+}
+
+/* PF record @pf is the parent of at least one VF record */
+static bool vfio_pci_lu_pf_used(const struct vfio_pci_lu_func *rec, u32 nr,
+				const struct vfio_pci_lu_func *pf)
+{
+	for (u32 i = 0; i < nr; i++)
+		if (le16_to_cpu(rec[i].flags) & VFIO_PCI_LU_FUNC_VF &&
+		    vfio_pci_lu_vf_listed(pf, 1, le32_to_cpu(rec[i].rid)))
+			return true;
 	return false;
 }
 
@@ -448,6 +461,8 @@ static const char *vfio_pci_lu_check(struct vfio_pci_lu_header *h)
 				return "a function listed as both VF and PF";
 			if (!vfio_pci_lu_sriov_sound(&rec[i].sriov))
 				return "SR-IOV state without VFs running";
+			if (!vfio_pci_lu_pf_used(rec, nr, &rec[i]))
+				return "a PF without a listed VF";
 		} else if (memchr_inv(&rec[i].sriov, 0, sizeof(rec[i].sriov))) {
 			return "SR-IOV state of a function that is not a PF";
 		}
@@ -640,7 +655,8 @@ static int vfio_pci_lu_pin_pf(struct pci_dev *vf)
 	if (ret)
 		return ret;
 	if (!pf->driver || strcmp(pf->driver->name, VFIO_PCI_LU_PF_DRIVER))
-		reason = "its PF is not bound to " VFIO_PCI_LU_PF_DRIVER " (other PF drivers disable SR-IOV at kexec or reset the PF)";
+		/* Other PF drivers disable SR-IOV at kexec or reset the PF */
+		reason = "its PF is not bound to " VFIO_PCI_LU_PF_DRIVER;
 	else if (!pci_is_root_bus(pf->bus))
 		reason = "its PF is behind a bridge";
 	else if (vfio_pci_lu_bars_unfit(pf))
@@ -679,8 +695,7 @@ static int vfio_pci_lu_get_parent(struct vfio_pci_lu_file *lf,
 	pa = kzalloc_obj(*pa, GFP_KERNEL);
 	if (!pa)
 		return -ENOMEM;
-	/* The VF holds a reference to its PF */
-	pa->pdev = pf;
+	pa->pdev = pci_dev_get(pf);
 	pa->rid = rid;
 	/* Sound before any freeze; the first freeze takes it again */
 	vfio_pci_lu_parent_snapshot(pa);
@@ -808,6 +823,7 @@ static void vfio_pci_lu_unpreserve(struct liveupdate_file_op_args *args)
 		list_del(&lf->link);
 		if (pa && !--pa->files) {
 			list_del(&pa->link);
+			pci_dev_put(pa->pdev);
 			kfree(pa);
 		}
 		vfio_pci_lu_encode(lf->out);
@@ -835,6 +851,11 @@ static int vfio_pci_lu_freeze(struct liveupdate_file_op_args *args)
 
 	if (lf->parent && vfio_pci_lu_pf_still_fit(pdev))
 		return -EBUSY;
+	if (pci_num_vf(pdev)) {
+		/* The next kernel would disable them under the running PF */
+		pci_err(pdev, "live update refused: SR-IOV was enabled after preserve\n");
+		return -EBUSY;
+	}
 	/* Resets, config writes and low power entry hold lu_lock to read */
 	guard(rwsem_write)(&vdev->lu_lock);
 	scoped_guard(mutex, &vdev->igate) {
@@ -1183,8 +1204,10 @@ static bool vfio_pci_lu_bars(struct pci_dev *dev, u32 *bars, u32 *masks)
 
 	guard(spinlock)(&vfio_pci_lu_in_lock);
 	f = vfio_pci_lu_find(vfio_pci_lu_rid(dev));
-	if (!f || f->state == VFIO_PCI_LU_ADOPTED || f->vendor != dev->vendor ||
-	    f->device != dev->device || !(f->flags & VFIO_PCI_LU_FUNC_FROZEN))
+	if (!f || f->state == VFIO_PCI_LU_ADOPTED ||
+	    f->state == VFIO_PCI_LU_PARENT || f->vendor != dev->vendor ||
+	    f->device != dev->device || !(f->flags & VFIO_PCI_LU_FUNC_FROZEN) ||
+	    f->flags & VFIO_PCI_LU_FUNC_VF)
 		return false;
 	memcpy(bars, f->bars, sizeof(f->bars));
 	memcpy(masks, f->masks, sizeof(f->masks));
@@ -1254,8 +1277,12 @@ static void __init vfio_pci_lu_claim(void)
 			vfio_pci_lu_claim_pf(f, pdev);
 			continue;
 		}
-		if (pdev->vendor != f->vendor || pdev->device != f->device)
+		if (pdev->vendor != f->vendor || pdev->device != f->device ||
+		    pdev->is_virtfn != !!(f->flags & VFIO_PCI_LU_FUNC_VF))
 			reason = "another device at this address";
+		else if (pdev->is_virtfn &&
+			 !pci_iov_lu_adopted(pci_physfn(pdev)))
+			reason = "its PF's SR-IOV state was not adopted";
 		else if (!(f->flags & VFIO_PCI_LU_FUNC_FROZEN))
 			reason = "never frozen";
 		else if (!pdev->liveupdate_incoming)
@@ -1322,8 +1349,8 @@ arch_initcall(vfio_pci_lu_early_init);
 
 /*
  * A PF whose VFs run on binds to pci-pf-stub: set before PF drivers
- * register (device_initcall), as its own driver would reset the PF. The
- * PCI core re-creates the VFs at this level too.
+ * register (device_initcall), as its own driver would reset the PF, and
+ * after the PCI core re-created the VFs (fs_initcall_sync).
  */
 static int __init vfio_pci_lu_pf_override(void)
 {
@@ -1345,7 +1372,7 @@ static int __init vfio_pci_lu_pf_override(void)
 	}
 	return 0;
 }
-fs_initcall_sync(vfio_pci_lu_pf_override);
+rootfs_initcall(vfio_pci_lu_pf_override);
 
 /**
  * vfio_pci_lu_init - claim what a live update handed over, for vfio-pci

@@ -11,7 +11,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
 const CTRL: usize = 0x0000;
-const STATUS: usize = 0x0008;
+pub(crate) const STATUS: usize = 0x0008;
 const EECD: usize = 0x0010;
 const CTRL_EXT: usize = 0x0018;
 const MDIC: usize = 0x0020;

@@ -12,7 +12,7 @@
 //! PHY, drop counters): those are read through the PF's BAR 0, and the PF
 //! brings the port up ([`reset_port`]).
 
-use crate::igb::{reset, vf_reset, wait_link, write_phy};
+use crate::igb::{reset, vf_reset, wait_link, write_phy, STATUS};
 use crate::vfio::Bar;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
@@ -141,7 +141,16 @@ impl IgbRx {
         let deadline = Instant::now() + Duration::from_secs(2);
         while b.read(RXDCTL) & QUEUE_ENABLE == 0 {
             if Instant::now() > deadline {
-                return Err("igb RX queue did not enable".into());
+                let port = self.port();
+                return Err(format!(
+                    "igb RX queue did not enable: RXDCTL {:#x} RDLEN {:#x} STATUS {:#x}; port RXDCTL {:#x} RDLEN {:#x} STATUS {:#x}",
+                    b.read(RXDCTL),
+                    b.read(RDLEN),
+                    b.read(STATUS),
+                    port.read(RXDCTL),
+                    port.read(RDLEN),
+                    port.read(STATUS)
+                ));
             }
             std::thread::sleep(Duration::from_micros(10));
         }
