@@ -29,7 +29,7 @@
  * Next kernel:
  *  - enumeration adopts the SR-IOV state of a listed PF instead of
  *    disabling it (pci_lu_set_sriov_fn()), the PCI core re-creates its VFs
- *    without a VF Enable toggle (fs_initcall_sync), and the PF gets
+ *    without a VF Enable toggle (before vfio-pci registers), and the PF gets
  *    driver_override "pci-pf-stub". VFs bind only by driver_override
  *    until the FLB finishes, which also ends the sriov_numvfs pin.
  *  - before vfio-pci registers: a listed function that is found, matches
@@ -1349,8 +1349,7 @@ arch_initcall(vfio_pci_lu_early_init);
 
 /*
  * A PF whose VFs run on binds to pci-pf-stub: set before PF drivers
- * register (device_initcall), as its own driver would reset the PF, and
- * after the PCI core re-created the VFs (fs_initcall_sync).
+ * register (device_initcall), as its own driver would reset the PF.
  */
 static int __init vfio_pci_lu_pf_override(void)
 {
@@ -1389,6 +1388,8 @@ int __init vfio_pci_lu_init(struct pci_driver *driver,
 {
 	vfio_pci_lu_driver = driver;
 	vfio_pci_lu_ops = ops;
+	/* The IOMMU is up: VFs it holds must exist before they are claimed */
+	pci_iov_lu_add_vfs();
 	vfio_pci_lu_claim();
 	return 0;
 }

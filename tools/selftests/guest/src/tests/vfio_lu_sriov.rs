@@ -99,23 +99,6 @@ fn freeze(ctx: &mut Ctx) -> TestResult {
         bdf: vf.clone(),
         pf: Some(pf_bdf.clone()),
     };
-    {
-        let b = crate::igb_pf::resource0(&vf)?;
-        diag(&format!(
-            "DEBUG VF cmd {:#x} STATUS via sysfs {:#x} res {:?}",
-            config16(&vf, 4)?,
-            b.read(8),
-            std::fs::read_to_string(format!("/sys/bus/pci/devices/{vf}/resource")).map(|s| s.lines().next().map(str::to_owned))
-        ));
-        crate::sys::pci_config_write16(&vf, 4, 0x6).map_err(|e| e.to_string())?;
-        diag(&format!("DEBUG after MEM: VF cmd {:#x} STATUS {:#x}", config16(&vf, 4)?, b.read(8)));
-        let pfb = crate::vfio::Bar::map(
-            &std::fs::OpenOptions::new().read(true).write(true).open(format!("/sys/bus/pci/devices/{pf_bdf}/resource3")).map_err(|e| e.to_string())?,
-            0,
-            16384,
-        ).map_err(|e| e.to_string())?;
-        diag(&format!("DEBUG PF BAR3 msix vctrl0 {:#x} iomem {}", pfb.read(12), std::fs::read_to_string("/proc/iomem").unwrap_or_default().replace('\n', " | ")));
-    }
     let (receiving, tally) = start_stream(&func)?;
     receiving
         .1
