@@ -389,6 +389,15 @@ static bool vfio_pci_lu_sriov_sound(const struct vfio_pci_lu_sriov *s)
 	u16 ctrl = le16_to_cpu(s->ctrl);
 	u16 num_vfs = le16_to_cpu(s->num_vfs);
 
+	for (unsigned int i = 0; i < PCI_SRIOV_NUM_BARS; i++) {
+		u32 bar = le32_to_cpu(s->vf_bar[i]);
+
+		/* Memory BARs only; no VF BAR hidden from enumeration */
+		if (bar & PCI_BASE_ADDRESS_SPACE_IO || (bar && !s->vf_mask[i] &&
+		    !(i && le32_to_cpu(s->vf_bar[i - 1]) &
+		      PCI_BASE_ADDRESS_MEM_TYPE_64)))
+			return false;
+	}
 	return !s->reserved && ctrl & PCI_SRIOV_CTRL_VFE &&
 	       ctrl & PCI_SRIOV_CTRL_MSE && num_vfs && s->offset &&
 	       (num_vfs == 1 || s->stride);
@@ -664,7 +673,8 @@ static int vfio_pci_lu_pin_pf(struct pci_dev *vf)
 	else if (pf->current_state != PCI_D0)
 		reason = "its PF is not in D0";
 	else if (pci_iov_lu_pin(pf))
-		reason = "its PF has no VFs enabled";
+		/* Resized VF BARs would not match their enumeration sizes */
+		reason = "its PF has no VFs enabled, or VF Resizable BARs";
 	device_unlock(&pf->dev);
 	if (reason) {
 		pci_err(vf, "live update: cannot preserve: %s\n", reason);

@@ -25,7 +25,9 @@
  *    kernel reads it before vfio-pci probes, to know which functions were
  *    left mastering.
  *
- * All integers are little endian. The CRC is crc32c over the header (its
+ * All integers are little endian. The version in the header, not the
+ * compatible strings, tells the layout: version 2 added @sriov to every
+ * record. The CRC is crc32c over the header (its
  * crc field zero) and the records. Reserved fields and unknown flags must
  * be zero. A page of another version, with a bad CRC or a bad record is
  * refused as a whole: every function the IOMMU still holds gets bus
