@@ -72,6 +72,10 @@ static_assert(ARRAY_SIZE(((struct vfio_pci_lu_sriov *)0)->vf_bar) ==
 				 VFIO_PCI_LU_FUNC_SRIOV_PF)
 /* A PF driver that neither disables SR-IOV at kexec nor resets the PF */
 #define VFIO_PCI_LU_PF_DRIVER	"pci-pf-stub"
+/* Only its name: to match the driver_override the next kernel sets */
+static const struct device_driver vfio_pci_lu_pf_drv = {
+	.name = VFIO_PCI_LU_PF_DRIVER,
+};
 
 /* The list is one page */
 static_assert(sizeof(struct vfio_pci_lu_header) +
@@ -393,10 +397,11 @@ static bool vfio_pci_lu_sriov_sound(const struct vfio_pci_lu_sriov *s)
 		u32 bar = le32_to_cpu(s->vf_bar[i]);
 
 		/* Memory BARs only; no VF BAR hidden from enumeration */
-		if (bar & PCI_BASE_ADDRESS_SPACE_IO || (bar && !s->vf_mask[i] &&
-		    !(i && le32_to_cpu(s->vf_bar[i - 1]) &
-		      PCI_BASE_ADDRESS_MEM_TYPE_64)))
+		if (bar & PCI_BASE_ADDRESS_SPACE_IO || (bar && !s->vf_mask[i]))
 			return false;
+		/* The upper half of a 64-bit BAR is an address */
+		if (bar & PCI_BASE_ADDRESS_MEM_TYPE_64)
+			i++;
 	}
 	return !s->reserved && ctrl & PCI_SRIOV_CTRL_VFE &&
 	       ctrl & PCI_SRIOV_CTRL_MSE && num_vfs && s->offset &&
@@ -673,8 +678,7 @@ static int vfio_pci_lu_pin_pf(struct pci_dev *vf)
 	else if (pf->current_state != PCI_D0)
 		reason = "its PF is not in D0";
 	else if (pci_iov_lu_pin(pf))
-		/* Resized VF BARs would not match their enumeration sizes */
-		reason = "its PF has no VFs enabled, or VF Resizable BARs";
+		reason = "its PF's SR-IOV cannot be kept (VF Resizable BARs, a dependency link or VFs off its bus)";
 	device_unlock(&pf->dev);
 	if (reason) {
 		pci_err(vf, "live update: cannot preserve: %s\n", reason);
@@ -720,6 +724,7 @@ found:
 static int vfio_pci_lu_pf_still_fit(struct pci_dev *vf)
 {
 	struct pci_dev *pf = pci_physfn(vf);
+	/* Unlocked: the PF is pinned; the driver matters at shutdown only */
 	struct pci_driver *drv = READ_ONCE(pf->driver);
 	const char *reason = NULL;
 	struct pci_lu_sriov st;
@@ -831,6 +836,8 @@ static void vfio_pci_lu_unpreserve(struct liveupdate_file_op_args *args)
 
 	scoped_guard(mutex, &lf->out->lock) {
 		list_del(&lf->link);
+		if (pf)
+			pci_iov_lu_unpin(pf);
 		if (pa && !--pa->files) {
 			list_del(&pa->link);
 			pci_dev_put(pa->pdev);
@@ -838,8 +845,6 @@ static void vfio_pci_lu_unpreserve(struct liveupdate_file_op_args *args)
 		}
 		vfio_pci_lu_encode(lf->out);
 	}
-	if (pf)
-		pci_iov_lu_unpin(pf);
 	kfree(lf);
 }
 
@@ -1250,7 +1255,12 @@ static void __init vfio_pci_lu_claim_pf(struct vfio_pci_lu_in_func *f,
 					struct pci_dev *pdev)
 {
 	if (!pci_iov_lu_adopted(pdev)) {
-		pci_err(pdev, "live update: SR-IOV state not adopted (see above); its VFs were stopped\n");
+		/* Not seen by sriov_init() (no extended config space?) */
+		pci_clear_master(pdev);
+		if (device_match_driver_override(&pdev->dev,
+						 &vfio_pci_lu_pf_drv) > 0)
+			device_set_driver_override(&pdev->dev, "");
+		pci_err(pdev, "live update: SR-IOV state not adopted; PF bus mastering cleared, its VFs not adopted\n");
 		pci_dev_put(pdev);
 		return;
 	}
@@ -1302,8 +1312,13 @@ static void __init vfio_pci_lu_claim(void)
 		else if (device_set_driver_override(&pdev->dev, "vfio-pci"))
 			reason = "cannot set driver_override";
 		if (reason) {
-			/* Not held: its DMA is blocked or the host's, not ours */
-			if (iommu_lu_device_held(&pdev->dev, NULL))
+			/*
+			 * Not held: its DMA is blocked or the host's, not
+			 * ours; but a VF of an adopted PF is nobody else's.
+			 */
+			if (iommu_lu_device_held(&pdev->dev, NULL) ||
+			    (pdev->is_virtfn &&
+			     pci_iov_lu_adopted(pci_physfn(pdev))))
 				vfio_pci_lu_quiesce(pdev, reason);
 			else
 				pci_err(pdev, "live update: not adopted: %s\n",
