@@ -111,7 +111,11 @@ pub const SUITES: &[Suite] = &[
     Suite {
         name: "vfio_lu_sriov",
         about: "guestmemfs=2G, kmemleak: SR-IOV: the igb's VF0 (PF on pci-pf-stub, sriov_numvfs=1) keeps receiving a UDP stream through a live update, PF and SR-IOV state untouched (QEMU trace); refused with the PF on another driver",
-        tests: &["vfio_lu_stream_vf", "vfio_lu_vf_refuse_pf_driver"],
+        tests: &[
+            "vfio_lu_stream_vf",
+            "vfio_lu_vf_refuse_pf_driver",
+            "vfio_lu_vf_refuse_sriov",
+        ],
         add: &["guestmemfs=2G", "kmemleak=on", crate::vm::IGB_VFS],
         remove: &[],
         memory: None,

@@ -176,7 +176,8 @@ static void vfio_pci_lu_rid_err(u32 rid, const char *what)
  * kernel's refusal paths can be tested (docs/testing.md): "version",
  * "crc", "device" (the first record names another device ID), "bar" (its
  * BAR 0 is recorded 1 MiB away) or "mask" (its BAR 0 sizing mask has a
- * hole), each with a valid checksum.
+ * hole), "sriov" (the first PF record's VF BAR 0 is recorded 1 MiB
+ * away), each with a valid checksum.
  */
 static char lu_test_damage[16];
 module_param_string(lu_test_damage, lu_test_damage, sizeof(lu_test_damage),
@@ -191,7 +192,11 @@ module_param(lu_fail_read, bool, 0400);
 
 static void vfio_pci_lu_test_damage(struct vfio_pci_lu_header *h)
 {
-	struct vfio_pci_lu_func *rec = (void *)(h + 1);
+	struct vfio_pci_lu_func *rec = (void *)(h + 1), *pf = NULL;
+
+	for (u32 i = le32_to_cpu(h->nr_funcs); i--;)
+		if (le16_to_cpu(rec[i].flags) & VFIO_PCI_LU_FUNC_SRIOV_PF)
+			pf = &rec[i];
 
 	if (sysfs_streq(lu_test_damage, "version"))
 		h->version = cpu_to_le32(99);
@@ -203,6 +208,9 @@ static void vfio_pci_lu_test_damage(struct vfio_pci_lu_header *h)
 		rec[0].bar[0] = cpu_to_le32(le32_to_cpu(rec[0].bar[0]) ^ SZ_1M);
 	else if (sysfs_streq(lu_test_damage, "mask") && h->nr_funcs)
 		rec[0].mask[0] = cpu_to_le32(le32_to_cpu(rec[0].mask[0]) ^ 0x100);
+	else if (sysfs_streq(lu_test_damage, "sriov") && pf)
+		pf->sriov.vf_bar[0] =
+			cpu_to_le32(le32_to_cpu(pf->sriov.vf_bar[0]) ^ SZ_1M);
 	else
 		return;
 	if (!sysfs_streq(lu_test_damage, "crc")) {

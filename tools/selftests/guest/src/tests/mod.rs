@@ -374,6 +374,12 @@ pub const CATALOG: &[Test] = &[
         run: vfio_lu_sriov::vf_refuse_pf_driver,
     },
     Test {
+        name: "vfio_lu_vf_refuse_sriov",
+        summary: "SR-IOV: the handover's SR-IOV state of the PF does not match its registers (vfio_pci_core.lu_test_damage=sriov): the next kernel disables SR-IOV as usual (VF stopped), clears the PF's bus mastering, the VF's cdev is not retrievable, no DMAR fault",
+        timeout_s: 600,
+        run: vfio_lu_sriov::vf_refuse_sriov,
+    },
+    Test {
         name: "vfio_lu_soak",
         summary: "20 live updates in a row with the UDP stream running: the device adopted and re-preserved each time, every frame exactly once, a guestmemfs data file intact, MemTotal after the 20th as after the 1st, kmemleak clean",
         timeout_s: 1800,

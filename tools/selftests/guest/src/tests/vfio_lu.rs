@@ -316,7 +316,7 @@ fn ring_done(map: &Mapping, head: usize) -> usize {
 /// expected) or never retrieved. Either way the device must end quiet:
 /// bus mastering off, the ring no longer filling, no DMAR fault, and the
 /// device free for a normal open after FINISH.
-fn not_adopted(refused: Option<&str>) -> TestResult {
+pub(super) fn not_adopted(refused: Option<&str>) -> TestResult {
     let bdf = igb_bdf()?;
     let log = sys::kernel_log().map_err(|e| e.to_string())?;
     match refused {

@@ -15,8 +15,8 @@ use super::gmfs::Mapping;
 use super::igb::dmar_faults;
 use super::igb_kexec::igb_bdf;
 use super::vfio_lu::{
-    adopt_at, end_stream, freeze_with, open_ring, resources_kept, resources_of, run_id,
-    start_stream, Before, Func, CDEV_TOKEN, CTL_EXTRA_AT, CTL_EXTRA_LEN, HWPT_TOKEN,
+    adopt_at, end_stream, freeze_with, not_adopted, open_ring, resources_kept, resources_of,
+    run_id, start_stream, Before, Func, CDEV_TOKEN, CTL_EXTRA_AT, CTL_EXTRA_LEN, HWPT_TOKEN,
 };
 use super::{Ctx, Outcome, TestResult};
 use crate::igb_pf::{
@@ -77,8 +77,29 @@ impl PfCtl {
 
 pub fn stream_vf(ctx: &mut Ctx) -> TestResult {
     match ctx.stage {
-        1 => freeze(ctx),
+        1 => freeze(ctx, Before::Nothing),
         2 => adopt(),
+        s => Err(format!("no stage {s}")),
+    }
+}
+
+/// The PF's SR-IOV state in the handover no longer matches its registers
+/// (VF BAR 0 recorded 1 MiB away, valid checksum): the next kernel
+/// disables SR-IOV as it would without a live update, which stops the
+/// VF, clears the PF's bus mastering, and the VF cannot be retrieved.
+pub fn vf_refuse_sriov(ctx: &mut Ctx) -> TestResult {
+    match ctx.stage {
+        1 => freeze(ctx, Before::Damage("sriov")),
+        2 => {
+            let pf = igb_bdf()?;
+            let num_vfs = attr(&pf, "sriov_numvfs")?;
+            if num_vfs != "0" || Path::new(&format!("/sys/bus/pci/devices/{pf}/virtfn0")).exists() {
+                return Err(format!(
+                    "refused SR-IOV state: sriov_numvfs {num_vfs}, VFs still there"
+                ));
+            }
+            not_adopted(Some("SR-IOV state not adopted: a VF BAR changed"))
+        }
         s => Err(format!("no stage {s}")),
     }
 }
@@ -86,7 +107,7 @@ pub fn stream_vf(ctx: &mut Ctx) -> TestResult {
 /// Stage 1: the PF up on pci-pf-stub with one VF; the VF passed through
 /// receives the stream; its iommufd and cdev preserved; the PF can no
 /// longer drop its VFs; kexec with the VF receiving.
-fn freeze(ctx: &mut Ctx) -> TestResult {
+fn freeze(ctx: &mut Ctx, before: Before) -> TestResult {
     let pf_bdf = igb_bdf()?;
     let marker = run_id();
     let pf = IgbPf::set_up(&pf_bdf, marker)?;
@@ -105,7 +126,7 @@ fn freeze(ctx: &mut Ctx) -> TestResult {
         .mark_preserve(HWPT_TOKEN)
         .map_err(|e| format!("IOMMU_HWPT_LIVEUPDATE_MARK_PRESERVE: {e}"))?;
     let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
-    freeze_with(ctx, &luo, receiving, tally, Before::Nothing, &vf, |map| {
+    freeze_with(ctx, &luo, receiving, tally, before, &vf, |map| {
         record_pf(map, &pf, marker, &vf)
     })
 }
