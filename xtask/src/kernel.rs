@@ -585,6 +585,13 @@ const NEW_FILE_COMMITS: &[(&str, &str, &str)] = &[
          the next kernel, documented field by field. Used by a later patch.",
     ),
     (
+        "include/linux/pci-liveupdate.h",
+        "PCI: add the live update SR-IOV interface",
+        "How a live update user gives the PCI core the SR-IOV state of a PF\n\
+         whose VFs keep running through a kexec, has the VFs re-created, and\n\
+         pins the PF meanwhile. Implemented by the PCI/IOV patch.",
+    ),
+    (
         "drivers/vfio/",
         "vfio/pci: add the live update handler",
         "The LUO handler for vfio-pci cdev files that keeps the function\n\
