@@ -220,7 +220,7 @@ fn not_adopted_test(
 ) -> TestResult {
     match ctx.stage {
         1 => stream_freeze(ctx, name, before),
-        2 => not_adopted(refused),
+        2 => not_adopted(refused, true),
         s => Err(format!("no stage {s}")),
     }
 }
@@ -315,8 +315,9 @@ fn ring_done(map: &Mapping, head: usize) -> usize {
 /// Stage 2 without adoption: refused at boot (`refused` is the log line
 /// expected) or never retrieved. Either way the device must end quiet:
 /// bus mastering off, the ring no longer filling, no DMAR fault, and the
-/// device free for a normal open after FINISH.
-pub(super) fn not_adopted(refused: Option<&str>) -> TestResult {
+/// device free for a normal open after FINISH. Without `translation_kept`
+/// (the refused function is gone) the iommufd's restore is refused too.
+pub(super) fn not_adopted(refused: Option<&str>, translation_kept: bool) -> TestResult {
     let bdf = igb_bdf()?;
     let log = sys::kernel_log().map_err(|e| e.to_string())?;
     match refused {
@@ -336,9 +337,12 @@ pub(super) fn not_adopted(refused: Option<&str>) -> TestResult {
     let (file, map, ctl) = open_ring()?;
     let luo = LiveUpdate::open().map_err(|e| e.to_string())?;
     let session = luo.retrieve_session(SESSION).map_err(|e| e.to_string())?;
-    let iommufd = session
-        .retrieve_fd(IOMMUFD_TOKEN)
-        .map_err(|e| format!("retrieve the iommufd: {e}"))?;
+    let iommufd = match session.retrieve_fd(IOMMUFD_TOKEN) {
+        Ok(fd) if translation_kept => Some(fd),
+        Ok(_) => return Err("the iommufd was restored for a function that is gone".into()),
+        Err(e) if translation_kept => return Err(format!("retrieve the iommufd: {e}")),
+        Err(_) => None,
+    };
     if refused.is_some() {
         if let Ok(fd) = session.retrieve_fd(CDEV_TOKEN) {
             drop(fd);

@@ -98,7 +98,7 @@ pub fn vf_refuse_sriov(ctx: &mut Ctx) -> TestResult {
                     "refused SR-IOV state: sriov_numvfs {num_vfs}, VFs still there"
                 ));
             }
-            not_adopted(Some("SR-IOV state not adopted: a VF BAR changed"))
+            not_adopted(Some("SR-IOV state not adopted: a VF BAR changed"), false)
         }
         s => Err(format!("no stage {s}")),
     }
