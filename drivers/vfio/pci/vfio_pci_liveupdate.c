@@ -72,10 +72,6 @@ static_assert(ARRAY_SIZE(((struct vfio_pci_lu_sriov *)0)->vf_bar) ==
 				 VFIO_PCI_LU_FUNC_SRIOV_PF)
 /* A PF driver that neither disables SR-IOV at kexec nor resets the PF */
 #define VFIO_PCI_LU_PF_DRIVER	"pci-pf-stub"
-/* Only its name: to match the driver_override the next kernel sets */
-static const struct device_driver vfio_pci_lu_pf_drv = {
-	.name = VFIO_PCI_LU_PF_DRIVER,
-};
 
 /* The list is one page */
 static_assert(sizeof(struct vfio_pci_lu_header) +
@@ -1263,12 +1259,11 @@ static void __init vfio_pci_lu_claim_pf(struct vfio_pci_lu_in_func *f,
 					struct pci_dev *pdev)
 {
 	if (!pci_iov_lu_adopted(pdev)) {
-		/* Not seen by sriov_init() (no extended config space?) */
-		pci_clear_master(pdev);
-		if (device_match_driver_override(&pdev->dev,
-						 &vfio_pci_lu_pf_drv) > 0)
-			device_set_driver_override(&pdev->dev, "");
-		pci_err(pdev, "live update: SR-IOV state not adopted; PF bus mastering cleared, its VFs not adopted\n");
+		/*
+		 * The PCI core stopped the VFs and the PF when it gave the
+		 * state up; the PF may be a host driver's by now.
+		 */
+		pci_err(pdev, "live update: SR-IOV state not adopted; its VFs are not adopted\n");
 		pci_dev_put(pdev);
 		return;
 	}
