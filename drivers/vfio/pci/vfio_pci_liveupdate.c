@@ -158,6 +158,13 @@ static u32 vfio_pci_lu_rid(struct pci_dev *pdev)
 	return (u32)pci_domain_nr(pdev->bus) << 16 | pci_dev_id(pdev);
 }
 
+/* The function at @rid, referenced, or NULL */
+static struct pci_dev *vfio_pci_lu_pdev_of(u32 rid)
+{
+	return pci_get_domain_bus_and_slot(rid >> 16, (rid >> 8) & 0xff,
+					   rid & 0xff);
+}
+
 /* Logs about function @rid when there is no pci_dev for it */
 static void vfio_pci_lu_rid_err(u32 rid, const char *what)
 {
@@ -658,6 +665,18 @@ static bool vfio_pci_lu_bars_unfit(struct pci_dev *pdev)
 }
 
 /*
+ * @pf is bound to the PF driver that keeps SR-IOV through a kexec. Read
+ * unlocked at the freeze: the PF is pinned, and its driver matters at
+ * shutdown only.
+ */
+static bool vfio_pci_lu_on_pf_stub(struct pci_dev *pf)
+{
+	struct pci_driver *drv = READ_ONCE(pf->driver);
+
+	return drv && !strcmp(drv->name, VFIO_PCI_LU_PF_DRIVER);
+}
+
+/*
  * A VF is preserved only while its PF keeps SR-IOV through the kexec and
  * the next boot: on pci-pf-stub, on a root bus, in D0. The PF is pinned:
  * its sriov_numvfs gets -EBUSY until the VF is unpreserved.
@@ -672,7 +691,7 @@ static int vfio_pci_lu_pin_pf(struct pci_dev *vf)
 	ret = device_lock_interruptible(&pf->dev);
 	if (ret)
 		return ret;
-	if (!pf->driver || strcmp(pf->driver->name, VFIO_PCI_LU_PF_DRIVER))
+	if (!vfio_pci_lu_on_pf_stub(pf))
 		/* Other PF drivers disable SR-IOV at kexec or reset the PF */
 		reason = "its PF is not bound to " VFIO_PCI_LU_PF_DRIVER;
 	else if (!pci_is_root_bus(pf->bus))
@@ -728,12 +747,10 @@ found:
 static int vfio_pci_lu_pf_still_fit(struct pci_dev *vf)
 {
 	struct pci_dev *pf = pci_physfn(vf);
-	/* Unlocked: the PF is pinned; the driver matters at shutdown only */
-	struct pci_driver *drv = READ_ONCE(pf->driver);
 	const char *reason = NULL;
 	struct pci_lu_sriov st;
 
-	if (!drv || strcmp(drv->name, VFIO_PCI_LU_PF_DRIVER))
+	if (!vfio_pci_lu_on_pf_stub(pf))
 		reason = "its PF is no longer bound to " VFIO_PCI_LU_PF_DRIVER;
 	else if (pf->current_state != PCI_D0)
 		reason = "its PF left D0";
@@ -1289,9 +1306,7 @@ static void __init vfio_pci_lu_claim(void)
 		const char *reason = NULL;
 		struct pci_dev *pdev;
 
-		pdev = pci_get_domain_bus_and_slot(f->rid >> 16,
-						   (f->rid >> 8) & 0xff,
-						   f->rid & 0xff);
+		pdev = vfio_pci_lu_pdev_of(f->rid);
 		if (!pdev) {
 			vfio_pci_lu_rid_err(f->rid, "not found");
 			continue;
@@ -1385,12 +1400,9 @@ static int __init vfio_pci_lu_pf_override(void)
 	struct pci_dev *pdev;
 
 	for (u32 i = 0; in && i < in->nr; i++) {
-		u32 rid = in->funcs[i].rid;
-
 		if (!(in->funcs[i].flags & VFIO_PCI_LU_FUNC_SRIOV_PF))
 			continue;
-		pdev = pci_get_domain_bus_and_slot(rid >> 16, (rid >> 8) & 0xff,
-						   rid & 0xff);
+		pdev = vfio_pci_lu_pdev_of(in->funcs[i].rid);
 		if (pdev && pci_iov_lu_adopted(pdev) &&
 		    device_set_driver_override(&pdev->dev,
 					       VFIO_PCI_LU_PF_DRIVER))

@@ -8,7 +8,7 @@
 //!
 //! [`IgbRx::init_queue`]: crate::igb_rx::IgbRx::init_queue
 
-use crate::igb::wait_link;
+use crate::igb::{wait_link, CTRL, RCTL, STATUS};
 use crate::igb_rx::{reset_port, RCTL_STREAM};
 use crate::sys::{pci_config16, pci_config32, pci_config_write16};
 use crate::vfio::{bind_driver, driver_of, unbind, Bar};
@@ -17,9 +17,6 @@ use std::io;
 
 pub const PF_STUB: &str = "pci-pf-stub";
 
-const CTRL: usize = 0x0000;
-const STATUS: usize = 0x0008;
-const RCTL: usize = 0x0100;
 const MRQC: usize = 0x5818;
 /// Receive address 15 (`RAL(15)`, `RAH(15)`): a filter entry nobody uses,
 /// cleared only by a PF reset. Written with AV (bit 31 of RAH) clear it

@@ -12,28 +12,21 @@
 //! PHY, drop counters): those are read through the PF's BAR 0, and the PF
 //! brings the port up ([`reset_port`]).
 
-use crate::igb::{reset, vf_reset, wait_link, write_phy, STATUS};
+use crate::igb::{
+    reset, vf_reset, wait_link, write_phy, CTRL, QUEUE_ENABLE, RCTL, RDBAH, RDBAL, RDH, RDLEN, RDT,
+    RXDCTL, SRRCTL, STATUS,
+};
 use crate::vfio::Bar;
 use std::sync::atomic::{fence, Ordering};
 use std::time::{Duration, Instant};
 
-const CTRL: usize = 0x0000;
-const RCTL: usize = 0x0100;
 const MPC: usize = 0x4010;
 const RNBC: usize = 0x40a0;
-const RDBAL: usize = 0x2800;
-const RDBAH: usize = 0x2804;
-const RDLEN: usize = 0x2808;
-const SRRCTL: usize = 0x280c;
-const RDH: usize = 0x2810;
-const RDT: usize = 0x2818;
-const RXDCTL: usize = 0x2828;
 /// Receive queue 0's drop counter (clear on read); also on a VF.
 const RQDPC: usize = 0x2830;
 
 const CTRL_SLU: u32 = 0x40;
 const CTRL_FD: u32 = 0x1;
-const QUEUE_ENABLE: u32 = 0x0200_0000;
 /// EN, unicast and multicast promiscuous, broadcast accept, strip CRC.
 pub const RCTL_STREAM: u32 = 0x2 | 0x8 | 0x10 | 0x8000 | 0x0400_0000;
 /// Advanced one-buffer descriptors, 2 KiB buffers.

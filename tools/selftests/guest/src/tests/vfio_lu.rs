@@ -287,11 +287,6 @@ pub fn refuse_mask(ctx: &mut Ctx) -> TestResult {
     )
 }
 
-/// The command register through sysfs (no VFIO open needed).
-fn sysfs_command(bdf: &str) -> Result<u16, String> {
-    igb_pf::config16(bdf, 4)
-}
-
 /// Completed descriptors from the software head, read in the file.
 fn ring_done(map: &Mapping, head: usize) -> usize {
     let mut n = 0;
@@ -325,7 +320,7 @@ pub(super) fn not_adopted(refused: Option<&str>, translation_kept: bool) -> Test
             if !log.iter().any(|l| l.contains(why)) {
                 return Err(format!("no {why:?} in the kernel log"));
             }
-            let cmd = sysfs_command(&bdf)?;
+            let cmd = igb_pf::config16(&bdf, 4)?;
             if cmd & 0x4 != 0 {
                 return Err(format!(
                     "refused handover: bus mastering still on (command {cmd:#06x})"
@@ -360,7 +355,7 @@ pub(super) fn not_adopted(refused: Option<&str>, translation_kept: bool) -> Test
         .finish()
         .map_err(|e| format!("LIVEUPDATE_SESSION_FINISH: {e}"))?;
     drop(iommufd);
-    let cmd = sysfs_command(&bdf)?;
+    let cmd = igb_pf::config16(&bdf, 4)?;
     if cmd & 0x4 != 0 {
         return Err(format!(
             "after FINISH: bus mastering still on (command {cmd:#06x})"
@@ -1212,7 +1207,7 @@ pub fn fail_nth(ctx: &mut Ctx) -> TestResult {
             if n > MAX {
                 return Err(format!("RETRIEVE_FD still fails at allocation {MAX}"));
             }
-            let cmd = sysfs_command(&bdf)?;
+            let cmd = igb_pf::config16(&bdf, 4)?;
             if cmd & 0x4 != 0 {
                 return Err(format!(
                     "retrieve fail-nth {n}: bus mastering still on (command {cmd:#06x})"
